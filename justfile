@@ -1,0 +1,43 @@
+# pixelbus task runner. Run through ./dev (it sets up .venv, just and nats-server first).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments
+
+# list the recipes
+default:
+    @just --list
+
+# the whole stack on embedded defaults: own nats-server, local storage, built-in engine
+up *args:
+    python -m pixelbus.runtime.stack "$@"
+
+# the whole test suite
+test *args:
+    python -m pytest -q "$@"
+
+# only the fast, pure unit tests
+unit *args:
+    python -m pytest -q libs services "$@"
+
+# lint: ruff (style + bugs) and mypy (strict on libs/)
+lint:
+    ruff check .
+    ruff format --check .
+    mypy libs/contracts/src libs/runtime/src libs/media/src
+
+# format the code
+fmt:
+    ruff format .
+    ruff check --fix .
+
+# probe tasks through the whole system vs. a bare JetStream round trip
+bench *args:
+    python -m tests.bench "$@"
+
+# rebuild the task-state KV bucket from the event stream
+rebuild *args:
+    python -m pixelbus.gateway.rebuild "$@"
+
+# re-pin every dependency into constraints.txt (names and versions only)
+lock:
+    printf 'rust-just\n' > .venv/extra.in
+    uv pip compile pyproject.toml .venv/extra.in --group dev --no-header --no-annotate -q | grep -v '^-e ' > constraints.txt

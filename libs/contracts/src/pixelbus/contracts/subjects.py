@@ -1,0 +1,101 @@
+"""Names of everything on the bus: the task stream, its subjects, consumers and buckets.
+
+Subjects: ``pixelbus.tasks.<environment>.<workflow>.<event kind>.<task id>``, so a worker
+pool subscribes to exactly the environment it serves and a downstream service to exactly
+the completions it wants (``pixelbus.tasks.*.*.completed.*``). Tokens made from user
+input are sanitised: NATS forbids ``.``, ``*``, ``>`` and white space in a token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "ENVIRONMENTS",
+    "IDEMPOTENCY_BUCKET",
+    "LEASES_BUCKET",
+    "OUTPUTS_BUCKET",
+    "POOLS",
+    "PROJECTOR_CONSUMER",
+    "STATE_BUCKET",
+    "SUBJECT_ROOT",
+    "TASK_STREAM",
+    "UPLOADER_CONSUMER",
+    "WORKERS_BUCKET",
+    "Pool",
+    "event_filter",
+    "pool_for_environment",
+    "sanitize_token",
+    "task_subject",
+]
+
+TASK_STREAM = "PIXELBUS_TASKS"
+SUBJECT_ROOT = "pixelbus.tasks"
+STATE_BUCKET = "PIXELBUS_TASK_STATE"
+OUTPUTS_BUCKET = "PIXELBUS_OUTPUTS"
+IDEMPOTENCY_BUCKET = "PIXELBUS_IDEMPOTENCY"
+LEASES_BUCKET = "PIXELBUS_LEASES"
+WORKERS_BUCKET = "PIXELBUS_WORKERS"
+PROJECTOR_CONSUMER = "projector"
+UPLOADER_CONSUMER = "storage-uploader"
+
+ENVIRONMENTS = ("face_swap", "comm")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+_MAX_TOKEN = 128
+
+
+def sanitize_token(value: str) -> str:
+    """Make ``value`` a safe subject token: unsafe characters become ``_``, never empty."""
+    token = _UNSAFE.sub("_", value)[:_MAX_TOKEN]
+    return token or "_"
+
+
+def task_subject(environment: str, workflow: str, kind: str, task_id: str) -> str:
+    return ".".join(
+        (
+            SUBJECT_ROOT,
+            sanitize_token(environment),
+            sanitize_token(workflow),
+            kind,
+            sanitize_token(task_id),
+        )
+    )
+
+
+def event_filter(kind: str = "*", environment: str = "*", workflow: str = "*") -> str:
+    """A subject filter for one event kind (``*`` for any), optionally narrowed."""
+    env = environment if environment == "*" else sanitize_token(environment)
+    wf = workflow if workflow == "*" else sanitize_token(workflow)
+    return f"{SUBJECT_ROOT}.{env}.{wf}.{kind}.*"
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A worker pool: one durable consumer that every worker of the pool pulls from.
+
+    External consumers (``/api/comm/task/fetch``) draw from the same durable, so they are
+    peers of the in-cluster workers.
+    """
+
+    name: str
+    environment: str
+
+    @property
+    def durable(self) -> str:
+        return f"pool-{self.name}"
+
+    @property
+    def filter_subject(self) -> str:
+        return event_filter("created", self.environment)
+
+
+POOLS = (Pool("faceswap", "face_swap"), Pool("comfy", "comm"))
+
+
+def pool_for_environment(environment: str) -> Pool:
+    for pool in POOLS:
+        if pool.environment == environment:
+            return pool
+    raise KeyError(environment)

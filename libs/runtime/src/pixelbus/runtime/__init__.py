@@ -1,0 +1,1 @@
+"""pixelbus package."""
