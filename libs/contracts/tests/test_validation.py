@@ -1,0 +1,184 @@
+"""Request validation names the offending field; subjects are safe tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pixelbus.contracts.subjects import (
+    event_filter,
+    pool_for_environment,
+    sanitize_token,
+    task_subject,
+)
+from pixelbus.contracts.validation import (
+    ValidationFailed,
+    decode_create_request,
+    parse_resolution,
+    validate_create,
+)
+
+
+def create(body: dict[str, object]):  # type: ignore[no-untyped-def]
+    return validate_create(decode_create_request(json.dumps(body).encode()))
+
+
+def locs(exc: pytest.ExceptionInfo[ValidationFailed]) -> list[tuple[object, ...]]:
+    return [e.loc for e in exc.value.errors]
+
+
+FACE = {"source_url": "https://example.com/s.jpg", "target_url": "https://example.com/t.jpg"}
+
+
+def test_face_swap_task_in_unified_format() -> None:
+    spec = create({"workflow": "face_swap", "params": {"input_data": {"wf_json": FACE}}})
+    assert spec.workflow == "face_swap" and spec.environment == "face_swap"
+    assert spec.input_data["wf_json"]["target_url"] == FACE["target_url"]
+
+
+def test_workflow_name_is_an_alias() -> None:
+    spec = create({"workflow_name": "face_swap", "params": {"input_data": {"wf_json": FACE}}})
+    assert spec.workflow == "face_swap"
+
+
+def test_missing_target_url_names_the_field() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(
+            {
+                "workflow": "face_swap",
+                "params": {"input_data": {"wf_json": {"source_url": FACE["source_url"]}}},
+            }
+        )
+    assert ("body", "params", "input_data", "wf_json", "target_url") in locs(exc)
+    assert exc.value.errors[0].type == "missing"
+
+
+def test_both_urls_missing_names_both() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create({"workflow": "face_swap", "params": {"input_data": {"wf_json": {}}}})
+    names = {loc[-1] for loc in locs(exc)}
+    assert names == {"source_url", "target_url"}
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://x/y.jpg", "file:///etc/passwd", "javascript:alert(1)", "data:image/png,raw"]
+)
+def test_bad_url_schemes_are_refused(url: str) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(
+            {
+                "workflow": "face_swap",
+                "params": {"input_data": {"wf_json": {**FACE, "source_url": url}}},
+            }
+        )
+    assert locs(exc) == [("body", "params", "input_data", "wf_json", "source_url")]
+
+
+def test_data_uri_is_accepted() -> None:
+    spec = create(
+        {
+            "workflow": "face_swap",
+            "params": {
+                "input_data": {"wf_json": {**FACE, "source_url": "data:image/png;base64,AAAA"}}
+            },
+        }
+    )
+    assert spec.input_data["wf_json"]["source_url"].startswith("data:")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1024x1024", (1024, 1024)), (" 640 X 480 ", (640, 480))]
+)
+def test_resolution_parses(value: str, expected: tuple[int, int]) -> None:
+    assert parse_resolution(value) == expected
+
+
+@pytest.mark.parametrize("value", ["big", "1024", "0x100", "100000x100", "10x10", "-5x10"])
+def test_bad_resolution_names_the_field(value: str) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(
+            {
+                "workflow": "face_swap",
+                "params": {"input_data": {"wf_json": {**FACE, "resolution": value}}},
+            }
+        )
+    assert locs(exc) == [("body", "params", "input_data", "wf_json", "resolution")]
+
+
+def test_unknown_model_lists_the_known_ones() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(
+            {
+                "workflow": "face_swap",
+                "params": {"input_data": {"wf_json": {**FACE, "model": "nope"}}},
+            }
+        )
+    assert "inswapper_128_fp16" in exc.value.errors[0].msg
+
+
+def test_unknown_top_level_field_is_refused() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(
+            {"workflow": "face_swap", "owner": "me", "params": {"input_data": {"wf_json": FACE}}}
+        )
+    assert locs(exc) == [("body", "owner")]
+
+
+def test_status_other_than_pending_is_refused() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(
+            {
+                "workflow": "face_swap",
+                "status": "COMPLETED",
+                "params": {"input_data": {"wf_json": FACE}},
+            }
+        )
+    assert locs(exc) == [("body", "status")]
+
+
+def test_bad_task_id_and_environment() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(
+            {
+                "taskId": "a.b c",
+                "workflow": "x",
+                "environment": "mars",
+                "params": {"input_data": {"wf_json": {}}},
+            }
+        )
+    assert set(locs(exc)) == {("body", "taskId"), ("body", "environment")}
+
+
+def test_comm_task_needs_a_graph() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create({"workflow": "txt2img", "environment": "comm", "params": {"input_data": {}}})
+    assert locs(exc) == [("body", "params", "input_data", "wf_json")]
+
+
+def test_probe_needs_nothing() -> None:
+    spec = create({"workflow": "probe", "environment": "comm"})
+    assert spec.workflow == "probe" and spec.environment == "comm"
+
+
+def test_invalid_json_is_reported() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        decode_create_request(b"{not json")
+    assert exc.value.errors[0].type == "json_invalid"
+
+
+@pytest.mark.parametrize(
+    ("raw", "token"), [("a.b", "a_b"), ("x*y>z", "x_y_z"), ("sp ace", "sp_ace"), ("", "_")]
+)
+def test_tokens_are_sanitised(raw: str, token: str) -> None:
+    assert sanitize_token(raw) == token
+
+
+def test_subjects() -> None:
+    assert (
+        task_subject("comm", "my.flow", "created", "t1") == "pixelbus.tasks.comm.my_flow.created.t1"
+    )
+    assert event_filter("completed") == "pixelbus.tasks.*.*.completed.*"
+    assert (
+        pool_for_environment("face_swap").filter_subject == "pixelbus.tasks.face_swap.*.created.*"
+    )

