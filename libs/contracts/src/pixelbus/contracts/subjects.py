@@ -14,6 +14,7 @@ from dataclasses import dataclass
 __all__ = [
     "ENVIRONMENTS",
     "IDEMPOTENCY_BUCKET",
+    "INPUT_OBJECT_PREFIX",
     "LEASES_BUCKET",
     "OUTPUTS_BUCKET",
     "POOLS",
@@ -39,6 +40,9 @@ LEASES_BUCKET = "PIXELBUS_LEASES"
 WORKERS_BUCKET = "PIXELBUS_WORKERS"
 PROJECTOR_CONSUMER = "projector"
 UPLOADER_CONSUMER = "storage-uploader"
+#: Inline (data:) inputs are moved to the Object Store; the task keeps this reference.
+#: Clients cannot send it: validation admits only http(s) and data: URLs.
+INPUT_OBJECT_PREFIX = "pixelbus-object:"
 
 ENVIRONMENTS = ("face_swap", "comm")
 

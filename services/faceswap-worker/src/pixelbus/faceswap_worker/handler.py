@@ -1,0 +1,112 @@
+"""The face-swap task handler: fetch both images safely, swap, resize, encode.
+
+Errors map onto the runtime's split: bad input (blocked URL, not an image, no face,
+unknown model) is ``Permanent``; a timeout or a 5xx from an image host is ``Retryable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from nats.js.errors import NotFoundError
+from nats.js.object_store import ObjectStore
+from pixelbus.faceswap_worker.engines.base import FaceSwapEngine, SwapOptions
+from pixelbus.faceswap_worker.engines.errors import EngineError
+
+from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
+from pixelbus.contracts.validation import parse_resolution
+from pixelbus.faceswap_worker.settings import FaceSwapSettings
+from pixelbus.media.errors import MediaError
+from pixelbus.media.fetch import FetchLimits, fetch_bytes
+from pixelbus.media.images import RGBImage, decode_image, encode_image, fit_within
+from pixelbus.media.ssrf import SsrfPolicy
+from pixelbus.runtime.errors import Permanent, Retryable
+from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult
+
+__all__ = ["FaceSwapHandler"]
+
+
+class FaceSwapHandler:
+    def __init__(
+        self,
+        engines: dict[str, FaceSwapEngine],
+        settings: FaceSwapSettings,
+        objects: ObjectStore,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._engines = engines
+        self._settings = settings
+        self._objects = objects
+        self._http = http
+        self._limits = FetchLimits(
+            max_bytes=settings.max_image_bytes, timeout_s=settings.fetch_timeout_s
+        )
+        self._policy = SsrfPolicy(allow_networks=settings.ssrf_allow_networks)
+
+    async def __call__(self, ctx: TaskContext) -> TaskResult:
+        wf = ctx.wf_json
+        model = wf.get("model") or self._settings.default_model
+        engine = self._engines.get(model)
+        if engine is None:
+            installed = ", ".join(sorted(self._engines)) or "none"
+            raise Permanent(
+                "model_not_installed",
+                f"model {model!r} is not installed on this worker (installed: {installed}); "
+                "install it or omit `model` to use the worker's default",
+            )
+        await ctx.progress(0.05, node="fetch", message="fetching images")
+        source, target = await asyncio.gather(
+            self._image(wf.get("source_url"), "source_url"),
+            self._image(wf.get("target_url"), "target_url"),
+        )
+        await ctx.progress(0.4, node="swap", message=f"swapping faces ({engine.name})")
+        try:
+            swapped = await asyncio.to_thread(engine.swap, source, target, SwapOptions())
+        except EngineError as exc:
+            error = Retryable if exc.retryable else Permanent
+            raise error(exc.code, str(exc)) from exc
+        resolution = wf.get("resolution")
+        if isinstance(resolution, str):
+            width, height = parse_resolution(resolution)
+            swapped = fit_within(swapped, width, height)
+        await ctx.progress(0.9, node="encode", message="encoding result")
+        png = await asyncio.to_thread(encode_image, swapped, "png")
+        height, width = swapped.shape[:2]
+        return TaskResult(
+            outputs=[OutputFile("result.png", png, "image/png")],
+            result={"width": width, "height": height, "model": engine.name},
+        )
+
+    async def _image(self, url: object, field: str) -> RGBImage:
+        if not isinstance(url, str) or not url:
+            raise Permanent("invalid_input", f"{field} is required")
+        data, content_type = await self._fetch(url, field)
+        try:
+            return await asyncio.to_thread(
+                decode_image,
+                data,
+                max_bytes=self._settings.max_image_bytes,
+                max_pixels=self._settings.max_image_pixels,
+                content_type=content_type,
+            )
+        except MediaError as exc:
+            raise Permanent(exc.code, f"{field}: {exc}") from exc
+
+    async def _fetch(self, url: str, field: str) -> tuple[bytes, str | None]:
+        if url.startswith(INPUT_OBJECT_PREFIX):
+            try:
+                result = await self._objects.get(url.removeprefix(INPUT_OBJECT_PREFIX))
+            except NotFoundError as exc:
+                raise Permanent(
+                    "input_missing", f"{field}: the uploaded image has expired"
+                ) from exc
+            return result.data or b"", None
+        try:
+            fetched = await fetch_bytes(
+                url, limits=self._limits, policy=self._policy, client=self._http
+            )
+        except MediaError as exc:
+            error = Retryable if exc.retryable else Permanent
+            raise error(exc.code, f"{field}: {exc}") from exc
+        return fetched.data, fetched.content_type

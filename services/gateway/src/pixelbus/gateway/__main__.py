@@ -1,0 +1,36 @@
+"""``python -m pixelbus.gateway``: serve the API with uvicorn."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import uvicorn
+
+from pixelbus.gateway.app import create_app
+from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.runtime.errors import SettingsError
+from pixelbus.runtime.logging import setup_logging
+
+
+def main() -> int:
+    setup_logging(os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"))
+    try:
+        settings = GatewaySettings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"pixelbus-gateway: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

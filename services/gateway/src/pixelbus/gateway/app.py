@@ -1,0 +1,87 @@
+"""The FastAPI application: wiring of settings, NATS, the projector and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from pixelbus.gateway.deps import Gateway
+from pixelbus.gateway.limits import BodySizeLimit
+from pixelbus.gateway.projector import Projector
+from pixelbus.gateway.routes import comm, face_swap, health, tasks
+from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.gateway.tasks import TaskService
+from pixelbus.runtime.connection import connect
+from pixelbus.runtime.provision import ensure
+from pixelbus.runtime.tracing import setup_tracing
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("pixelbus.gateway")
+
+DESCRIPTION = """
+pixelbus runs AI image tasks (ComfyUI workflows and face swaps) for API clients.
+
+Create a task with `POST /api/tasks/create` (unified task format), follow it with
+`GET /api/tasks/{task_id}`, or run a face swap and wait for it with
+`POST /api/face-swap/process`. External GPU boxes lease work with
+`GET /api/comm/task/fetch`.
+"""
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        setup_tracing("pixelbus-gateway")
+        log.info("gateway starting", settings=settings.redacted())
+        nc = await connect(settings.bus.nats_url, "pixelbus-gateway")
+        js = nc.jetstream()
+        await ensure(js, settings.bus)
+        service = TaskService(nc, js, max_input_image_bytes=settings.max_input_image_bytes)
+        await service.open()
+        gw = Gateway(settings=settings, nc=nc, js=js, tasks=service)
+        background: list[asyncio.Task[None]] = []
+        projector: Projector | None = None
+        if settings.embedded_projector:
+            projector = Projector(js)
+            gw.extras["projector"] = projector
+            background.append(asyncio.create_task(projector.run()))
+        app.state.gateway = gw
+        try:
+            yield
+        finally:
+            if projector is not None:
+                projector.stop()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=5)
+            await nc.close()
+            log.info("gateway stopped")
+
+    app = FastAPI(
+        title="pixelbus",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", path=request.url.path)
+        return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+    app.include_router(tasks.router)
+    app.include_router(face_swap.router)
+    app.include_router(comm.router)
+    app.include_router(health.router)
+    if settings.storage_provider == "local":
+        settings.local_storage_dir.mkdir(parents=True, exist_ok=True)
+        app.mount("/files", StaticFiles(directory=settings.local_storage_dir), name="files")
+    return app

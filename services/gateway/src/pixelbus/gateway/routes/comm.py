@@ -1,0 +1,313 @@
+"""``/api/comm/task/*``: external consumers lease tasks from the same pool as the workers.
+
+``fetch`` long-polls the pool's durable consumer; the delivered message is the lease, kept
+alive by ``progress`` (an in-progress ack) and ended by ``complete`` or ``fail``. A
+consumer silent for longer than the consumer's AckWait loses the lease: JetStream hands
+the task to the next puller and the old token is refused (409).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, Response
+from nats.js.errors import FetchTimeoutError, KeyNotFoundError
+from pydantic import BaseModel, Field
+
+from pixelbus.contracts.events import (
+    OutputsReady,
+    TaskCompleted,
+    TaskCreated,
+    TaskFailed,
+    TaskProgress,
+    TaskStarted,
+    decode_event,
+    event_id,
+)
+from pixelbus.contracts.subjects import TASK_STREAM, pool_for_environment, sanitize_token
+from pixelbus.contracts.task import OutputObject, StoredOutput
+from pixelbus.gateway.deps import Gateway, error_response, gateway
+from pixelbus.gateway.leases import Lease, LeaseError, sign_lease, verify_lease
+from pixelbus.runtime.state import read_state
+
+router = APIRouter(prefix="/api/comm/task", tags=["external consumers"])
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class LeaseBody(BaseModel):
+    lease_token: str = Field(min_length=10, max_length=4096)
+
+
+class ProgressBody(LeaseBody):
+    fraction: float | None = Field(default=None, ge=0, le=1)
+    node: str | None = Field(default=None, max_length=200)
+    message: str | None = Field(default=None, max_length=2000)
+
+
+class OutputIn(BaseModel):
+    filename: str = Field(min_length=1, max_length=255)
+    content_type: str = Field(default="application/octet-stream", max_length=200)
+    url: str | None = Field(default=None, max_length=4096, description="already stored here")
+    data_base64: str | None = Field(default=None, description="or: the bytes, to be stored")
+
+
+class CompleteBody(LeaseBody):
+    outputs: list[OutputIn] = Field(default_factory=list, max_length=64)
+    result: dict[str, Any] | None = None
+
+
+class FailBody(LeaseBody):
+    message: str = Field(min_length=1, max_length=4000)
+    code: str = Field(default="consumer_error", max_length=100)
+    retryable: bool = False
+
+
+async def _pull(gw: Gateway, environment: str) -> Any:
+    subs: dict[str, Any] = gw.extras.setdefault("comm_subs", {})
+    locks: dict[str, asyncio.Lock] = gw.extras.setdefault("comm_locks", {})
+    pool = pool_for_environment(environment)
+    if pool.name not in subs:
+        subs[pool.name] = await gw.js.pull_subscribe_bind(durable=pool.durable, stream=TASK_STREAM)
+        locks[pool.name] = asyncio.Lock()
+    return subs[pool.name], locks[pool.name]
+
+
+@router.get(
+    "/fetch",
+    summary="Lease one task (long-poll)",
+    responses={
+        200: {"description": "a leased task"},
+        204: {"description": "no task within `wait`"},
+    },
+)
+async def fetch_task(
+    gw: Annotated[Gateway, Depends(gateway)],
+    environment: Annotated[str, Query(pattern="^(comm|face_swap)$")] = "comm",
+    wait: Annotated[float, Query(ge=0, description="seconds to long-poll (bounded)")] = 10,
+    consumer: Annotated[str, Query(min_length=1, max_length=64)] = "external",
+) -> Response:
+    """Take one task from the pool; answer with it and its lease token, or 204."""
+    sub, lock = await _pull(gw, environment)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, gw.settings.fetch_max_wait_s)
+    async with lock:
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                msgs = await sub.fetch(1, timeout=max(remaining, 0.05))
+            except (FetchTimeoutError, TimeoutError):
+                return Response(status_code=204)
+            msg = msgs[0]
+            try:
+                event = decode_event(msg.data)
+            except msgspec.DecodeError:
+                await msg.term()
+                continue
+            if not isinstance(event, TaskCreated):
+                await msg.term()
+                continue
+            state, _ = await read_state(gw.tasks.kv, event.task_id)
+            if state is not None and (state.is_final or state.cancel_requested):
+                await msg.ack()  # cancelled or finished while queued
+                continue
+            break
+    attempt = msg.metadata.num_delivered
+    lease = Lease.new(
+        task_id=event.task_id,
+        reply=msg.reply,
+        attempt=attempt,
+        consumer=consumer,
+        environment=event.environment,
+        workflow=event.workflow,
+    )
+    await gw.tasks.leases.put(event.task_id, msgspec.json.encode(lease))
+    await gw.tasks.publisher.publish(
+        TaskStarted(
+            event_id=event_id(event.task_id, "started", attempt),
+            task_id=event.task_id,
+            occurred_at=utcnow(),
+            attempt=attempt,
+            worker=f"external:{sanitize_token(consumer)}",
+        ),
+        environment=event.environment,
+        workflow=event.workflow,
+    )
+    return JSONResponse(
+        content={
+            "taskId": event.task_id,
+            "workflow": event.workflow,
+            "environment": event.environment,
+            "params": {"input_data": event.input_data},
+            "status": "PROCESSING",
+            "attempt": attempt,
+            "lease": {
+                "token": sign_lease(lease, gw.settings.lease_secret),
+                "expires_in_s": gw.settings.bus.ack_wait_s,
+            },
+        }
+    )
+
+
+async def _current_lease(gw: Gateway, task_id: str, token: str) -> Lease | JSONResponse:
+    try:
+        lease = verify_lease(token, gw.settings.lease_secret)
+    except LeaseError as exc:
+        return error_response(403, str(exc))
+    if lease.task_id != task_id:
+        return error_response(403, "the lease token is for another task")
+    try:
+        entry = await gw.tasks.leases.get(task_id)
+    except KeyNotFoundError:
+        entry = None
+    if entry is None or entry.value is None:
+        return error_response(409, "lease lost: the task was completed, cancelled or re-leased")
+    current = msgspec.json.decode(entry.value, type=Lease)
+    if current.lease_id != lease.lease_id:
+        return error_response(409, "lease lost: it expired and the task was handed out again")
+    return lease
+
+
+@router.post("/{task_id}/progress", summary="Report progress; extends the lease")
+async def report_progress(
+    task_id: str, body: ProgressBody, gw: Annotated[Gateway, Depends(gateway)]
+) -> JSONResponse:
+    lease = await _current_lease(gw, task_id, body.lease_token)
+    if isinstance(lease, JSONResponse):
+        return lease
+    await gw.nc.publish(lease.reply, b"+WPI")
+    seq = int(utcnow().timestamp() * 1000)
+    await gw.tasks.publisher.publish(
+        TaskProgress(
+            event_id=event_id(task_id, "progress", lease.attempt, seq),
+            task_id=task_id,
+            occurred_at=utcnow(),
+            attempt=lease.attempt,
+            fraction=body.fraction,
+            node=body.node,
+            message=body.message,
+        ),
+        environment=lease.environment,
+        workflow=lease.workflow,
+    )
+    return JSONResponse(content={"lease_expires_in_s": gw.settings.bus.ack_wait_s})
+
+
+@router.post("/{task_id}/complete", summary="Complete a leased task with its outputs")
+async def complete(
+    task_id: str, body: CompleteBody, gw: Annotated[Gateway, Depends(gateway)]
+) -> JSONResponse:
+    """Outputs given by ``url`` are taken as stored; outputs given as ``data_base64`` go
+    through the storage uploader like any worker's outputs."""
+    lease = await _current_lease(gw, task_id, body.lease_token)
+    if isinstance(lease, JSONResponse):
+        return lease
+    stored: list[StoredOutput] = []
+    to_upload: list[OutputObject] = []
+    for index, out in enumerate(body.outputs):
+        if out.data_base64 is not None:
+            try:
+                data = base64.b64decode(out.data_base64, validate=True)
+            except (binascii.Error, ValueError):
+                return error_response(422, f"outputs[{index}].data_base64 is not valid base64")
+            name = f"{task_id}/{index}-{sanitize_token(out.filename)}"
+            await gw.tasks.objects.put(name, data)
+            to_upload.append(
+                OutputObject(
+                    object_name=name,
+                    filename=out.filename,
+                    content_type=out.content_type,
+                    size=len(data),
+                )
+            )
+        elif out.url is not None:
+            if not out.url.startswith(("https://", "http://")):
+                return error_response(422, f"outputs[{index}].url must be an http(s) URL")
+            stored.append(
+                StoredOutput(
+                    filename=out.filename,
+                    content_type=out.content_type,
+                    size=0,
+                    url=out.url,
+                    key=out.url,
+                    provider="external",
+                )
+            )
+        else:
+            return error_response(422, f"outputs[{index}] needs url or data_base64")
+    if to_upload and stored:
+        return error_response(422, "give all outputs as url, or all as data_base64")
+    publish = gw.tasks.publisher.publish
+    if to_upload:
+        await publish(
+            OutputsReady(
+                event_id=event_id(task_id, "outputs", lease.attempt),
+                task_id=task_id,
+                occurred_at=utcnow(),
+                attempt=lease.attempt,
+                outputs=tuple(to_upload),
+                result=body.result,
+            ),
+            environment=lease.environment,
+            workflow=lease.workflow,
+        )
+    else:
+        await publish(
+            TaskCompleted(
+                event_id=event_id(task_id, "completed"),
+                task_id=task_id,
+                occurred_at=utcnow(),
+                attempt=lease.attempt,
+                outputs=tuple(stored),
+                result=body.result,
+            ),
+            environment=lease.environment,
+            workflow=lease.workflow,
+        )
+    await gw.nc.request(lease.reply, b"+ACK", timeout=5)  # double ack: the server confirms
+    with contextlib.suppress(Exception):
+        await gw.tasks.leases.delete(task_id)
+    return JSONResponse(content={"taskId": task_id, "accepted": True})
+
+
+@router.post("/{task_id}/fail", summary="Fail a leased task (retryable or not)")
+async def fail(
+    task_id: str, body: FailBody, gw: Annotated[Gateway, Depends(gateway)]
+) -> JSONResponse:
+    lease = await _current_lease(gw, task_id, body.lease_token)
+    if isinstance(lease, JSONResponse):
+        return lease
+    settings = gw.settings.bus
+    final = not body.retryable or lease.attempt >= settings.max_deliver
+    await gw.tasks.publisher.publish(
+        TaskFailed(
+            event_id=event_id(task_id, "failed", lease.attempt, final=final),
+            task_id=task_id,
+            occurred_at=utcnow(),
+            attempt=lease.attempt,
+            code=body.code,
+            message=body.message,
+            retryable=body.retryable,
+            final=final,
+        ),
+        environment=lease.environment,
+        workflow=lease.workflow,
+    )
+    if final:
+        await gw.nc.publish(lease.reply, b"+TERM")
+    else:
+        delay_ns = int(settings.retry_delay_s * lease.attempt * 1e9)
+        await gw.nc.publish(lease.reply, b"-NAK " + json.dumps({"delay": delay_ns}).encode())
+    with contextlib.suppress(Exception):
+        await gw.tasks.leases.delete(task_id)
+    return JSONResponse(content={"taskId": task_id, "final": final})

@@ -1,0 +1,80 @@
+"""``POST /api/face-swap/process``: create a face swap and wait (bounded) for its result."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from pixelbus.contracts.validation import (
+    FACE_SWAP_WORKFLOW,
+    TaskSpec,
+    ValidationFailed,
+    decode_face_swap_request,
+    validate_face_swap_fields,
+)
+from pixelbus.gateway.deps import Gateway, gateway, validation_response
+from pixelbus.gateway.views import task_view
+
+router = APIRouter(prefix="/api/face-swap", tags=["face swap"])
+
+EXAMPLE: dict[str, Any] = {
+    "source_url": "https://example.com/source.jpg",
+    "target_url": "https://example.com/target.jpg",
+    "resolution": "1024x1024",
+}
+
+
+@router.post(
+    "/process",
+    summary="Swap the source's face onto the target and wait for the result",
+    responses={
+        200: {"description": "the task is final (COMPLETED with result, FAILED with error)"},
+        202: {"description": "still running when the wait ran out: poll GET /api/tasks/{taskId}"},
+        413: {"description": "request body too large"},
+        422: {"description": "invalid request; `detail` names each field"},
+    },
+)
+async def process(
+    request: Request,
+    gw: Annotated[Gateway, Depends(gateway)],
+    body: Annotated[dict[str, Any], Body(openapi_examples={"urls": {"value": EXAMPLE}})],
+    wait: Annotated[
+        float | None, Query(ge=0, description="seconds to wait for the result (bounded)")
+    ] = None,
+) -> JSONResponse:
+    """Images are http(s) URLs or ``data:`` URIs (base64)."""
+    raw = await request.body()
+    try:
+        fields = decode_face_swap_request(raw)
+        wf_json = validate_face_swap_fields(
+            {
+                k: v
+                for k, v in {
+                    "source_url": fields.source_url,
+                    "target_url": fields.target_url,
+                    "resolution": fields.resolution,
+                    "model": fields.model,
+                }.items()
+                if v is not None
+            },
+            ("body",),
+        )
+        spec = TaskSpec(None, FACE_SWAP_WORKFLOW, FACE_SWAP_WORKFLOW, {"wf_json": wf_json})
+        state, _ = await gw.tasks.create(spec)
+    except ValidationFailed as exc:
+        return validation_response(exc.errors)
+    settings = gw.settings
+    timeout = min(
+        settings.face_swap_wait_s if wait is None else wait, settings.face_swap_max_wait_s
+    )
+    final = await gw.tasks.wait_final(state.task_id, timeout) if timeout > 0 else None
+    if final is not None and final.is_final:
+        return JSONResponse(status_code=200, content=task_view(final))
+    latest = final or state
+    return JSONResponse(
+        status_code=202,
+        content=task_view(latest),
+        headers={"Location": f"/api/tasks/{state.task_id}"},
+    )

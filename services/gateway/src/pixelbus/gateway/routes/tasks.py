@@ -1,0 +1,108 @@
+"""``/api/tasks``: create (unified task format), read, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi.responses import JSONResponse
+
+from pixelbus.contracts.validation import ValidationFailed, decode_create_request, validate_create
+from pixelbus.gateway.deps import Gateway, error_response, gateway, validation_response
+from pixelbus.gateway.tasks import TaskConflict
+from pixelbus.gateway.views import task_view
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+CREATE_EXAMPLE: dict[str, Any] = {
+    "workflow": "face_swap",
+    "environment": "face_swap",
+    "params": {
+        "input_data": {
+            "wf_json": {
+                "source_url": "https://example.com/source.jpg",
+                "target_url": "https://example.com/target.jpg",
+                "resolution": "1024x1024",
+            }
+        }
+    },
+}
+
+TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such task"},
+}
+
+
+@router.post(
+    "/create",
+    status_code=201,
+    summary="Create a task (unified task format)",
+    responses={
+        200: {"description": "an Idempotency-Key seen before: the same task"},
+        201: {"description": "the task, PENDING"},
+        409: {"description": "a task with this taskId exists"},
+        413: {"description": "request body too large"},
+        422: {"description": "invalid request; `detail` names each field"},
+    },
+)
+async def create_task(
+    request: Request,
+    gw: Annotated[Gateway, Depends(gateway)],
+    body: Annotated[
+        dict[str, Any], Body(openapi_examples={"face_swap": {"value": CREATE_EXAMPLE}})
+    ],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> JSONResponse:
+    """Validate and publish ``TaskCreated``; answers at once with the task id and ``PENDING``.
+
+    A retried request with the same ``Idempotency-Key`` yields the same task (200).
+    """
+    raw = await request.body()
+    try:
+        spec = validate_create(decode_create_request(raw))
+        state, is_new = await gw.tasks.create(spec, idempotency_key=idempotency_key)
+    except ValidationFailed as exc:
+        return validation_response(exc.errors)
+    except TaskConflict as exc:
+        return error_response(409, str(exc))
+    if not is_new:
+        state = await gw.tasks.get(state.task_id) or state
+    return JSONResponse(status_code=201 if is_new else 200, content=task_view(state))
+
+
+@router.get("/{task_id}", summary="A task's current state", responses=TASK_RESPONSES)
+async def get_task(task_id: str, gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
+    """The task in the unified format, with ``status``, ``progress``, ``result`` and ``error``."""
+    state = await gw.tasks.get(task_id) if _valid_id(task_id) else None
+    if state is None:
+        return error_response(404, f"task {task_id} not found")
+    return JSONResponse(content=task_view(state))
+
+
+@router.post(
+    "/{task_id}/cancel",
+    status_code=202,
+    summary="Cancel a task",
+    responses={**TASK_RESPONSES, 409: {"description": "the task is already final"}},
+)
+async def cancel_task(
+    task_id: str,
+    gw: Annotated[Gateway, Depends(gateway)],
+    reason: str | None = None,
+) -> JSONResponse:
+    """Queued: skipped when its turn comes. Running: interrupted by its worker. Leased to
+    an external consumer: the lease is revoked. Answers 202 with the task's state."""
+    if not _valid_id(task_id):
+        return error_response(404, f"task {task_id} not found")
+    try:
+        outcome = await gw.tasks.cancel(task_id, reason)
+    except KeyError:
+        return error_response(404, f"task {task_id} not found")
+    except TaskConflict as exc:
+        assert exc.state is not None
+        return error_response(409, str(exc), task=task_view(exc.state))
+    return JSONResponse(status_code=202, content=task_view(outcome.state))
+
+
+def _valid_id(task_id: str) -> bool:
+    return 0 < len(task_id) <= 128 and all(c.isalnum() or c in "_-" for c in task_id)

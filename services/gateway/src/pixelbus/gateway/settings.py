@@ -1,0 +1,89 @@
+"""Gateway settings from the environment (names of the replaced system where they exist)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pixelbus.runtime.errors import SettingsError
+from pixelbus.runtime.settings import BusSettings, env_bool, env_float, env_int, env_str
+
+__all__ = ["GatewaySettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    bus: BusSettings = field(default_factory=BusSettings)
+    app_env: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_input_image_bytes: int = 15 * 1024 * 1024
+    face_swap_wait_s: float = 60.0
+    face_swap_max_wait_s: float = 300.0
+    fetch_max_wait_s: float = 30.0
+    lease_secret: str = ""
+    embedded_projector: bool = True
+    storage_provider: str = "local"
+    local_storage_dir: Path = Path(".pixelbus/storage")
+    workers_seen_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
+        app_env = env_str(environ, "APP_ENV", "development")
+        lease_secret = environ.get("PIXELBUS_LEASE_SECRET", "")
+        if not lease_secret:
+            if app_env == "production":
+                raise SettingsError(
+                    "PIXELBUS_LEASE_SECRET is required when APP_ENV=production "
+                    "(shared by every gateway replica to sign consumer leases)"
+                )
+            lease_secret = secrets.token_hex(32)
+        return cls(
+            bus=BusSettings.from_env(environ),
+            app_env=app_env,
+            host=env_str(environ, "PIXELBUS_HOST", cls.host),
+            port=env_int(environ, "PIXELBUS_PORT", cls.port, lo=0, hi=65535),
+            max_body_bytes=env_int(
+                environ, "PIXELBUS_MAX_BODY_BYTES", cls.max_body_bytes, lo=1024, hi=1 << 30
+            ),
+            max_input_image_bytes=env_int(
+                environ,
+                "PIXELBUS_MAX_INPUT_IMAGE_BYTES",
+                cls.max_input_image_bytes,
+                lo=1024,
+                hi=1 << 30,
+            ),
+            face_swap_wait_s=env_float(
+                environ, "PIXELBUS_FACE_SWAP_WAIT_S", cls.face_swap_wait_s, lo=0, hi=3600
+            ),
+            face_swap_max_wait_s=env_float(
+                environ, "PIXELBUS_FACE_SWAP_MAX_WAIT_S", cls.face_swap_max_wait_s, lo=0, hi=3600
+            ),
+            fetch_max_wait_s=env_float(
+                environ, "PIXELBUS_FETCH_MAX_WAIT_S", cls.fetch_max_wait_s, lo=0, hi=300
+            ),
+            lease_secret=lease_secret,
+            embedded_projector=env_bool(environ, "PIXELBUS_EMBEDDED_PROJECTOR", True),
+            storage_provider=env_str(environ, "STORAGE_PROVIDER", "local"),
+            local_storage_dir=Path(
+                env_str(environ, "PIXELBUS_LOCAL_STORAGE_DIR", str(cls.local_storage_dir))
+            ),
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        return {
+            "bus": self.bus.redacted(),
+            "app_env": self.app_env,
+            "host": self.host,
+            "port": self.port,
+            "max_body_bytes": self.max_body_bytes,
+            "face_swap_wait_s": self.face_swap_wait_s,
+            "lease_secret": "***",
+            "embedded_projector": self.embedded_projector,
+            "storage_provider": self.storage_provider,
+            "local_storage_dir": str(self.local_storage_dir),
+        }

@@ -1,0 +1,224 @@
+"""Creating, reading, waiting on and cancelling tasks: the gateway's use of the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from pixelbus.contracts.events import (
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCreated,
+    decode_event,
+    encode_event,
+    event_id,
+)
+from pixelbus.contracts.fold import apply
+from pixelbus.contracts.subjects import (
+    IDEMPOTENCY_BUCKET,
+    LEASES_BUCKET,
+    OUTPUTS_BUCKET,
+    STATE_BUCKET,
+)
+from pixelbus.contracts.task import TaskState, TaskStatus
+from pixelbus.contracts.validation import FieldError, TaskSpec, ValidationFailed
+from pixelbus.gateway.inputs import store_inline_images
+from pixelbus.runtime.publisher import EventPublisher
+from pixelbus.runtime.state import decode_state, encode_state, read_state
+
+__all__ = ["CancelOutcome", "TaskConflict", "TaskService"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskConflict(Exception):
+    """The request conflicts with the task's state (e.g. cancelling a finished task)."""
+
+    def __init__(self, message: str, state: TaskState | None = None) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class CancelOutcome(msgspec.Struct, frozen=True):
+    state: TaskState
+    cancelled_now: bool
+
+
+class TaskService:
+    def __init__(self, nc: Client, js: JetStreamContext, *, max_input_image_bytes: int) -> None:
+        self.nc = nc
+        self.js = js
+        self.publisher = EventPublisher(js)
+        self.max_input_image_bytes = max_input_image_bytes
+        self._kv: KeyValue | None = None
+        self._idempotency: KeyValue | None = None
+        self._leases: KeyValue | None = None
+        self._objects: ObjectStore | None = None
+
+    async def open(self) -> None:
+        self._kv = await self.js.key_value(STATE_BUCKET)
+        self._idempotency = await self.js.key_value(IDEMPOTENCY_BUCKET)
+        self._leases = await self.js.key_value(LEASES_BUCKET)
+        self._objects = await self.js.object_store(OUTPUTS_BUCKET)
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "TaskService.open() first"
+        return self._kv
+
+    @property
+    def leases(self) -> KeyValue:
+        assert self._leases is not None
+        return self._leases
+
+    @property
+    def objects(self) -> ObjectStore:
+        assert self._objects is not None
+        return self._objects
+
+    async def get(self, task_id: str) -> TaskState | None:
+        state, _ = await read_state(self.kv, task_id)
+        return state
+
+    async def create(
+        self, spec: TaskSpec, *, idempotency_key: str | None = None, owner: str | None = None
+    ) -> tuple[TaskState, bool]:
+        """Publish ``TaskCreated``; returns the state and whether it is a new task.
+
+        With an ``Idempotency-Key`` the first request records its ``TaskCreated`` in the
+        idempotency bucket (create-if-absent) and every retry republishes that same event,
+        which JetStream de-duplicates: one key, one task, even across gateway replicas.
+        """
+        task_id = spec.task_id or f"task_{uuid.uuid4().hex}"
+        if spec.task_id is not None and await self.get(task_id) is not None:
+            raise TaskConflict(f"task {task_id} already exists")
+        input_data = await store_inline_images(
+            self.objects, task_id, spec, max_bytes=self.max_input_image_bytes
+        )
+        event = TaskCreated(
+            event_id=event_id(task_id, "created"),
+            task_id=task_id,
+            occurred_at=utcnow(),
+            workflow=spec.workflow,
+            environment=spec.environment,
+            input_data=input_data,
+            owner=owner,
+            idempotency_key=idempotency_key,
+        )
+        is_new = True
+        if idempotency_key is not None:
+            event, is_new = await self._claim_idempotency_key(idempotency_key, event)
+        await self.publisher.publish(event, environment=event.environment, workflow=event.workflow)
+        state = apply(None, event)
+        try:  # read-your-writes: the projector folds the same event to the same bytes
+            await self.kv.create(event.task_id, encode_state(state))
+        except KeyWrongLastSequenceError:
+            stored = await self.get(event.task_id)
+            state = stored or state
+        return state, is_new
+
+    async def _claim_idempotency_key(
+        self, key: str, event: TaskCreated
+    ) -> tuple[TaskCreated, bool]:
+        assert self._idempotency is not None
+        kv_key = hashlib.sha256(key.encode()).hexdigest()
+        try:
+            await self._idempotency.create(kv_key, encode_event(event))
+            return event, True
+        except KeyWrongLastSequenceError:
+            entry = await self._idempotency.get(kv_key)
+            assert entry.value is not None
+            previous = decode_event(entry.value)
+            assert isinstance(previous, TaskCreated)
+            if (previous.workflow, previous.environment) != (event.workflow, event.environment):
+                raise ValidationFailed(
+                    [
+                        FieldError(
+                            ("header", "Idempotency-Key"),
+                            "already used for a different request",
+                        )
+                    ]
+                ) from None
+            return previous, False
+
+    async def cancel(self, task_id: str, reason: str | None) -> CancelOutcome:
+        state = await self.get(task_id)
+        if state is None:
+            raise KeyError(task_id)
+        if state.is_final:
+            raise TaskConflict(f"task {task_id} is already {state.status.value}", state)
+        environment, workflow = state.environment or "comm", state.workflow or "unknown"
+        await self.publisher.publish(
+            TaskCancelRequested(
+                event_id=event_id(task_id, "cancel_requested"),
+                task_id=task_id,
+                occurred_at=utcnow(),
+                reason=reason,
+            ),
+            environment=environment,
+            workflow=workflow,
+        )
+        revoked = await self._revoke_lease(task_id)
+        cancelled_now = state.status is TaskStatus.PENDING or revoked
+        if cancelled_now:
+            # Queued (skipped when its turn comes) or leased externally (lease revoked):
+            # nobody is running it here, so the gateway records the cancellation.
+            await self.publisher.publish(
+                TaskCancelled(
+                    event_id=event_id(task_id, "cancelled"),
+                    task_id=task_id,
+                    occurred_at=utcnow(),
+                    reason=reason,
+                ),
+                environment=environment,
+                workflow=workflow,
+            )
+        # A running in-cluster task is interrupted by its worker, which records it.
+        return CancelOutcome(state=await self.get(task_id) or state, cancelled_now=cancelled_now)
+
+    async def _revoke_lease(self, task_id: str) -> bool:
+        from pixelbus.gateway.leases import Lease
+
+        try:
+            entry = await self.leases.get(task_id)
+        except KeyNotFoundError:
+            return False
+        if entry.value is None:
+            return False
+        lease = msgspec.json.decode(entry.value, type=Lease)
+        await self.nc.publish(lease.reply, b"+TERM")
+        await self.leases.delete(task_id)
+        return True
+
+    async def wait_final(self, task_id: str, timeout: float) -> TaskState | None:
+        """The task's state once final, or its latest state when ``timeout`` runs out."""
+        watcher = await self.kv.watch(task_id)
+        latest: TaskState | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    entry = await watcher.updates(timeout=timeout)
+                    if entry is None or entry.value is None:
+                        continue
+                    latest = decode_state(entry.value)
+                    if latest.is_final:
+                        return latest
+        except TimeoutError:
+            return latest or await self.get(task_id)
+        finally:
+            await watcher.stop()
+
+    def view_input(self, state: TaskState) -> dict[str, Any]:
+        return state.input_data or {}

@@ -1,0 +1,47 @@
+"""Task state → the unified task format clients read (``taskId`` kept camelCase)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from pixelbus.contracts.task import TaskState
+
+__all__ = ["task_view"]
+
+
+def task_view(state: TaskState) -> dict[str, Any]:
+    progress = None
+    if (
+        state.progress is not None
+        and state.progress.attempt == state.attempts
+        and not state.is_final
+    ):
+        progress = msgspec.to_builtins(state.progress)
+    outputs = [msgspec.to_builtins(o) for o in state.outputs]
+    error = state.error if state.is_final else state.last_error
+    return {
+        "taskId": state.task_id,
+        "workflow": state.workflow,
+        "workflow_name": state.workflow,
+        "environment": state.environment,
+        "params": {"input_data": state.input_data or {}},
+        "status": state.status.value,
+        "progress": progress,
+        "result": {"outputs": outputs, **(state.result or {})}
+        if state.outputs or state.result
+        else None,
+        "error": msgspec.to_builtins(error) if error is not None else None,
+        "attempts": state.attempts,
+        "worker": state.worker,
+        "cancel_requested": state.cancel_requested,
+        "created_at": _iso(state.created_at),
+        "started_at": _iso(state.started_at),
+        "finished_at": _iso(state.finished_at),
+        "updated_at": _iso(state.updated_at),
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
