@@ -8,7 +8,7 @@ default:
 
 # the whole stack on embedded defaults: own nats-server, local storage, built-in engine
 up *args:
-    python -m pixelbus.runtime.stack "$@"
+    python tools/devstack.py "$@"
 
 # the whole test suite
 test *args:

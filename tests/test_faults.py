@@ -1,0 +1,70 @@
+"""Fault tests: processes die, the system does not lose or duplicate work."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from pixelbus.contracts.events import TaskCompleted, TaskStarted
+from pixelbus.contracts.task import TaskStatus
+from pixelbus.gateway.rebuild import read_all_events
+from pixelbus.testkit.nats_server import NatsServer
+from pixelbus.testkit.waiting import EventLog, wait_for_state
+from tests.conftest import data_uri
+from tests.stack import running_stack, spawn_worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fault]
+
+
+async def test_kill_9_worker_holding_a_task_redelivers_and_completes_once(
+    nats_server: NatsServer, tmp_path: Path, astronaut: Path, grace_hopper: Path
+) -> None:
+    async with running_stack(nats_server.url, tmp_path, worker=False) as stack:
+        events = await EventLog.open(stack.nc)
+        doomed = spawn_worker(stack.env)
+        survivor = None
+        try:
+            body = {
+                "workflow": "face_swap",
+                "params": {
+                    "input_data": {
+                        "wf_json": {
+                            "source_url": data_uri(astronaut, "image/png"),
+                            "target_url": data_uri(grace_hopper, "image/jpeg"),
+                        }
+                    }
+                },
+            }
+            task_id = (await stack.http.post("/api/tasks/create", json=body)).json()["taskId"]
+            await events.wait_for(lambda e: isinstance(e, TaskStarted) and e.task_id == task_id, 60)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(10)
+            survivor = spawn_worker(stack.env)
+            final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 90)
+            assert final.status is TaskStatus.COMPLETED
+            assert final.attempts >= 2
+            stored = await read_all_events(stack.nc.jetstream())
+            completions = [e for e in stored[task_id] if isinstance(e, TaskCompleted)]
+            assert len(completions) == 1
+        finally:
+            for process in (doomed, survivor):
+                if process is not None and process.poll() is None:
+                    process.terminate()
+                    process.wait(15)
+
+
+async def test_health_is_503_while_nats_is_down(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with running_stack(nats_server.url, tmp_path, worker=False) as stack:
+        assert (await stack.http.get("/api/health")).status_code == 200
+        nats_server.kill()
+        for _ in range(100):  # until the gateway's client has noticed the loss
+            response = await stack.http.get("/api/health")
+            if response.status_code == 503:
+                break
+            await asyncio.sleep(0.05)
+        assert response.status_code == 503
+        assert response.json()["nats"]["connected"] is False
+        nats_server.start()
