@@ -53,6 +53,7 @@ def describe_url(url: str) -> str:
         return repr(stripped[:_DATA_URI_PREVIEW])
     authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     host = authority.rpartition("@")[2]
+    host = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
     return f"host {host[:100]!r}" if host else f"a {scheme[:10]}: URL"
 
 

@@ -29,7 +29,6 @@ from pixelbus.media.errors import (
     HttpStatusError,
     TooLarge,
     TooManyRedirects,
-    describe_url,
 )
 from pixelbus.media.ssrf import IPAddress, SsrfPolicy, UrlTarget
 
@@ -100,7 +99,7 @@ async def fetch_bytes(
             return await _follow(http, target, limits=limits, policy=policy, resolver=resolver)
     except TimeoutError:
         raise FetchTimeout(
-            f"fetching from {describe_url(url)} took longer than {limits.timeout_s:g} s"
+            f"fetching from {target.label} took longer than {limits.timeout_s:g} s"
         ) from None
 
 

@@ -101,8 +101,8 @@ _FORBIDDEN_NETWORKS: tuple[tuple[IPNetwork, str], ...] = (
     (_N("240.0.0.0/4"), "a reserved address"),
     (_N("::/128"), "the unspecified address"),
     (_N("::1/128"), "a loopback address"),
-    (_N("::/8"), "a reserved address"),
     (_N("64:ff9b:1::/48"), "a local-use NAT64 address"),
+    (_N("::/8"), "a reserved address"),
     (_N("100::/64"), "a discard-only address"),
     (_N("2001::/32"), "a Teredo tunnel address"),
     (_N("2001:db8::/32"), "a documentation address"),
@@ -242,11 +242,11 @@ class SsrfPolicy:
 
     def address_refusal(self, address: IPAddress) -> str | None:
         """Why a resolved ``address`` must not be connected to, or None."""
-        if address in METADATA_ADDRESSES:
-            return "a cloud metadata address"
         candidates: list[IPAddress] = [address]
         if isinstance(address, IPv6Address) and (carried := embedded_ipv4(address)):
             candidates.append(carried[1])
+        if any(a in METADATA_ADDRESSES for a in candidates):
+            return is_forbidden_address(address)
         if any(
             a.version == net.version and a in net for a in candidates for net in self.allow_networks
         ):
