@@ -1,0 +1,100 @@
+"""The interface every face-swap engine implements, and the face-selection rules they
+share: faces are numbered in reading order (by the left edge of their box, then the top);
+by default the largest source face goes onto every target face."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pixelbus.faceswap_worker.engines.errors import FaceIndexOutOfRange, NoFaceFound, Which
+
+__all__ = [
+    "FaceBox",
+    "FaceSwapEngine",
+    "RGBImage",
+    "SwapOptions",
+    "in_reading_order",
+    "require_rgb",
+    "select_source",
+    "select_targets",
+]
+
+RGBImage: TypeAlias = NDArray[np.uint8]
+"""An HxWx3 uint8 array in RGB order."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SwapOptions:
+    source_face_index: int | None = None
+    """Which source face to use; None: the largest."""
+    target_face_index: int | None = None
+    """Which target face to replace; None: every one."""
+
+    def __post_init__(self) -> None:
+        for name in ("source_face_index", "target_face_index"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be 0 or more, got {value}")
+
+
+class FaceSwapEngine(Protocol):
+    """Puts a face of ``source`` onto faces of ``target``.
+
+    Both are RGB uint8 arrays; the result has the target's shape. Engines raise
+    EngineError subclasses for expected failures and are called from worker threads
+    (``asyncio.to_thread``), so ``swap`` must be safe to call concurrently."""
+
+    name: str
+
+    def swap(self, source: RGBImage, target: RGBImage, options: SwapOptions) -> RGBImage: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FaceBox:
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def area(self) -> int:
+        return max(0, self.right - self.left) * max(0, self.bottom - self.top)
+
+
+def in_reading_order(boxes: Sequence[FaceBox]) -> list[FaceBox]:
+    return sorted(boxes, key=lambda box: (box.left, box.top))
+
+
+def select_source(boxes: Sequence[FaceBox], index: int | None) -> int:
+    """The index of the source face to use (``boxes`` in reading order)."""
+    _require_faces("source", boxes, index)
+    if index is not None:
+        return index
+    return max(range(len(boxes)), key=lambda i: boxes[i].area)
+
+
+def select_targets(boxes: Sequence[FaceBox], index: int | None) -> list[int]:
+    """The indexes of the target faces to replace (``boxes`` in reading order)."""
+    _require_faces("target", boxes, index)
+    return list(range(len(boxes))) if index is None else [index]
+
+
+def _require_faces(which: Which, boxes: Sequence[FaceBox], index: int | None) -> None:
+    if not boxes:
+        raise NoFaceFound(which)
+    if index is not None and index >= len(boxes):
+        raise FaceIndexOutOfRange(which, index, len(boxes))
+
+
+def require_rgb(image: RGBImage, which: Which) -> None:
+    """Reject arrays that are not HxWx3 uint8: a caller's bug, hence ValueError."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(
+            f"the {which} image must be an HxWx3 uint8 RGB array, "
+            f"got {image.dtype} with shape {image.shape}"
+        )
