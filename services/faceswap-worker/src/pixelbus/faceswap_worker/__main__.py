@@ -8,9 +8,9 @@ import signal
 import sys
 
 import structlog
-from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
 
 from pixelbus.contracts.subjects import OUTPUTS_BUCKET, pool_for_environment
+from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
 from pixelbus.faceswap_worker.handler import FaceSwapHandler
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.runtime.connection import connect

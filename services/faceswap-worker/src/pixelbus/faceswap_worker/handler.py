@@ -11,11 +11,11 @@ import asyncio
 import httpx
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
-from pixelbus.faceswap_worker.engines.base import FaceSwapEngine, SwapOptions
-from pixelbus.faceswap_worker.engines.errors import EngineError
 
 from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
 from pixelbus.contracts.validation import parse_resolution
+from pixelbus.faceswap_worker.engines.base import FaceSwapEngine, SwapOptions
+from pixelbus.faceswap_worker.engines.errors import EngineError
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.media.errors import MediaError
 from pixelbus.media.fetch import FetchLimits, fetch_bytes
