@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,6 +42,7 @@ class SwapOptions:
                 raise ValueError(f"{name} must be 0 or more, got {value}")
 
 
+@runtime_checkable
 class FaceSwapEngine(Protocol):
     """Puts a face of ``source`` onto faces of ``target``.
 
