@@ -1,0 +1,343 @@
+"""A real S3-compatible server for tests: moto in server mode, in its own process.
+
+``start_s3_server()`` runs moto's WSGI app in a subprocess that binds port 0 and prints the
+port it got (no race for a "free" port). Like real S3 and R2 it checks every request's
+SigV4 signature: the server starts open, we create an admin IAM user, then switch moto's
+IAM checks on, so from then on only requests signed with known keys get through (unknown
+key → 403 ``InvalidAccessKeyId``, wrong secret → 403 ``SignatureDoesNotMatch``, a user
+without the permission → 403 ``AccessDenied``).
+
+``FaultyProxy`` sits in front of any HTTP server and answers the first N requests itself
+(an S3 error document with a 5xx status, or no answer at all), then forwards, so that
+callers' handling of server faults is tested over real HTTP.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+__all__ = [
+    "FaultyProxy",
+    "S3Credentials",
+    "S3Server",
+    "s3_bucket",
+    "s3_server",
+    "start_s3_server",
+]
+
+_HOST = "127.0.0.1"
+_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key_id: str
+    secret_access_key: str
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running moto server; ``credentials`` belong to an IAM user allowed everything."""
+
+    endpoint_url: str
+    credentials: S3Credentials
+    region: str = _REGION
+
+    def client(self, service: str = "s3", credentials: S3Credentials | None = None) -> Any:
+        """A synchronous boto3 client for this server (for arranging and checking tests)."""
+        import boto3
+        from botocore.config import Config
+
+        creds = credentials or self.credentials
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=creds.access_key_id,
+            aws_secret_access_key=creds.secret_access_key,
+            config=Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}),
+        )
+
+    def create_bucket(self, name: str | None = None) -> str:
+        """Create a bucket (a unique name unless given) and return its name."""
+        bucket = name or f"test-{uuid.uuid4().hex[:16]}"
+        self.client().create_bucket(Bucket=bucket)
+        return bucket
+
+    def create_user(self, actions: tuple[str, ...] = ("s3:*",)) -> S3Credentials:
+        """A new IAM user allowed only ``actions`` (none if empty), and its access key."""
+        return _create_user(self.client("iam"), actions)
+
+
+def _create_user(iam: Any, actions: tuple[str, ...]) -> S3Credentials:
+    user = f"user-{uuid.uuid4().hex[:12]}"
+    iam.create_user(UserName=user)
+    if actions:
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName=user, PolicyName="access", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return S3Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+
+
+# Run in the subprocess with ``python -c``: it imports only moto and werkzeug (not this
+# module, which pulls in pytest), binds port 0 and prints the port it got.
+_SERVE_MOTO = """
+import logging
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app)
+from werkzeug.serving import make_server
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+app = DomainDispatcherApplication(create_backend_app)
+server = make_server(%r, 0, app, threaded=True, request_handler=MotoRequestHandler)
+print(server.port, flush=True)
+server.serve_forever()
+"""
+
+
+def _read_port(proc: subprocess.Popen[str], deadline: float) -> int:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if selector.select(timeout=deadline - time.monotonic()):
+                line = proc.stdout.readline()
+                if line.strip().isdigit():
+                    return int(line)
+                if not line:  # EOF: the process died before binding
+                    break
+    raise RuntimeError("moto server did not report its port")
+
+
+def _wait_until_answering(endpoint_url: str, proc: subprocess.Popen[str], deadline: float) -> None:
+    with httpx.Client(timeout=1.0) as client:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                client.get(f"{endpoint_url}/moto-api/data.json")
+            except httpx.TransportError:
+                time.sleep(0.05)  # poll interval, bounded by the deadline
+            else:
+                return
+    raise RuntimeError(f"moto server at {endpoint_url} did not answer")
+
+
+def _enforce_auth(endpoint_url: str) -> S3Credentials:
+    """Create an allow-all IAM user while the server is open, then require signatures."""
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint_url,
+        region_name=_REGION,
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",  # noqa: S106 - not checked until auth is on
+    )
+    credentials = _create_user(iam, ("*",))
+    response = httpx.post(f"{endpoint_url}/moto-api/reset-auth", content=b"0")
+    response.raise_for_status()
+    return credentials
+
+
+@contextmanager
+def start_s3_server(*, startup_timeout: float = 30.0) -> Iterator[S3Server]:
+    """Run a moto S3 server in a subprocess for the duration of the ``with`` block."""
+    env = {**os.environ, "MOTO_CALL_RESET_API": "false", "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_MOTO % _HOST],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + startup_timeout
+            try:
+                port = _read_port(proc, deadline)
+                endpoint_url = f"http://{_HOST}:{port}"
+                _wait_until_answering(endpoint_url, proc, deadline)
+            except RuntimeError as exc:
+                stderr.seek(0)
+                raise RuntimeError(f"{exc}; its stderr:\n{stderr.read()[-4000:]}") from None
+            yield S3Server(endpoint_url=endpoint_url, credentials=_enforce_auth(endpoint_url))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto S3 server for the test session (use a fresh bucket per test)."""
+    with start_s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A new, empty bucket on the session's S3 server."""
+    return s3_server.create_bucket()
+
+
+class FaultyProxy:
+    """An HTTP proxy that answers the first ``fail_first`` requests itself, then forwards.
+
+    ``hang=True`` makes those requests get no answer until the proxy closes (a server that
+    stopped responding); otherwise they get ``status`` with an S3 error document. The
+    ``Host`` header is forwarded unchanged, so SigV4 signatures made for the proxy's address
+    stay valid upstream.
+    """
+
+    def __init__(
+        self, upstream_url: str, *, fail_first: int = 0, status: int = 503, hang: bool = False
+    ) -> None:
+        upstream = urlsplit(upstream_url)
+        if upstream.scheme != "http" or upstream.hostname is None:
+            raise ValueError(f"FaultyProxy forwards to http:// URLs only, not {upstream_url!r}")
+        self._upstream = (upstream.hostname, upstream.port or 80)
+        self.fail_first = fail_first
+        self.status = status
+        self.hang = hang
+        self.requests = 0
+        self.faults = 0
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._server = ThreadingHTTPServer((_HOST, 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{_HOST}:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FaultyProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+    def _take_fault(self) -> bool:
+        with self._lock:
+            self.requests += 1
+            if self.faults < self.fail_first:
+                self.faults += 1
+                return True
+            return False
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # so that ``Expect: 100-continue`` is answered
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test output quiet
+
+            def _body(self) -> bytes:
+                # botocore sends Content-Length for in-memory bodies; chunked is not needed
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _handle(self) -> None:
+                body = self._body()
+                if proxy._take_fault():
+                    if proxy.hang:
+                        proxy._closing.wait()
+                        self.close_connection = True
+                        return
+                    self._send(
+                        proxy.status, {"Content-Type": "application/xml"}, _error(proxy.status)
+                    )
+                    return
+                self._forward(body)
+
+            def _forward(self, body: bytes) -> None:
+                conn = http.client.HTTPConnection(*proxy._upstream, timeout=30)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                    upstream_headers = {
+                        k: v for k, v in response.getheaders() if k.lower() not in _HOP
+                    }
+                finally:
+                    conn.close()
+                self._send(response.status, upstream_headers, data)
+
+            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                length = str(len(body))
+                for key, value in headers.items():
+                    if key.lower() != "content-length":
+                        self.send_header(key, value)
+                    elif self.command == "HEAD":  # a HEAD answer has the GET's length
+                        length = value
+                self.send_header("Content-Length", length)
+                self.send_header("Connection", "close")  # no idle keep-alive threads
+                self.close_connection = True
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        return Handler
+
+
+_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-connection",
+    }
+)
+
+
+def _error(status: int) -> bytes:
+    code = {503: "SlowDown", 500: "InternalError", 429: "TooManyRequests"}.get(
+        status, "InternalError"
+    )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+        f"<Message>injected by FaultyProxy</Message></Error>"
+    ).encode()
