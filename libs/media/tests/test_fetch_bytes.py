@@ -22,6 +22,7 @@ from pixelbus.media import (
     FetchLimits,
     FetchTimeout,
     HttpStatusError,
+    InvalidUrl,
     SsrfPolicy,
     TooLarge,
     TooManyRedirects,
@@ -89,7 +90,9 @@ async def test_https_verifies_the_certificate_against_the_host_name(
     resolver = StubResolver({"other.example": ["127.0.0.1"]})
     trust = ssl.create_default_context(cafile=str(certificate.cert))
     async with httpx.AsyncClient(verify=trust, trust_env=False) as client:
-        with pytest.raises(FetchFailed, match=re.escape("other.example")):
+        with pytest.raises(
+            FetchFailed, match=re.escape("certificate of host 'other.example'")
+        ) as caught:
             await fetch_bytes(
                 https_server.url("/image", host="other.example"),
                 limits=LIMITS,
@@ -97,8 +100,19 @@ async def test_https_verifies_the_certificate_against_the_host_name(
                 resolver=resolver,
                 client=client,
             )
+    assert caught.value.retryable is False
     assert https_server.server_names == ["other.example"]
     assert https_server.requests == []
+
+
+async def test_tries_the_next_checked_address_when_one_refuses(http_server: LocalServer) -> None:
+    # Nothing listens on 127.0.0.2 at this port: the connection is refused there.
+    resolver = StubResolver({"dual.example": ["127.0.0.2", "127.0.0.1"]})
+    policy = SsrfPolicy(allow_networks=(ip_network("127.0.0.0/8"),))
+    url = http_server.url("/image", host="dual.example")
+    fetched = await fetch_bytes(url, limits=LIMITS, policy=policy, resolver=resolver)
+    assert fetched.data == PNG
+    assert http_server.paths == ["/image"]
 
 
 async def test_follows_relative_redirects_up_to_the_limit(http_server: LocalServer) -> None:
@@ -146,6 +160,13 @@ async def test_each_redirect_is_checked_again(
     assert caught.value.code == "ssrf_blocked"
     assert caught.value.retryable is False
     assert http_server.paths == [f"/redirect?to={target}"]
+
+
+async def test_an_invalid_redirect_location_is_refused(http_server: LocalServer) -> None:
+    url = http_server.url(f"/redirect?to={quote('http://[::1', safe='')}")
+    with pytest.raises(InvalidUrl, match="redirected to an invalid URL") as caught:
+        await fetch_bytes(url, limits=LIMITS, policy=LOOPBACK)
+    assert caught.value.retryable is False
 
 
 @pytest.mark.parametrize(
@@ -279,3 +300,9 @@ async def test_bad_data_uris(uri: str, error: type[Exception], message: str) -> 
         await fetch_bytes(uri, limits=limits, policy=STRICT)
     assert "QUFB" not in str(caught.value)
     assert "data: URI (image/png" in str(caught.value)
+
+
+@pytest.mark.parametrize("limits", [{"max_bytes": 0}, {"timeout_s": 0}, {"max_redirects": -1}])
+def test_limits_must_make_sense(limits: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="invalid fetch limits"):
+        FetchLimits(**limits)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ stable machine-readable ``code``; messages name the URL's host, never a whole UR
 
     MediaError
     ├── UrlRefused                 permanent: the URL is never fetched
-    │   ├── InvalidUrl             invalid_url     malformed URL or host
+    │   ├── InvalidUrl             invalid_url     malformed URL, host or redirect
     │   └── BlockedUrl             ssrf_blocked    scheme, userinfo, host name or address
     ├── FetchError                 fetching failed
     │   ├── BadDataUri             bad_data_uri    permanent
@@ -15,7 +15,8 @@ stable machine-readable ``code``; messages name the URL's host, never a whole UR
     │   ├── HttpStatusError        fetch_http_error    retryable for 408, 425, 429 and 5xx
     │   ├── FetchTimeout           fetch_timeout   retryable
     │   └── FetchFailed            fetch_failed    connection or DNS failure; retryable
-    │                                              unless the host name does not exist
+    │                                              unless the host name does not exist or
+    │                                              its TLS certificate does not verify
     └── InvalidImage               invalid_image   permanent: not an acceptable image
 """
 

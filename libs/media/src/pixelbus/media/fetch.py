@@ -1,7 +1,8 @@
 """Fetching user-supplied URLs without letting them reach private networks.
 
 For http(s) every hop is checked by the SsrfPolicy, its host resolved once, every
-address checked, and the connection made to the checked address itself: the request
+address checked, and the connection made to a checked address itself (the next one
+when a connection is refused): the request
 goes to the IP with the original ``Host`` header and TLS server name, so a second DNS
 answer (DNS rebinding) cannot redirect it. Redirects are followed by hand, each one
 re-checked. The body is capped while it streams and the whole fetch is capped in time.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from pixelbus.media.errors import (
     FetchFailed,
     FetchTimeout,
     HttpStatusError,
+    InvalidUrl,
+    MediaError,
     TooLarge,
     TooManyRedirects,
 )
@@ -56,6 +60,10 @@ class FetchLimits:
     timeout_s: float = 20.0
     """For the whole fetch: resolution, every redirect and the body."""
     max_redirects: int = 3
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.timeout_s <= 0 or self.max_redirects < 0:
+            raise ValueError(f"invalid fetch limits: {self}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,10 +132,9 @@ async def _follow(
     resolver: Resolver,
 ) -> Fetched:
     for hop in range(limits.max_redirects + 1):
-        address = await _resolve(target, policy, resolver)
+        addresses = await _resolve(target, policy, resolver)
         try:
-            request = _pinned_request(http, target, address)
-            response = await http.send(request, stream=True, follow_redirects=False)
+            response = await _send(http, target, addresses)
             try:
                 location = response.headers.get("location")
                 if response.status_code in _REDIRECTS and location:
@@ -135,7 +142,7 @@ async def _follow(
                         raise TooManyRedirects(
                             f"{target.label} redirected more than {limits.max_redirects} times"
                         )
-                    target = policy.check_url(str(target.url.join(location)))
+                    target = policy.check_url(_redirect_url(target, location))
                     continue
                 _check_status(response, target)
                 data = await _read_capped(response, target, limits.max_bytes)
@@ -144,7 +151,7 @@ async def _follow(
         except httpx.TimeoutException:
             raise FetchTimeout(f"timed out fetching from {target.label}") from None
         except httpx.HTTPError as error:
-            raise FetchFailed(f"could not fetch from {target.label}: {error!r}") from None
+            raise _failure(target, error) from None
         content_type = response.headers.get("content-type", "").split(";", 1)[0].strip()
         return Fetched(
             data=data, content_type=content_type.lower() or None, final_url=str(target.url)
@@ -152,9 +159,9 @@ async def _follow(
     raise AssertionError("unreachable: the last hop returns or raises")  # pragma: no cover
 
 
-async def _resolve(target: UrlTarget, policy: SsrfPolicy, resolver: Resolver) -> IPAddress:
+async def _resolve(target: UrlTarget, policy: SsrfPolicy, resolver: Resolver) -> list[IPAddress]:
     if target.address is not None:
-        return target.address  # an IP literal, checked with the URL
+        return [target.address]  # an IP literal, checked with the URL
     try:
         addresses = list(await resolver(target.host, target.port))
     except socket.gaierror as error:
@@ -165,6 +172,49 @@ async def _resolve(target: UrlTarget, policy: SsrfPolicy, resolver: Resolver) ->
     except OSError as error:
         raise FetchFailed(f"could not resolve {target.label}: {error}") from None
     return policy.check_resolved(target, addresses)
+
+
+async def _send(
+    http: httpx.AsyncClient, target: UrlTarget, addresses: list[IPAddress]
+) -> httpx.Response:
+    """Send to the checked addresses in order until one accepts the connection (a host
+    may list an IPv6 address this machine cannot reach)."""
+    for address in addresses[:-1]:
+        try:
+            return await _send_to(http, target, address)
+        except httpx.ConnectError:
+            continue
+    return await _send_to(http, target, addresses[-1])
+
+
+async def _send_to(
+    http: httpx.AsyncClient, target: UrlTarget, address: IPAddress
+) -> httpx.Response:
+    request = _pinned_request(http, target, address)
+    return await http.send(request, stream=True, follow_redirects=False)
+
+
+def _redirect_url(target: UrlTarget, location: str) -> str:
+    try:
+        return str(target.url.join(location))
+    except (httpx.InvalidURL, ValueError, TypeError) as error:
+        raise InvalidUrl(f"{target.label} redirected to an invalid URL: {error}") from None
+
+
+def _failure(target: UrlTarget, error: httpx.HTTPError) -> MediaError:
+    """A transport failure: retryable, except a certificate that does not verify or a
+    redirect to a malformed URL (which httpx itself rejects while reading the response)."""
+    if isinstance(error, httpx.RemoteProtocolError) and "location header" in str(error):
+        return InvalidUrl(f"{target.label} redirected to an invalid URL: {error}")
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return FetchFailed(
+                f"the TLS certificate of {target.label} does not verify: {cause.verify_message}",
+                retryable=False,
+            )
+        cause = cause.__cause__ or cause.__context__
+    return FetchFailed(f"could not fetch from {target.label}: {error!r}")
 
 
 def _pinned_request(

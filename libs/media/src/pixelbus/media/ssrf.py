@@ -290,9 +290,9 @@ class SsrfPolicy:
             raise BlockedUrl(f"refused to fetch from host {name!r}: it is {reason}")
         return UrlTarget(url=parsed, host=name, port=port, address=None)
 
-    def check_resolved(self, target: UrlTarget, addresses: list[IPAddress]) -> IPAddress:
+    def check_resolved(self, target: UrlTarget, addresses: list[IPAddress]) -> list[IPAddress]:
         """Refuse the host unless every address it resolved to is allowed; return the
-        address to connect to."""
+        addresses to connect to, in order."""
         if not addresses:
             raise BlockedUrl(f"refused to fetch from {target.label}: it has no address")
         for address in addresses:
@@ -301,4 +301,4 @@ class SsrfPolicy:
                 raise BlockedUrl(
                     f"refused to fetch from {target.label}: it resolves to {address}, {reason}"
                 )
-        return addresses[0]
+        return addresses
