@@ -1,11 +1,11 @@
 """Fetching user-supplied URLs without letting them reach private networks.
 
 For http(s) every hop is checked by the SsrfPolicy, its host resolved once, every
-address checked, and the connection made to a checked address itself (the next one
-when a connection is refused): the request
-goes to the IP with the original ``Host`` header and TLS server name, so a second DNS
-answer (DNS rebinding) cannot redirect it. Redirects are followed by hand, each one
-re-checked. The body is capped while it streams and the whole fetch is capped in time.
+address checked, and the connection made to a checked address itself (the next one when
+a connection is refused): the request goes to the IP with the original ``Host`` header
+and TLS server name, so a second DNS answer (DNS rebinding) cannot redirect it.
+Redirects are followed by hand, each one re-checked. The body is capped while it
+streams and the whole fetch is capped in time.
 
 A client passed in must not use a proxy (the proxy would resolve names itself) and is
 best not shared with fetches of unrelated hosts: its connection pool is keyed by address,
