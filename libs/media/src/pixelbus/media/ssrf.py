@@ -280,7 +280,8 @@ class SsrfPolicy:
         if address is not None:
             reason = self.address_refusal(address)
             if reason is not None:
-                raise BlockedUrl(f"refused to fetch from {address}: it is {reason}")
+                shown = str(address) if host == str(address) else f"host {host!r} ({address})"
+                raise BlockedUrl(f"refused to fetch from {shown}: it is {reason}")
             return UrlTarget(url=parsed, host=str(address), port=port, address=address)
         name = host.rstrip(".")
         if not all(_LABEL.match(label) for label in name.split(".")):
