@@ -138,7 +138,7 @@ def composite_face(
     # line's background; the zero border is what seamlessClone needs.
     shrink = max(size) // 60
     if shrink:
-        mask = cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=shrink)
+        mask = np.asarray(cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=shrink))
     mask[[0, -1], :] = 0
     mask[:, [0, -1]] = 0
     if np.count_nonzero(mask) == 0:
