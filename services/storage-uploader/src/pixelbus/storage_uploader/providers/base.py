@@ -19,6 +19,10 @@ MAX_KEY_LENGTH = 1024  # S3's limit, in bytes; our keys are ASCII
 _MAX_SEGMENT = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*$")
+_DIGEST = 12
+# What a changed segment ends with; a name that already looks like this is hashed too, so
+# that a kept name can never equal the changed form of another one.
+_HASHED = re.compile(rf"-[0-9a-f]{{{_DIGEST}}}(?:\.[A-Za-z0-9_-]{{1,10}})?$")
 
 
 class StorageProvider(Protocol):
@@ -50,9 +54,9 @@ def output_key(task_id: str, filename: str) -> str:
 
 def _segment(value: str) -> str:
     cleaned = _UNSAFE.sub("_", value).lstrip(".")
-    if cleaned == value and 0 < len(value) <= _MAX_SEGMENT:
+    if cleaned == value and 0 < len(value) <= _MAX_SEGMENT and not _HASHED.search(value):
         return value
-    digest = hashlib.sha256(value.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(value.encode()).hexdigest()[:_DIGEST]
     stem, dot, ext = cleaned.rpartition(".")
     if not dot or not stem or not ext or len(ext) > 10:
         stem, ext = cleaned, ""

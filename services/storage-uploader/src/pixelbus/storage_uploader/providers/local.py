@@ -24,9 +24,18 @@ from pixelbus.storage_uploader.settings import LocalSettings
 
 __all__ = ["LocalProvider"]
 
-# Errors that no retry will fix: wrong permissions or a path that cannot be a directory.
+# Errors that no retry will fix: wrong permissions, a read-only file system, or a file
+# where a directory should be (EEXIST, ENOTDIR). A full disk (ENOSPC) may heal.
 _PERMANENT_ERRNOS = frozenset(
-    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.EEXIST,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+    }
 )
 _SETTING = "PIXELBUS_LOCAL_STORAGE_DIR"
 
