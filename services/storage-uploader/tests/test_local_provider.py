@@ -9,7 +9,6 @@ import pytest
 
 from pixelbus.storage_uploader.errors import StoragePermanentError, StorageRetryableError
 from pixelbus.storage_uploader.providers import LocalProvider, build_provider, output_key
-from pixelbus.storage_uploader.providers import local as local_module
 from pixelbus.storage_uploader.settings import LocalSettings, StorageSettings
 
 
@@ -65,7 +64,7 @@ async def test_a_failed_write_keeps_the_old_file_and_no_temp_file(
     def disk_full(src: str, dst: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(local_module.os, "replace", disk_full)
+    monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(StorageRetryableError) as caught:
         await provider.put("tasks/t/a.png", b"new", "image/png")
     assert caught.value.code == "ENOSPC"

@@ -23,11 +23,11 @@ ENDPOINT = "https://acct.r2.cloudflarestorage.com"
 def client_error(status: int, code: str | None, message: str = "") -> ClientError:
     error = {"Code": code, "Message": message} if code else {}
     response = {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}
-    return ClientError(response, "PutObject")  # type: ignore[arg-type]
+    return ClientError(response, "PutObject")
 
 
 def mapped(exc: Exception, key: str | None = "tasks/t/a.png") -> StorageError:
-    return map_r2_error(exc, bucket="outputs", key=key, endpoint=ENDPOINT)  # type: ignore[arg-type]
+    return map_r2_error(exc, bucket="outputs", key=key, endpoint=ENDPOINT)
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,7 @@ async def test_check_passes_when_the_bucket_is_there(provider: R2Provider) -> No
 
 
 async def test_concurrent_puts_share_one_client(s3_server: S3Server, s3_bucket: str) -> None:
-    class CountingSession(aioboto3.Session):  # observes, does not change, client creation
+    class CountingSession(aioboto3.Session):  # type: ignore[misc]  # counts client creation
         clients = 0
 
         def client(self, *args: Any, **kwargs: Any) -> Any:
@@ -129,6 +129,19 @@ def wrong_secret(server: S3Server) -> S3Credentials:
 
 def read_only_user(server: S3Server) -> S3Credentials:
     return server.create_user(("s3:GetObject", "s3:ListBucket"))
+
+
+async def test_answers_behind_the_fault_proxy_are_the_servers_own(s3_server: S3Server) -> None:
+    with FaultyProxy(s3_server.endpoint_url) as proxy:
+        settings = r2_settings(s3_server, "no-such-bucket", endpoint_url=proxy.endpoint_url)
+        provider = R2Provider(settings)
+        try:
+            with pytest.raises(StoragePermanentError) as caught:
+                await provider.put("tasks/t/a.png", b"x", "image/png")
+        finally:
+            await provider.aclose()
+    assert caught.value.code == "NoSuchBucket"
+    assert (proxy.requests, proxy.faults) == (1, 0)
 
 
 @pytest.mark.parametrize(

@@ -101,16 +101,24 @@ def _create_user(iam: Any, actions: tuple[str, ...]) -> S3Credentials:
 
 
 # Run in the subprocess with ``python -c``: it imports only moto and werkzeug (not this
-# module, which pulls in pytest), binds port 0 and prints the port it got.
+# module, which pulls in pytest), binds port 0 and prints the port it got. The handler
+# leaves the ``Server`` header to moto: werkzeug adding its own makes two, which strict
+# HTTP parsers (aiohttp's pure-Python one) refuse.
 _SERVE_MOTO = """
 import logging
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication, MotoRequestHandler, create_backend_app)
 from werkzeug.serving import make_server
 
+class Handler(MotoRequestHandler):
+    def send_response(self, code, message=None):
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
+
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 app = DomainDispatcherApplication(create_backend_app)
-server = make_server(%r, 0, app, threaded=True, request_handler=MotoRequestHandler)
+server = make_server(%r, 0, app, threaded=True, request_handler=Handler)
 print(server.port, flush=True)
 server.serve_forever()
 """
@@ -230,7 +238,9 @@ class FaultyProxy:
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer((_HOST, 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def endpoint_url(self) -> str:
@@ -266,6 +276,11 @@ class FaultyProxy:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output quiet
+
+            def send_response(self, code: int, message: str | None = None) -> None:
+                # No ``Server`` header of our own: the upstream's is forwarded.
+                self.send_response_only(code, message)
+                self.send_header("Date", self.date_time_string())
 
             def _body(self) -> bytes:
                 # botocore sends Content-Length for in-memory bodies; chunked is not needed
