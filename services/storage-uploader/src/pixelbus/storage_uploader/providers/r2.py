@@ -86,7 +86,10 @@ class R2Provider:
         client = await self._get_client()
         try:
             await client.put_object(
-                Bucket=self._settings.bucket, Key=key, Body=data, ContentType=content_type
+                Bucket=self._settings.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type or "application/octet-stream",
             )
         except (ClientError, BotoCoreError, TimeoutError) as exc:
             raise self._error(exc, key) from exc
@@ -166,7 +169,9 @@ def _map_client_error(exc: ClientError, doing: str, *, checking: bool) -> Storag
             f"r2: bucket does not exist {detail} {doing}: check R2_BUCKET and {_ENDPOINT}", code
         )
     if code in _RETRYABLE_CODES or status in (408, 429) or status >= 500 or status == 0:
-        return StorageRetryableError(f"r2: server error {detail} {doing}", provider="r2", code=code)
+        return StorageRetryableError(
+            f"r2: server failing or throttling {detail} {doing}", provider="r2", code=code
+        )
     if code in _CREDENTIAL_CODES:
         what, check = _CREDENTIAL_CODES[code]
         return _permanent(f"r2: {what} {detail} {doing}: check {check}", code)
