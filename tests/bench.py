@@ -235,18 +235,18 @@ def main() -> int:
             server.stop()
     print(
         f"pixelbus probe tasks (HTTP create -> worker -> uploader -> KV COMPLETED), {args.tasks} tasks, {args.clients} clients"
-    )  # noqa: T201
-    print(f"  throughput at saturation: {system['throughput']:8.0f} tasks/s")  # noqa: T201
+    )
+    print(f"  throughput at saturation: {system['throughput']:8.0f} tasks/s")
     print(
         f"  latency at {args.rate:g} tasks/s:   p50 {system['p50_ms']:6.2f} ms   p99 {system['p99_ms']:6.2f} ms"
-    )  # noqa: T201
-    print("reference: bare JetStream publish -> pull -> ack -> reply, same nats-server")  # noqa: T201
-    print(f"  throughput at saturation: {reference['throughput']:8.0f} round trips/s")  # noqa: T201
+    )
+    print("reference: bare JetStream publish -> pull -> ack -> reply, same nats-server")
+    print(f"  throughput at saturation: {reference['throughput']:8.0f} round trips/s")
     print(
         f"  latency one in flight:    p50 {reference['p50_ms']:6.2f} ms   p99 {reference['p99_ms']:6.2f} ms"
-    )  # noqa: T201
+    )
     print(
-        f"ratio pixelbus / reference: throughput {system['throughput'] / reference['throughput']:.2f}x, "  # noqa: T201
+        f"ratio pixelbus / reference: throughput {system['throughput'] / reference['throughput']:.2f}x, "
         f"p50 latency {system['p50_ms'] / reference['p50_ms']:.1f}x"
     )
     return 0

@@ -57,9 +57,9 @@ def main() -> int:
             processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
         base = f"http://127.0.0.1:{port}"
         if not wait_http(f"{base}/api/health", 60, processes["gateway"]):
-            print("pixelbus: the gateway did not come up; see the log above", file=sys.stderr)  # noqa: T201
+            print("pixelbus: the gateway did not come up; see the log above", file=sys.stderr)
             return 1
-        print(  # noqa: T201
+        print(
             f"\npixelbus is up (nats-server {nats.url}, storage {STATE / 'storage'})\n"
             f"  API:    {base}/api\n"
             f"  docs:   {base}/docs\n"
@@ -71,10 +71,10 @@ def main() -> int:
         while all(p.poll() is None for p in processes.values()):
             time.sleep(0.5)
         dead = [n for n, p in processes.items() if p.poll() is not None]
-        print(f"pixelbus: {', '.join(dead)} exited; stopping", file=sys.stderr)  # noqa: T201
+        print(f"pixelbus: {', '.join(dead)} exited; stopping", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\npixelbus: stopping", file=sys.stderr)  # noqa: T201
+        print("\npixelbus: stopping", file=sys.stderr)
         return 0
     finally:
         for process in processes.values():

@@ -55,7 +55,7 @@ def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BusSettings:
     """How services reach NATS and how the JetStream assets are sized.
 

@@ -30,3 +30,6 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.close()
+
+
+from pixelbus.testkit.s3_server import s3_bucket, s3_server  # noqa: E402, F401 — fixtures

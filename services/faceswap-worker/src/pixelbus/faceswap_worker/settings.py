@@ -15,7 +15,7 @@ from pixelbus.runtime.settings import BusSettings, env_float, env_int, env_str
 __all__ = ["FaceSwapSettings"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FaceSwapSettings:
     bus: BusSettings = field(default_factory=BusSettings)
     concurrency: int = 2

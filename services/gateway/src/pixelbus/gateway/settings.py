@@ -14,7 +14,7 @@ from pixelbus.runtime.settings import BusSettings, env_bool, env_float, env_int,
 __all__ = ["GatewaySettings"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class GatewaySettings:
     bus: BusSettings = field(default_factory=BusSettings)
     app_env: str = "development"

@@ -8,8 +8,6 @@ import signal
 import sys
 
 import structlog
-from pixelbus.storage_uploader.providers import build_provider
-from pixelbus.storage_uploader.settings import StorageSettings
 
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.errors import SettingsError
@@ -17,6 +15,8 @@ from pixelbus.runtime.logging import setup_logging
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.tracing import setup_tracing
+from pixelbus.storage_uploader.providers import build_provider
+from pixelbus.storage_uploader.settings import StorageSettings
 from pixelbus.storage_uploader.uploader import Uploader
 
 log = structlog.get_logger("pixelbus.storage_uploader")

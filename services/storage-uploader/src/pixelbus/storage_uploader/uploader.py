@@ -20,8 +20,6 @@ from nats.js.errors import FetchTimeoutError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from opentelemetry import trace
-from pixelbus.storage_uploader.errors import StorageError
-from pixelbus.storage_uploader.providers.base import StorageProvider, output_key
 
 from pixelbus.contracts.events import (
     OutputsReady,
@@ -41,6 +39,8 @@ from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
 from pixelbus.runtime.tracing import context_from_headers, tracer
+from pixelbus.storage_uploader.errors import StorageError
+from pixelbus.storage_uploader.providers.base import StorageProvider, output_key
 
 __all__ = ["Uploader"]
 
