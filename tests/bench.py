@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
@@ -73,12 +74,18 @@ async def bench_system(
     completions = Completions()
     watcher = asyncio.create_task(completions.watch(kv))
     body = {"workflow": "probe", "environment": "face_swap"}
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+    # aiohttp, not httpx: at saturation httpx's pool took most of a core in this process.
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(base, connector=connector) as http:
+
+        async def create() -> str:
+            async with http.post("/api/tasks/create", json=body) as response:
+                assert response.status < 300, await response.text()
+                return str((await response.json())["taskId"])
+
         # warm-up
         for _ in range(20):
-            task_id = (await http.post("/api/tasks/create", json=body)).json()["taskId"]
-            await asyncio.wait_for(completions.wait(task_id), 30)
+            await asyncio.wait_for(completions.wait(await create()), 30)
         # saturation
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(total):
@@ -88,7 +95,7 @@ async def bench_system(
         async def client() -> None:
             while not queue.empty():
                 queue.get_nowait()
-                ids.append((await http.post("/api/tasks/create", json=body)).json()["taskId"])
+                ids.append(await create())
 
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -99,7 +106,7 @@ async def bench_system(
 
         async def one() -> None:
             t0 = time.perf_counter()
-            task_id = (await http.post("/api/tasks/create", json=body)).json()["taskId"]
+            task_id = await create()
             latencies.append(await asyncio.wait_for(completions.wait(task_id), 60) - t0)
 
         pending = []

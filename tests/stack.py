@@ -28,6 +28,7 @@ from pixelbus.faceswap_worker.handler import FaceSwapHandler
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.worker import WorkerRuntime
@@ -81,7 +82,7 @@ async def start_worker(env: dict[str, str], nc: Client) -> WorkerRuntime:
     settings = FaceSwapSettings.from_env(env)
     js = nc.jetstream()
     handler = FaceSwapHandler(
-        {"builtin": shared_engine()}, settings, await js.object_store(OUTPUTS_BUCKET)
+        {"builtin": shared_engine()}, settings, ObjectReader(js, OUTPUTS_BUCKET)
     )
     return WorkerRuntime(
         nc=nc,
@@ -114,7 +115,7 @@ async def running_stack(
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(server.serve())]
     stoppers: list[Any] = []
     provider = build_provider(StorageSettings.from_env(env))
-    uploader = Uploader(nc.jetstream(), provider, BusSettings.from_env(env))
+    uploader = Uploader(nc, provider, BusSettings.from_env(env))
     tasks.append(asyncio.create_task(uploader.run()))
     stoppers.append(uploader.stop)
     if worker:

@@ -74,7 +74,7 @@ async def test_two_projectors_give_the_same_state_as_one(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     async with running_stack(nats_server.url, tmp_path) as stack:
-        second = Projector(stack.nc.jetstream(), batch=7)
+        second = Projector(stack.nc, batch=7)
         runner = asyncio.create_task(second.run())
         try:
             ids = await run_mixed_tasks(stack, 25)

@@ -8,6 +8,7 @@ import pytest
 
 from pixelbus.contracts.subjects import (
     event_filter,
+    input_object_names,
     pool_for_environment,
     sanitize_token,
     task_subject,
@@ -182,3 +183,16 @@ def test_subjects() -> None:
     assert (
         pool_for_environment("face_swap").filter_subject == "pixelbus.tasks.face_swap.*.created.*"
     )
+
+
+def test_input_object_names_found_at_any_depth_once() -> None:
+    input_data = {
+        "wf_json": {
+            "source_url": "pixelbus-object:inputs/t1/source_url",
+            "target_url": "https://example.com/a.png",
+            "3": {"inputs": {"image": "pixelbus-object:inputs/t1/node3"}},
+            "list": ["pixelbus-object:inputs/t1/source_url", 7, None],
+        }
+    }
+    assert input_object_names(input_data) == ("inputs/t1/source_url", "inputs/t1/node3")
+    assert input_object_names({"wf_json": {"source_url": "data:image/png;base64,xx"}}) == ()

@@ -41,7 +41,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     attempt: int = 0
 
 
-class TaskCreated(Event, tag="TaskCreated"):
+class TaskCreated(Event, tag="TaskCreated", frozen=True):
     kind = "created"
     workflow: str
     environment: str
@@ -50,31 +50,33 @@ class TaskCreated(Event, tag="TaskCreated"):
     idempotency_key: str | None = None
 
 
-class TaskStarted(Event, tag="TaskStarted"):
+class TaskStarted(Event, tag="TaskStarted", frozen=True):
     kind = "started"
     worker: str
 
 
-class TaskProgress(Event, tag="TaskProgress"):
+class TaskProgress(Event, tag="TaskProgress", frozen=True):
     kind = "progress"
     fraction: float | None = None
     node: str | None = None
     message: str | None = None
 
 
-class OutputsReady(Event, tag="OutputsReady"):
+class OutputsReady(Event, tag="OutputsReady", frozen=True):
     kind = "outputs"
     outputs: tuple[OutputObject, ...]
     result: dict[str, Any] | None = None
+    #: Object Store inputs of the task (inline images), removed once the outputs are stored.
+    input_objects: tuple[str, ...] = ()
 
 
-class TaskCompleted(Event, tag="TaskCompleted"):
+class TaskCompleted(Event, tag="TaskCompleted", frozen=True):
     kind = "completed"
     outputs: tuple[StoredOutput, ...] = ()
     result: dict[str, Any] | None = None
 
 
-class TaskFailed(Event, tag="TaskFailed"):
+class TaskFailed(Event, tag="TaskFailed", frozen=True):
     kind = "failed"
     code: str
     message: str
@@ -82,12 +84,12 @@ class TaskFailed(Event, tag="TaskFailed"):
     final: bool
 
 
-class TaskCancelRequested(Event, tag="TaskCancelRequested"):
+class TaskCancelRequested(Event, tag="TaskCancelRequested", frozen=True):
     kind = "cancel_requested"
     reason: str | None = None
 
 
-class TaskCancelled(Event, tag="TaskCancelled"):
+class TaskCancelled(Event, tag="TaskCancelled", frozen=True):
     kind = "cancelled"
     reason: str | None = None
 
@@ -104,7 +106,7 @@ AnyEvent = (
 )
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(AnyEvent)
+_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
 
 
 def encode_event(event: Event) -> bytes:

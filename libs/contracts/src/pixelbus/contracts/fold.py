@@ -90,7 +90,7 @@ def _apply_final(state: TaskState, event: AnyEvent) -> TaskState:
     elif isinstance(event, TaskFailed):
         error = TaskError(code=event.code, message=event.message, retryable=event.retryable)
         changes.update(status=TaskStatus.FAILED, error=error)
-    return msgspec.structs.replace(state, **changes)  # type: ignore[arg-type]
+    return msgspec.structs.replace(state, **changes)
 
 
 def _apply_live(state: TaskState, event: AnyEvent) -> TaskState:
@@ -137,7 +137,7 @@ def _apply_live(state: TaskState, event: AnyEvent) -> TaskState:
             changes["cancel_reason"] = event.reason
     if not changes:
         return state
-    return msgspec.structs.replace(state, **changes)  # type: ignore[arg-type]
+    return msgspec.structs.replace(state, **changes)
 
 
 def apply(state: TaskState | None, event: AnyEvent) -> TaskState:

@@ -26,6 +26,7 @@ __all__ = [
     "WORKERS_BUCKET",
     "Pool",
     "event_filter",
+    "input_object_names",
     "pool_for_environment",
     "sanitize_token",
     "task_subject",
@@ -45,6 +46,22 @@ UPLOADER_CONSUMER = "storage-uploader"
 INPUT_OBJECT_PREFIX = "pixelbus-object:"
 
 ENVIRONMENTS = ("face_swap", "comm")
+
+
+def input_object_names(value: object) -> tuple[str, ...]:
+    """The Object Store inputs a task's ``input_data`` refers to, at any depth, in order."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and item.startswith(INPUT_OBJECT_PREFIX):
+            found.append(item.removeprefix(INPUT_OBJECT_PREFIX))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed(item))
+    return tuple(dict.fromkeys(found))
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _MAX_TOKEN = 128

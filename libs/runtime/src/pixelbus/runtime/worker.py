@@ -36,7 +36,6 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from opentelemetry import trace
@@ -59,12 +58,14 @@ from pixelbus.contracts.subjects import (
     WORKERS_BUCKET,
     Pool,
     event_filter,
+    input_object_names,
     sanitize_token,
 )
 from pixelbus.contracts.task import OutputObject
 from pixelbus.contracts.validation import PROBE_WORKFLOW
 from pixelbus.runtime.errors import Permanent, Retryable
 from pixelbus.runtime.publisher import EventPublisher
+from pixelbus.runtime.pull import PullFeed, dispatch
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
 from pixelbus.runtime.tracing import context_from_headers, tracer
@@ -209,7 +210,6 @@ class WorkerRuntime:
         self._publisher = EventPublisher(self.js)
         self._inflight: dict[str, _InFlight] = {}
         self._stopping = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
         self._kv: KeyValue | None = None
         self._objects: ObjectStore | None = None
         self._workers_kv: KeyValue | None = None
@@ -234,43 +234,23 @@ class WorkerRuntime:
         cancel_sub = await self.nc.subscribe(
             event_filter("cancel_requested", self.pool.environment), cb=self._on_cancel_request
         )
-        sub = await self.js.pull_subscribe_bind(durable=self.pool.durable, stream=TASK_STREAM)
+        feed = PullFeed(self.nc, TASK_STREAM, self.pool.durable)
+        await feed.start()
         presence = asyncio.create_task(self._presence_loop())
         self._ready.set()
         log.info(
             "worker started", pool=self.pool.name, worker=self.worker_id, slots=self.concurrency
         )
         try:
-            while not self._stopping.is_set():
-                await self._slots.acquire()
-                if self._stopping.is_set():
-                    self._slots.release()
-                    break
-                free = 1
-                while free < self.concurrency and not self._slots.locked():
-                    await self._slots.acquire()
-                    free += 1
-                try:
-                    msgs = await sub.fetch(free, timeout=1.0)
-                except (FetchTimeoutError, TimeoutError):
-                    msgs = []
-                except Exception as exc:  # connection trouble: back off, keep going
-                    log.warning("fetch failed", pool=self.pool.name, error=str(exc))
-                    msgs = []
-                    await asyncio.sleep(0.5)
-                for _ in range(free - len(msgs)):
-                    self._slots.release()
-                for msg in msgs:
-                    self._start(msg)
+            await dispatch(feed, self._process, concurrency=self.concurrency, stop=self._stopping)
         finally:
+            await feed.close()  # first: nothing more is delivered while in-flight work ends
             presence.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await presence
             await self._drain()
             with contextlib.suppress(Exception):
                 await cancel_sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
             with contextlib.suppress(Exception):
                 await self._workers_kv.delete(self._presence_key)
             log.info("worker stopped", pool=self.pool.name, worker=self.worker_id)
@@ -321,10 +301,6 @@ class WorkerRuntime:
             if value is entry:
                 return task_id
         return None
-
-    def _start(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._process(msg))
-        task.add_done_callback(lambda _: self._slots.release())
 
     async def _on_cancel_request(self, msg: Msg) -> None:
         try:
@@ -482,6 +458,7 @@ class WorkerRuntime:
                 attempt=attempt,
                 outputs=outputs,
                 result=result.result,
+                input_objects=input_object_names(event.input_data),
             ),
         )
         await msg.ack_sync()

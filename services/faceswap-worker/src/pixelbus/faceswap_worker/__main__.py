@@ -16,6 +16,7 @@ from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.logging import setup_logging
+from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.tracing import setup_tracing
 from pixelbus.runtime.worker import WorkerRuntime
@@ -30,7 +31,7 @@ async def serve(settings: FaceSwapSettings) -> None:
     nc = await connect(settings.bus.nats_url, "pixelbus-faceswap-worker")
     js = nc.jetstream()
     await ensure(js, settings.bus)
-    handler = FaceSwapHandler({"builtin": engine}, settings, await js.object_store(OUTPUTS_BUCKET))
+    handler = FaceSwapHandler({"builtin": engine}, settings, ObjectReader(js, OUTPUTS_BUCKET))
     runtime = WorkerRuntime(
         nc=nc,
         js=js,

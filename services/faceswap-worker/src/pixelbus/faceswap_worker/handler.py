@@ -10,7 +10,6 @@ import asyncio
 
 import httpx
 from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
 
 from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
 from pixelbus.contracts.validation import parse_resolution
@@ -22,6 +21,7 @@ from pixelbus.media.fetch import FetchLimits, fetch_bytes
 from pixelbus.media.images import RGBImage, decode_image, encode_image, fit_within
 from pixelbus.media.ssrf import SsrfPolicy
 from pixelbus.runtime.errors import Permanent, Retryable
+from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult
 
 __all__ = ["FaceSwapHandler"]
@@ -32,7 +32,7 @@ class FaceSwapHandler:
         self,
         engines: dict[str, FaceSwapEngine],
         settings: FaceSwapSettings,
-        objects: ObjectStore,
+        objects: ObjectReader,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self._engines = engines
@@ -96,12 +96,12 @@ class FaceSwapHandler:
     async def _fetch(self, url: str, field: str) -> tuple[bytes, str | None]:
         if url.startswith(INPUT_OBJECT_PREFIX):
             try:
-                result = await self._objects.get(url.removeprefix(INPUT_OBJECT_PREFIX))
+                data = await self._objects.read(url.removeprefix(INPUT_OBJECT_PREFIX))
             except NotFoundError as exc:
                 raise Permanent(
                     "input_missing", f"{field}: the uploaded image has expired"
                 ) from exc
-            return result.data or b"", None
+            return data, None
         try:
             fetched = await fetch_bytes(
                 url, limits=self._limits, policy=self._policy, client=self._http

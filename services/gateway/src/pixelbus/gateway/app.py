@@ -49,7 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         background: list[asyncio.Task[None]] = []
         projector: Projector | None = None
         if settings.embedded_projector:
-            projector = Projector(js)
+            projector = Projector(nc)
             gw.extras["projector"] = projector
             background.append(asyncio.create_task(projector.run()))
         app.state.gateway = gw

@@ -14,14 +14,15 @@ import contextlib
 from collections import defaultdict
 
 import structlog
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from pixelbus.contracts.events import AnyEvent, decode_event
 from pixelbus.contracts.fold import fold
 from pixelbus.contracts.subjects import PROJECTOR_CONSUMER, STATE_BUCKET, TASK_STREAM
+from pixelbus.runtime.pull import PullFeed
 from pixelbus.runtime.state import encode_state, read_state
 
 __all__ = ["Projector", "fold_into_kv"]
@@ -52,8 +53,9 @@ async def fold_into_kv(kv: KeyValue, task_id: str, events: list[AnyEvent]) -> No
 
 
 class Projector:
-    def __init__(self, js: JetStreamContext, *, batch: int = 512) -> None:
-        self._js = js
+    def __init__(self, nc: Client, *, batch: int = 512) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
         self._batch = batch
         self._stopping = asyncio.Event()
         self.projected = 0
@@ -63,22 +65,26 @@ class Projector:
 
     async def run(self) -> None:
         kv = await self._js.key_value(STATE_BUCKET)
-        sub = await self._js.pull_subscribe_bind(durable=PROJECTOR_CONSUMER, stream=TASK_STREAM)
+        feed = PullFeed(self._nc, TASK_STREAM, PROJECTOR_CONSUMER)
+        await feed.start()
         log.info("projector started")
         try:
             while not self._stopping.is_set():
+                pending: list[Msg] = []
                 try:
-                    msgs = await sub.fetch(self._batch, timeout=1.0)
-                except (FetchTimeoutError, TimeoutError):
-                    continue
+                    async for msg in feed.pull(self._batch, self._stopping):
+                        pending.append(msg)
+                        # Fold what has arrived as soon as nothing more is waiting.
+                        if feed.queued == 0 or len(pending) >= self._batch:
+                            await self.project(kv, pending)
+                            pending = []
                 except Exception as exc:
-                    log.warning("projector fetch failed", error=str(exc))
+                    log.warning("projector pull failed", error=str(exc))
                     await asyncio.sleep(0.5)
-                    continue
-                await self.project(kv, msgs)
+                if pending:
+                    await self.project(kv, pending)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await feed.close()
 
     async def project(self, kv: KeyValue, msgs: list[Msg]) -> None:
         by_task: dict[str, list[AnyEvent]] = defaultdict(list)

@@ -13,7 +13,7 @@ from pixelbus.runtime.connection import connect
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.logging import setup_logging
 from pixelbus.runtime.provision import ensure
-from pixelbus.runtime.settings import BusSettings
+from pixelbus.runtime.settings import BusSettings, env_int
 from pixelbus.runtime.tracing import setup_tracing
 from pixelbus.storage_uploader.providers import build_provider
 from pixelbus.storage_uploader.settings import StorageSettings
@@ -22,14 +22,14 @@ from pixelbus.storage_uploader.uploader import Uploader
 log = structlog.get_logger("pixelbus.storage_uploader")
 
 
-async def serve(bus: BusSettings, storage: StorageSettings) -> None:
+async def serve(bus: BusSettings, storage: StorageSettings, concurrency: int) -> None:
     setup_tracing("pixelbus-storage-uploader")
     log.info("storage-uploader starting", bus=bus.redacted(), storage=storage.redacted())
     provider = build_provider(storage)
     nc = await connect(bus.nats_url, "pixelbus-storage-uploader")
     js = nc.jetstream()
     await ensure(js, bus)
-    uploader = Uploader(js, provider, bus)
+    uploader = Uploader(nc, provider, bus, concurrency=concurrency)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, uploader.stop)
@@ -45,12 +45,13 @@ def main() -> int:
     try:
         bus = BusSettings.from_env(os.environ)
         storage = StorageSettings.from_env(os.environ)
+        concurrency = env_int(os.environ, "PIXELBUS_UPLOAD_CONCURRENCY", 32, lo=1, hi=1024)
     except (SettingsError, ValueError) as exc:
         print(f"pixelbus-storage-uploader: {exc}", file=sys.stderr)
         return 2
     import uvloop
 
-    uvloop.run(serve(bus, storage))
+    uvloop.run(serve(bus, storage, concurrency))
     return 0
 
 

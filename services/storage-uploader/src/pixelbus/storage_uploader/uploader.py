@@ -14,9 +14,9 @@ import time
 from datetime import UTC, datetime
 
 import structlog
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from opentelemetry import trace
@@ -35,7 +35,9 @@ from pixelbus.contracts.subjects import (
     UPLOADER_CONSUMER,
 )
 from pixelbus.contracts.task import OutputObject, StoredOutput
+from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.publisher import EventPublisher
+from pixelbus.runtime.pull import PullFeed, dispatch
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
 from pixelbus.runtime.tracing import context_from_headers, tracer
@@ -58,20 +60,22 @@ class _MissingObject(Exception):
 class Uploader:
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: Client,
         provider: StorageProvider,
         settings: BusSettings,
         *,
-        concurrency: int = 8,
+        concurrency: int = 32,
     ) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._provider = provider
         self._settings = settings
         self._concurrency = concurrency
-        self._publisher = EventPublisher(js)
+        self._publisher = EventPublisher(self._js)
         self._stopping = asyncio.Event()
         self._kv: KeyValue | None = None
         self._objects: ObjectStore | None = None
+        self._reader = ObjectReader(self._js, OUTPUTS_BUCKET)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -79,22 +83,18 @@ class Uploader:
     async def run(self) -> None:
         self._kv = await self._js.key_value(STATE_BUCKET)
         self._objects = await self._js.object_store(OUTPUTS_BUCKET)
-        sub = await self._js.pull_subscribe_bind(durable=UPLOADER_CONSUMER, stream=TASK_STREAM)
+        feed = PullFeed(self._nc, TASK_STREAM, UPLOADER_CONSUMER)
+        await feed.start()
         log.info("storage-uploader started", provider=self._provider.name)
         try:
-            while not self._stopping.is_set():
-                try:
-                    msgs = await sub.fetch(self._concurrency, timeout=1.0)
-                except (FetchTimeoutError, TimeoutError):
-                    continue
-                except Exception as exc:
-                    log.warning("fetch failed", error=str(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                await asyncio.gather(*(self._handle(msg) for msg in msgs))
+            running = await dispatch(
+                feed, self._handle, concurrency=self._concurrency, stop=self._stopping
+            )
+            await feed.close()
+            if running:
+                await asyncio.wait(running, timeout=30)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await feed.close()
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -113,7 +113,12 @@ class Uploader:
             "upload outputs", context=context, kind=trace.SpanKind.CONSUMER
         ) as span:
             span.set_attribute("pixelbus.task_id", event.task_id)
-            await self._upload(msg, event, environment, workflow)
+            try:
+                await self._upload(msg, event, environment, workflow)
+            except Exception:  # the bus itself failed us: let the message come back
+                log.exception("upload step failed; will be redelivered", task_id=event.task_id)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self._settings.retry_delay_s)
 
     async def _upload(self, msg: Msg, event: OutputsReady, environment: str, workflow: str) -> None:
         assert self._kv is not None and self._objects is not None
@@ -191,13 +196,13 @@ class Uploader:
     async def _store(self, task_id: str, output: OutputObject) -> StoredOutput:
         assert self._objects is not None
         try:
-            result = await self._objects.get(output.object_name)
+            data = await self._reader.read(output.object_name)
         except NotFoundError:
             raise _MissingObject(
                 f"output {output.filename} is no longer in the Object Store (expired?)"
             ) from None
         key = output_key(task_id, output.filename)
-        url = await self._provider.put(key, result.data or b"", output.content_type)
+        url = await self._provider.put(key, data, output.content_type)
         return StoredOutput(
             filename=output.filename,
             content_type=output.content_type,
@@ -210,8 +215,6 @@ class Uploader:
 
     async def _cleanup(self, event: OutputsReady) -> None:
         assert self._objects is not None
-        names = [o.object_name for o in event.outputs]
-        names += [f"inputs/{event.task_id}/source_url", f"inputs/{event.task_id}/target_url"]
-        for name in names:
+        for name in [*(o.object_name for o in event.outputs), *event.input_objects]:
             with contextlib.suppress(Exception):
                 await self._objects.delete(name)
