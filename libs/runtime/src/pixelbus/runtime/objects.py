@@ -38,7 +38,7 @@ class ObjectReader:
             msg = await self._js.get_last_msg(self._stream, f"$O.{self._bucket}.M.{encoded}")
         except NotFoundError:
             raise ObjectNotFoundError from None
-        info = ObjectInfo.from_response(json.loads(msg.data or b"{}"))
+        info: ObjectInfo = ObjectInfo.from_response(json.loads(msg.data or b"{}"))
         if info.deleted:
             raise ObjectNotFoundError
         return info

@@ -29,7 +29,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -63,6 +62,7 @@ from pixelbus.contracts.subjects import (
 )
 from pixelbus.contracts.task import OutputObject
 from pixelbus.contracts.validation import PROBE_WORKFLOW
+from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.errors import Permanent, Retryable
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.pull import PullFeed, dispatch
@@ -80,10 +80,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("pixelbus.worker")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -33,14 +32,11 @@ from pixelbus.contracts.subjects import (
 from pixelbus.contracts.task import TaskState, TaskStatus
 from pixelbus.contracts.validation import FieldError, TaskSpec, ValidationFailed
 from pixelbus.gateway.inputs import store_inline_images
+from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.state import decode_state, encode_state, read_state
 
 __all__ = ["CancelOutcome", "TaskConflict", "TaskService"]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class TaskConflict(Exception):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 
 import structlog
 from nats.aio.client import Client
@@ -35,6 +34,7 @@ from pixelbus.contracts.subjects import (
     UPLOADER_CONSUMER,
 )
 from pixelbus.contracts.task import OutputObject, StoredOutput
+from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.pull import PullFeed, dispatch
@@ -47,10 +47,6 @@ from pixelbus.storage_uploader.providers.base import StorageProvider, output_key
 __all__ = ["Uploader"]
 
 log = structlog.get_logger("pixelbus.storage_uploader")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class _MissingObject(Exception):

@@ -13,7 +13,6 @@ import base64
 import binascii
 import contextlib
 import json
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -36,13 +35,10 @@ from pixelbus.contracts.subjects import TASK_STREAM, pool_for_environment, sanit
 from pixelbus.contracts.task import OutputObject, StoredOutput
 from pixelbus.gateway.deps import Gateway, error_response, gateway
 from pixelbus.gateway.leases import Lease, LeaseError, sign_lease, verify_lease
+from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.state import read_state
 
 router = APIRouter(prefix="/api/comm/task", tags=["external consumers"])
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class LeaseBody(BaseModel):
