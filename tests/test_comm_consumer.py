@@ -109,3 +109,18 @@ async def test_consumer_failure_is_final_unless_retryable(stack: Stack) -> None:
     final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 10)
     assert final.status is TaskStatus.FAILED and final.error is not None
     assert final.error.message == "bad graph"
+
+
+async def test_task_whose_consumers_all_vanish_ends_failed_not_processing(stack: Stack) -> None:
+    """Every lease lapses (3 deliveries in tests): the MAX_DELIVERIES advisory fails it."""
+    task_id = (await stack.http.post("/api/tasks/create", json=COMM_TASK)).json()["taskId"]
+    for attempt in (1, 2, 3):
+        leased = await stack.http.get(f"/api/comm/task/fetch?wait=10&consumer=flaky-{attempt}")
+        assert leased.status_code == 200 and leased.json()["attempt"] == attempt
+    # The next puller gets no fourth delivery: JetStream gives up (the advisory is raised
+    # when the message would be redelivered), and the gateway records why.
+    assert (await stack.http.get("/api/comm/task/fetch?wait=4")).status_code == 204
+    final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 15)
+    assert final.status is TaskStatus.FAILED and final.error is not None
+    assert final.error.code == "attempts_exhausted"
+    assert "gave up after 3 attempts" in final.error.message

@@ -12,10 +12,13 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "ADVISORY_STREAM",
     "ENVIRONMENTS",
+    "EXHAUSTED_CONSUMER",
     "IDEMPOTENCY_BUCKET",
     "INPUT_OBJECT_PREFIX",
     "LEASES_BUCKET",
+    "MAX_DELIVERIES_ADVISORIES",
     "OUTPUTS_BUCKET",
     "POOLS",
     "PROJECTOR_CONSUMER",
@@ -41,6 +44,11 @@ LEASES_BUCKET = "PIXELBUS_LEASES"
 WORKERS_BUCKET = "PIXELBUS_WORKERS"
 PROJECTOR_CONSUMER = "projector"
 UPLOADER_CONSUMER = "storage-uploader"
+#: The server's "a message ran out of deliveries" advisories for the task stream, kept in
+#: a stream of their own so that none is lost while no gateway is running.
+ADVISORY_STREAM = "PIXELBUS_ADVISORIES"
+MAX_DELIVERIES_ADVISORIES = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASK_STREAM}.*"
+EXHAUSTED_CONSUMER = "exhausted-tasks"
 #: Inline (data:) inputs are moved to the Object Store; the task keeps this reference.
 #: Clients cannot send it: validation admits only http(s) and data: URLs.
 INPUT_OBJECT_PREFIX = "pixelbus-object:"

@@ -26,8 +26,11 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from pixelbus.contracts.subjects import (
+    ADVISORY_STREAM,
+    EXHAUSTED_CONSUMER,
     IDEMPOTENCY_BUCKET,
     LEASES_BUCKET,
+    MAX_DELIVERIES_ADVISORIES,
     OUTPUTS_BUCKET,
     POOLS,
     PROJECTOR_CONSUMER,
@@ -40,7 +43,7 @@ from pixelbus.contracts.subjects import (
 )
 from pixelbus.runtime.settings import BusSettings
 
-__all__ = ["PoolLimits", "ensure", "task_stream_config"]
+__all__ = ["PoolLimits", "advisory_stream_config", "ensure", "task_stream_config"]
 
 log = structlog.get_logger("pixelbus.provision")
 
@@ -70,6 +73,19 @@ def task_stream_config(settings: BusSettings) -> StreamConfig:
         max_msgs=-1,
         max_bytes=-1,
         max_msg_size=1024 * 1024,
+    )
+
+
+def advisory_stream_config(settings: BusSettings) -> StreamConfig:
+    return StreamConfig(
+        name=ADVISORY_STREAM,
+        description="max-deliveries advisories of the pixelbus task stream",
+        subjects=[MAX_DELIVERIES_ADVISORIES],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=settings.stream_max_age_s,
+        num_replicas=settings.replicas,
     )
 
 
@@ -187,6 +203,17 @@ async def ensure(
             ack_wait=settings.ack_wait_s,
             max_deliver=settings.max_deliver,
             max_ack_pending=256,
+        ),
+    )
+    await _ensure_stream(js, advisory_stream_config(settings))
+    await js.add_consumer(
+        ADVISORY_STREAM,
+        _consumer(
+            EXHAUSTED_CONSUMER,
+            MAX_DELIVERIES_ADVISORIES,
+            ack_wait=30,
+            max_deliver=-1,
+            max_ack_pending=1000,
         ),
     )
     await _ensure_kv(js, STATE_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)

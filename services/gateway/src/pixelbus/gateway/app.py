@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from pixelbus.gateway.deps import Gateway
+from pixelbus.gateway.exhausted import ExhaustedWatcher
 from pixelbus.gateway.limits import BodySizeLimit
 from pixelbus.gateway.projector import Projector
 from pixelbus.gateway.routes import comm, face_swap, health, tasks
@@ -52,10 +53,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             projector = Projector(nc)
             gw.extras["projector"] = projector
             background.append(asyncio.create_task(projector.run()))
+        exhausted = ExhaustedWatcher(nc)
+        background.append(asyncio.create_task(exhausted.run()))
         app.state.gateway = gw
         try:
             yield
         finally:
+            exhausted.stop()
             if projector is not None:
                 projector.stop()
             for task in background:

@@ -1,0 +1,135 @@
+"""Tasks whose messages ran out of deliveries end FAILED instead of PROCESSING forever.
+
+JetStream stops redelivering a message after the consumer's ``max_deliver`` attempts and
+emits a MAX_DELIVERIES advisory; nothing else tells the task. A worker publishes its own
+final ``TaskFailed`` when a handler fails on the last attempt, but not when it died
+(kill -9, a lost connection, a lease that lapsed) during that attempt. The advisories are
+captured in a stream of their own (see ``provision``), so one raised while no gateway runs
+is handled when one starts; several gateways share the durable consumer, and the failure
+has one event id per task, so it is recorded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from pixelbus.contracts.events import AnyEvent, TaskFailed, decode_event, event_id
+from pixelbus.contracts.subjects import (
+    ADVISORY_STREAM,
+    EXHAUSTED_CONSUMER,
+    STATE_BUCKET,
+    TASK_STREAM,
+    UPLOADER_CONSUMER,
+)
+from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.publisher import EventPublisher
+from pixelbus.runtime.pull import PullFeed, dispatch
+from pixelbus.runtime.state import read_state
+
+__all__ = ["ExhaustedWatcher", "MaxDeliveriesAdvisory", "exhaustion_failure"]
+
+log = structlog.get_logger("pixelbus.exhausted")
+
+
+class MaxDeliveriesAdvisory(msgspec.Struct, kw_only=True):
+    """``io.nats.jetstream.advisory.v1.max_deliver`` (the fields pixelbus reads)."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+
+
+def exhaustion_failure(task_event: AnyEvent, consumer: str, deliveries: int) -> TaskFailed:
+    """The final failure of a task whose ``consumer`` gave up on it after ``deliveries``."""
+    step = "storing its outputs" if consumer == UPLOADER_CONSUMER else "running it"
+    message = (
+        f"gave up after {deliveries} attempts at {step}: each attempt ended without a result "
+        "(the process handling it stopped or lost its connection)"
+    )
+    return TaskFailed(
+        event_id=event_id(task_event.task_id, "failed", deliveries, final=True),
+        task_id=task_event.task_id,
+        occurred_at=utcnow(),
+        attempt=deliveries,
+        code="attempts_exhausted",
+        message=message,
+        retryable=True,
+        final=True,
+    )
+
+
+class ExhaustedWatcher:
+    def __init__(self, nc: Client, *, concurrency: int = 8) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._publisher = EventPublisher(self._js)
+        self._concurrency = concurrency
+        self._stopping = asyncio.Event()
+        self.failed = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        feed = PullFeed(self._nc, ADVISORY_STREAM, EXHAUSTED_CONSUMER)
+        await feed.start()
+        try:
+            running = await dispatch(
+                feed, self._handle, concurrency=self._concurrency, stop=self._stopping
+            )
+            await feed.close()
+            if running:
+                await asyncio.wait(running, timeout=5)
+        finally:
+            await feed.close()
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._fail_task(msg)
+        except Exception:
+            log.exception("max-deliveries advisory not handled; will be redelivered")
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def _fail_task(self, msg: Msg) -> None:
+        try:
+            advisory = msgspec.json.decode(msg.data, type=MaxDeliveriesAdvisory)
+        except msgspec.DecodeError as exc:
+            log.error("unreadable advisory terminated", error=str(exc))
+            await msg.term()
+            return
+        if advisory.stream != TASK_STREAM:
+            await msg.ack()
+            return
+        try:
+            raw = await self._js.get_msg(TASK_STREAM, advisory.stream_seq)
+        except NotFoundError:
+            await msg.ack()  # aged out of the stream: nothing left to fail
+            return
+        task_event = decode_event(raw.data or b"")
+        kv = await self._js.key_value(STATE_BUCKET)
+        state, _ = await read_state(kv, task_event.task_id)
+        if state is not None and state.is_final:
+            await msg.ack()
+            return
+        # Subject: pixelbus.tasks.<environment>.<workflow>.<kind>.<task id>
+        _, _, environment, workflow, *_ = (raw.subject or "").split(".")
+        failure = exhaustion_failure(task_event, advisory.consumer, advisory.deliveries)
+        await self._publisher.publish(failure, environment=environment, workflow=workflow)
+        await msg.ack()
+        self.failed += 1
+        log.warning(
+            "task failed: attempts exhausted",
+            task_id=task_event.task_id,
+            consumer=advisory.consumer,
+            deliveries=advisory.deliveries,
+            outcome="attempts_exhausted",
+        )
