@@ -44,17 +44,21 @@ def main() -> int:
     nats = NatsServer(STATE / "nats")
     nats.start()
     env = {
-        "NATS_URL": nats.url,
         "STORAGE_PROVIDER": "local",
         "PIXELBUS_LOCAL_STORAGE_DIR": str(STATE / "storage"),
         "PIXELBUS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "PIXELBUS_PORT": str(port),
         **os.environ,
+        "NATS_URL": nats.url,  # always our own server, whatever the shell says
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, module in SERVICES.items():
-            processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
+            # Own session: Ctrl-C reaches only this launcher, which then stops the
+            # services in order (SIGTERM: they finish or release their work) and NATS last.
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", module], env=env, cwd=ROOT, start_new_session=True
+            )
         base = f"http://127.0.0.1:{port}"
         if not wait_http(f"{base}/api/health", 60, processes["gateway"]):
             print("pixelbus: the gateway did not come up; see the log above", file=sys.stderr)

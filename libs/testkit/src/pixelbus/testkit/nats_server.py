@@ -66,7 +66,8 @@ class NatsServer:
             "-sd", str(self.store_dir / "jetstream"),
             "-l", str(self.log_file),
         ]  # fmt: skip
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        # Own session: a Ctrl-C meant for `./dev up` must not stop NATS before the services.
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         self._wait_ready(timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
