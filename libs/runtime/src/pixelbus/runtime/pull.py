@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["PullFeed", "dispatch"]
+__all__ = ["PullFeed", "consume", "dispatch"]
 
 log = structlog.get_logger("pixelbus.pull")
 
@@ -171,6 +171,28 @@ async def dispatch(
         for _ in range(free):
             slots.release()
     return running
+
+
+async def consume(
+    nc: Client,
+    stream: str,
+    durable: str,
+    handle: Callable[[Msg], Coroutine[Any, Any, None]],
+    *,
+    concurrency: int,
+    stop: asyncio.Event,
+    grace_s: float = 30.0,
+) -> None:
+    """``dispatch`` from a durable consumer until ``stop``; then stop pulling (releasing
+    what was delivered but not started) and give running handlers ``grace_s`` to end."""
+    feed = PullFeed(nc, stream, durable)
+    await feed.start()
+    try:
+        running = await dispatch(feed, handle, concurrency=concurrency, stop=stop)
+    finally:
+        await feed.close()
+    if running:
+        await asyncio.wait(running, timeout=grace_s)
 
 
 async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:

@@ -30,7 +30,7 @@ from pixelbus.contracts.subjects import (
 )
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.publisher import EventPublisher
-from pixelbus.runtime.pull import PullFeed, dispatch
+from pixelbus.runtime.pull import consume
 from pixelbus.runtime.state import read_state
 
 __all__ = ["ExhaustedWatcher", "MaxDeliveriesAdvisory", "exhaustion_failure"]
@@ -79,17 +79,15 @@ class ExhaustedWatcher:
         self._stopping.set()
 
     async def run(self) -> None:
-        feed = PullFeed(self._nc, ADVISORY_STREAM, EXHAUSTED_CONSUMER)
-        await feed.start()
-        try:
-            running = await dispatch(
-                feed, self._handle, concurrency=self._concurrency, stop=self._stopping
-            )
-            await feed.close()
-            if running:
-                await asyncio.wait(running, timeout=5)
-        finally:
-            await feed.close()
+        await consume(
+            self._nc,
+            ADVISORY_STREAM,
+            EXHAUSTED_CONSUMER,
+            self._handle,
+            concurrency=self._concurrency,
+            stop=self._stopping,
+            grace_s=5,
+        )
 
     async def _handle(self, msg: Msg) -> None:
         try:
