@@ -29,7 +29,14 @@ async def serve(bus: BusSettings, storage: StorageSettings, concurrency: int) ->
     nc = await connect(bus.nats_url, "pixelbus-storage-uploader")
     js = nc.jetstream()
     await ensure(js, bus)
-    uploader = Uploader(nc, provider, bus, concurrency=concurrency)
+    uploader = Uploader(
+        nc,
+        provider,
+        bus,
+        concurrency=concurrency,
+        retry=storage.retry,
+        health_interval_s=storage.health_interval_s,
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, uploader.stop)

@@ -1,16 +1,24 @@
 """The storage uploader: ``OutputsReady`` → provider → ``TaskCompleted`` with public URLs.
 
-The only service that writes to external storage. Keys are deterministic
-(``output_key``), so a redelivered ``OutputsReady`` overwrites instead of duplicating,
-and ``TaskCompleted`` has one id per task, so it is stored once. The Object Store
-entries are removed once the completion is recorded (their bucket TTL is the backstop).
+The only service that writes to external storage. Outputs are streamed from the Object
+Store to the provider chunk by chunk (``ObjectReader.chunks``), so a large output never
+sits in memory whole; the message is kept alive with in-progress acks meanwhile. Keys
+are deterministic (``output_key``, by the event's date and the task id), so a redelivered
+``OutputsReady`` overwrites instead of duplicating, and ``TaskCompleted`` has one id per
+task, so it is stored once. A retryable failure is retried in-process with backoff
+(``retry``), then by redelivery with a growing delay; a permanent one fails the task at
+once. The Object Store entries are removed once the completion is recorded (their bucket
+TTL is the backstop). The provider's reachability is published for ``/api/health``
+(``presence``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
+import uuid
 
 import structlog
 from nats.aio.client import Client
@@ -32,6 +40,8 @@ from pixelbus.contracts.subjects import (
     STATE_BUCKET,
     TASK_STREAM,
     UPLOADER_CONSUMER,
+    WORKERS_BUCKET,
+    sanitize_token,
 )
 from pixelbus.contracts.task import OutputObject, StoredOutput
 from pixelbus.runtime.clock import utcnow
@@ -42,7 +52,10 @@ from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
 from pixelbus.runtime.tracing import context_from_headers, tracer
 from pixelbus.storage_uploader.errors import StorageError
-from pixelbus.storage_uploader.providers.base import StorageProvider, output_key
+from pixelbus.storage_uploader.presence import ProviderHealth, presence_key, presence_value
+from pixelbus.storage_uploader.providers.base import StorageProvider, Upload, output_key
+from pixelbus.storage_uploader.retry import store_with_retries
+from pixelbus.storage_uploader.settings import RetrySettings
 
 __all__ = ["Uploader"]
 
@@ -61,6 +74,10 @@ class Uploader:
         settings: BusSettings,
         *,
         concurrency: int = 32,
+        retry: RetrySettings | None = None,
+        health_interval_s: float = 30.0,
+        presence_interval_s: float = 5.0,
+        uploader_id: str | None = None,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -72,16 +89,62 @@ class Uploader:
         self._kv: KeyValue | None = None
         self._objects: ObjectStore | None = None
         self._reader = ObjectReader(self._js, OUTPUTS_BUCKET)
+        self._retry = retry or RetrySettings()
+        self._health = ProviderHealth()
+        self._health_interval_s = health_interval_s
+        self._presence_interval_s = presence_interval_s
+        self._id = sanitize_token(uploader_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+        self._in_flight = 0
+
+    @property
+    def health(self) -> ProviderHealth:
+        """The last verdict on the provider (from a check or an upload)."""
+        return self._health
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def check_provider(self) -> ProviderHealth:
+        """Check the provider now and keep the verdict."""
+        try:
+            await asyncio.wait_for(self._provider.check(), 10)
+        except (StorageError, TimeoutError) as exc:
+            self._health = self._health.verdict(str(exc) or type(exc).__name__, utcnow())
+        else:
+            self._health = self._health.verdict(None, utcnow())
+        return self._health
+
+    async def _presence_loop(self) -> None:
+        """Publish the provider and its health now and then; check it when due."""
+        kv = await self._js.key_value(WORKERS_BUCKET)
+        while True:
+            if self._health.due(utcnow(), self._health_interval_s):
+                await self.check_provider()
+            value = presence_value(
+                uploader_id=self._id,
+                provider=self._provider.name,
+                health=self._health,
+                in_flight=self._in_flight,
+                now=utcnow(),
+            )
+            try:
+                await kv.put(presence_key(self._id), value)
+            except Exception as exc:
+                log.warning("presence update failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._presence_interval_s)
+            if self._stopping.is_set():
+                with contextlib.suppress(Exception):
+                    await kv.delete(presence_key(self._id))
+                return
 
     async def run(self) -> None:
         self._kv = await self._js.key_value(STATE_BUCKET)
         self._objects = await self._js.object_store(OUTPUTS_BUCKET)
         feed = PullFeed(self._nc, TASK_STREAM, UPLOADER_CONSUMER)
         await feed.start()
-        log.info("storage-uploader started", provider=self._provider.name)
+        presence = asyncio.create_task(self._presence_loop())
+        log.info("storage-uploader started", provider=self._provider.name, uploader=self._id)
         try:
             running = await dispatch(
                 feed, self._handle, concurrency=self._concurrency, stop=self._stopping
@@ -91,6 +154,9 @@ class Uploader:
                 await asyncio.wait(running, timeout=30)
         finally:
             await feed.close()
+            self._stopping.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(presence, 5)
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -109,12 +175,27 @@ class Uploader:
             "upload outputs", context=context, kind=trace.SpanKind.CONSUMER
         ) as span:
             span.set_attribute("pixelbus.task_id", event.task_id)
+            self._in_flight += 1
+            keepalive = asyncio.create_task(self._keep_alive(msg))
             try:
                 await self._upload(msg, event, environment, workflow)
             except Exception:  # the bus itself failed us: let the message come back
                 log.exception("upload step failed; will be redelivered", task_id=event.task_id)
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=self._settings.retry_delay_s)
+            finally:
+                self._in_flight -= 1
+                keepalive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keepalive
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        """In-progress acks while a (large) upload runs, so the message is not redelivered."""
+        interval = max(0.5, self._settings.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
     async def _upload(self, msg: Msg, event: OutputsReady, environment: str, workflow: str) -> None:
         assert self._kv is not None and self._objects is not None
@@ -128,8 +209,9 @@ class Uploader:
             bound.info("outputs skipped: task already final", outcome="skipped")
             return
         try:
-            stored = [await self._store(event.task_id, out) for out in event.outputs]
+            stored = [await self._store(event, out) for out in event.outputs]
         except StorageError as exc:
+            self._health = self._health.verdict(str(exc), utcnow())
             final = not exc.retryable or attempt >= self._settings.max_deliver
             await self._publisher.publish(
                 TaskFailed(
@@ -147,8 +229,8 @@ class Uploader:
             )
             if final:
                 await msg.term()
-            else:
-                await msg.nak(delay=self._settings.retry_delay_s * attempt)
+            else:  # the delay doubles with each attempt, up to a minute
+                await msg.nak(delay=min(60.0, self._settings.retry_delay_s * 2 ** (attempt - 1)))
             bound.warning("upload failed", outcome="final" if final else "retry", error=str(exc))
             return
         except _MissingObject as exc:
@@ -189,23 +271,30 @@ class Uploader:
             seconds=round(time.monotonic() - started, 4),
         )
 
-    async def _store(self, task_id: str, output: OutputObject) -> StoredOutput:
-        assert self._objects is not None
+    async def _store(self, event: OutputsReady, output: OutputObject) -> StoredOutput:
+        missing = f"output {output.filename} is no longer in the Object Store (expired?)"
         try:
-            data = await self._reader.read(output.object_name)
+            info = await self._reader.info(output.object_name)
         except NotFoundError:
-            raise _MissingObject(
-                f"output {output.filename} is no longer in the Object Store (expired?)"
-            ) from None
-        key = output_key(task_id, output.filename)
-        url = await self._provider.put(key, data, output.content_type)
+            raise _MissingObject(missing) from None
+        upload = Upload(
+            key=output_key(event.task_id, output.filename, event.occurred_at.date()),
+            content_type=output.content_type,
+            size=info.size or output.size,
+            open=lambda: self._reader.chunks(output.object_name),
+        )
+        try:
+            stored = await store_with_retries(self._provider, upload, self._retry)
+        except NotFoundError:  # removed while we read it
+            raise _MissingObject(missing) from None
+        self._health = self._health.verdict(None, utcnow())
         return StoredOutput(
             filename=output.filename,
             content_type=output.content_type,
             size=output.size,
-            url=url,
-            key=key,
-            provider=self._provider.name,
+            url=stored.url,
+            key=upload.key,
+            provider=stored.provider,
             node_id=output.node_id,
         )
 

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from pixelbus.storage_uploader.errors import SettingsError
-from pixelbus.storage_uploader.providers.base import StorageProvider, output_key, validate_key
+from pixelbus.storage_uploader.providers.base import (
+    StorageProvider,
+    Stored,
+    Upload,
+    output_key,
+    validate_key,
+)
+from pixelbus.storage_uploader.providers.cf_images import CfImagesProvider
+from pixelbus.storage_uploader.providers.gcs import GcsProvider
 from pixelbus.storage_uploader.providers.local import LocalProvider
 from pixelbus.storage_uploader.providers.r2 import R2Provider
-from pixelbus.storage_uploader.settings import StorageSettings
+from pixelbus.storage_uploader.settings import ProviderName, StorageSettings
 
 __all__ = [
+    "CfImagesProvider",
+    "GcsProvider",
     "LocalProvider",
     "R2Provider",
     "StorageProvider",
+    "Stored",
+    "Upload",
     "build_provider",
     "output_key",
     "validate_key",
@@ -20,10 +32,19 @@ __all__ = [
 
 def build_provider(settings: StorageSettings) -> StorageProvider:
     """The provider the settings choose (no I/O: clients are made on first use)."""
-    if settings.provider == "local" and settings.local is not None:
+    if settings.provider == "cf_images" and settings.cf_images is not None:
+        fallback = settings.cf_images.fallback
+        return CfImagesProvider(
+            settings.cf_images, fallback=_build(settings, fallback) if fallback else None
+        )
+    return _build(settings, settings.provider)
+
+
+def _build(settings: StorageSettings, name: ProviderName) -> StorageProvider:
+    if name == "local" and settings.local is not None:
         return LocalProvider(settings.local)
-    if settings.provider == "r2" and settings.r2 is not None:
+    if name == "r2" and settings.r2 is not None:
         return R2Provider(settings.r2)
-    raise SettingsError(
-        f"STORAGE_PROVIDER={settings.provider} has no settings", settings=("STORAGE_PROVIDER",)
-    )
+    if name == "gcs" and settings.gcs is not None:
+        return GcsProvider(settings.gcs)
+    raise SettingsError(f"STORAGE_PROVIDER={name} has no settings", settings=("STORAGE_PROVIDER",))

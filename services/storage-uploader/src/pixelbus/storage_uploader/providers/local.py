@@ -1,8 +1,8 @@
 """Local storage: files under a directory, served by the gateway at ``/files/<key>``.
 
-The provider of the embedded stack. A file is written to a temporary name beside its
-target and renamed into place, so a reader (the gateway) never sees half a file; a retried
-upload replaces the file. File I/O runs in a worker thread, off the event loop.
+The provider of the embedded stack. A file is written, chunk by chunk, to a temporary name
+beside its target and renamed into place, so a reader (the gateway) never sees half a
+file; a retried upload replaces the file. File I/O runs in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pixelbus.storage_uploader.errors import (
     StoragePermanentError,
     StorageRetryableError,
 )
-from pixelbus.storage_uploader.providers.base import validate_key
+from pixelbus.storage_uploader.providers.base import Stored, Upload, close_stream, validate_key
 from pixelbus.storage_uploader.settings import LocalSettings
 
 __all__ = ["LocalProvider"]
@@ -63,13 +63,25 @@ class LocalProvider:
         return path
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
+        return (await self.store(Upload.of_bytes(key, data, content_type))).url
+
+    async def store(self, upload: Upload) -> Stored:
         # content_type is not stored: the gateway derives it from the file extension.
-        path = self.path_for(key)
+        path = self.path_for(upload.key)
+        chunks = upload.open()
         try:
-            await asyncio.to_thread(_write_atomic, path, data)
+            writer = await asyncio.to_thread(_AtomicWriter, path)
+            try:
+                async for chunk in chunks:
+                    await asyncio.to_thread(writer.write, chunk)
+                await asyncio.to_thread(writer.commit)
+            finally:
+                await asyncio.to_thread(writer.discard)
         except OSError as exc:
             raise _storage_error(exc, f"writing {str(path)!r}") from exc
-        return self.url_for(key)
+        finally:
+            await close_stream(chunks)
+        return Stored(self.url_for(upload.key), self.name)
 
     async def check(self) -> None:
         try:
@@ -81,20 +93,33 @@ class LocalProvider:
         """Nothing to release."""
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the gateway must be able to read it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+class _AtomicWriter:
+    """A temp file beside ``path``, renamed onto it by ``commit``; ``discard`` removes
+    what is left of it (nothing after a commit)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self._file = os.fdopen(fd, "wb")
+        self._path = path
+        self._committed = False
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.chmod(self._tmp, 0o644)  # mkstemp makes it private; the gateway must read it
+        os.replace(self._tmp, self._path)
+        self._committed = True
+
+    def discard(self) -> None:
+        self._file.close()
+        if not self._committed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
 
 
 def _check_writable(directory: Path) -> None:

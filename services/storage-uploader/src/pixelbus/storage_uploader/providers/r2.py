@@ -1,14 +1,24 @@
 """Cloudflare R2 through its S3 API (aioboto3), one client per provider.
 
-botocore's own retries are off: a failed upload is retried by redelivery from JetStream,
-with its backoff and attempt limit, so retrying here too would only multiply the waits.
-Every botocore failure is mapped onto ``StoragePermanentError`` or ``StorageRetryableError``
-with a message naming the setting to check.
+An upload no larger than one part (``PIXELBUS_R2_PART_SIZE``, 8 MiB by default) is one
+``PutObject``; a larger one is a multipart upload fed from the stream of chunks: chunks are
+gathered into a buffer until it holds a part (S3 refuses parts under 5 MiB except the
+last), the part is sent, the buffer reused, so memory stays at about one part whatever the
+size of the output. A failed multipart upload is aborted, so no parts linger. Every object
+gets its content type and ``Cache-Control``. URLs are ``R2_PUBLIC_URL/<key>``, or presigned
+GETs (``PIXELBUS_R2_URL_TTL_S``) when ``R2_PUBLIC_URL`` is unset.
+
+botocore's own retries are off: the uploader retries with backoff (``retry``), then
+JetStream redelivers; retrying here too would only multiply the waits. Every botocore
+failure is mapped onto ``StoragePermanentError`` or ``StorageRetryableError`` with a
+message naming the setting to check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -27,7 +37,13 @@ from pixelbus.storage_uploader.errors import (
     StoragePermanentError,
     StorageRetryableError,
 )
-from pixelbus.storage_uploader.providers.base import validate_key
+from pixelbus.storage_uploader.providers.base import (
+    DEFAULT_CONTENT_TYPE,
+    Stored,
+    Upload,
+    close_stream,
+    validate_key,
+)
 from pixelbus.storage_uploader.settings import R2Settings
 
 __all__ = ["R2Provider", "map_r2_error"]
@@ -78,22 +94,71 @@ class R2Provider:
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
 
-    def url_for(self, key: str) -> str:
-        return f"{self._settings.public_url}/{key}"
+    async def url_for(self, key: str) -> str:
+        """The public URL of ``key``, or a presigned GET when ``R2_PUBLIC_URL`` is unset."""
+        if self._settings.public_url:
+            return f"{self._settings.public_url}/{key}"
+        client = await self._get_client()
+        url: str = await client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self._settings.bucket, "Key": key},
+            ExpiresIn=self._settings.url_ttl_s,
+        )
+        return url
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
-        validate_key(key, self.name)
+        return (await self.store(Upload.of_bytes(key, data, content_type))).url
+
+    async def store(self, upload: Upload) -> Stored:
+        validate_key(upload.key, self.name)
         client = await self._get_client()
+        attributes = {
+            "Bucket": self._settings.bucket,
+            "Key": upload.key,
+            "ContentType": upload.content_type or DEFAULT_CONTENT_TYPE,
+            "CacheControl": self._settings.cache_control,
+        }
+        chunks = upload.open()
         try:
-            await client.put_object(
-                Bucket=self._settings.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type or "application/octet-stream",
-            )
+            first = await _fill(chunks, bytearray(), self._settings.part_size)
+            if len(first) < self._settings.part_size:  # all of it fits in one request
+                await client.put_object(Body=bytes(first), **attributes)
+            else:
+                await self._multipart(client, attributes, first, chunks)
         except (ClientError, BotoCoreError, TimeoutError) as exc:
-            raise self._error(exc, key) from exc
-        return self.url_for(key)
+            raise self._error(exc, upload.key) from exc
+        finally:
+            await close_stream(chunks)
+        return Stored(await self.url_for(upload.key), self.name)
+
+    async def _multipart(
+        self,
+        client: Any,
+        attributes: dict[str, str],
+        buffer: bytearray,
+        chunks: AsyncIterator[bytes],
+    ) -> None:
+        """Send ``buffer`` (one full part) and the rest of ``chunks`` as a multipart upload."""
+        bucket, key = attributes["Bucket"], attributes["Key"]
+        created = await client.create_multipart_upload(**attributes)
+        upload_id = created["UploadId"]
+        parts: list[dict[str, Any]] = []
+        try:
+            while buffer:
+                number = len(parts) + 1
+                answer = await client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=buffer
+                )
+                parts.append({"ETag": answer["ETag"], "PartNumber": number})
+                buffer.clear()  # reused: a part's memory is allocated once
+                await _fill(chunks, buffer, self._settings.part_size)
+            await client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            with contextlib.suppress(ClientError, BotoCoreError, TimeoutError):
+                await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
 
     async def check(self) -> None:
         client = await self._get_client()
@@ -131,6 +196,21 @@ class R2Provider:
                 )
                 self._stack = stack
             return self._client
+
+
+async def _fill(chunks: AsyncIterator[bytes], buffer: bytearray, size: int) -> bytearray:
+    """Append chunks to ``buffer`` until it holds ``size`` bytes or the stream ends.
+
+    A chunk that overshoots is kept whole (parts only need a minimum size), so a part is at
+    most ``size`` plus one chunk.
+    """
+    while len(buffer) < size:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        buffer += chunk
+    return buffer
 
 
 def map_r2_error(
