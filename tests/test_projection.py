@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
 
+from pixelbus.contracts.events import TaskCreated, TaskProgress, TaskStarted
 from pixelbus.contracts.subjects import STATE_BUCKET
-from pixelbus.gateway.projector import Projector
+from pixelbus.gateway.projector import Projector, StateCache, fold_into_kv
 from pixelbus.gateway.rebuild import rebuild
+from pixelbus.runtime.provision import ensure
+from pixelbus.runtime.settings import BusSettings
+from pixelbus.runtime.state import read_state
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import wait_for_state
 from tests.stack import Stack, running_stack
@@ -88,3 +94,30 @@ async def test_two_projectors_give_the_same_state_as_one(
         single = await bucket_contents(stack, "ONE_PROJECTOR")
         assert set(live) == set(single) == set(ids)
         assert live == single
+
+
+async def test_a_stale_cached_state_is_re_read_not_written_over(nc: Client) -> None:
+    """Projector A caches its write; B writes after it; A's next fold must not lose B's."""
+    js = nc.jetstream()
+    await ensure(js, BusSettings.from_env({}))
+    kv = await js.key_value(STATE_BUCKET)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    created = TaskCreated(
+        event_id="t1:created", task_id="t1", occurred_at=now, workflow="probe",
+        environment="face_swap", input_data={},
+    )  # fmt: skip
+    started = TaskStarted(
+        event_id="t1:started:1", task_id="t1", occurred_at=now + timedelta(seconds=1),
+        attempt=1, worker="w",
+    )  # fmt: skip
+    progress = TaskProgress(
+        event_id="t1:progress:1:1", task_id="t1", occurred_at=now + timedelta(seconds=2),
+        attempt=1, fraction=0.5,
+    )  # fmt: skip
+    cache_a = StateCache()
+    await fold_into_kv(kv, "t1", [created], cache_a)
+    await fold_into_kv(kv, "t1", [started], StateCache())  # replica B, its own cache
+    await fold_into_kv(kv, "t1", [progress], cache_a)  # A's cache is one revision behind
+    state, _ = await read_state(kv, "t1")
+    assert state is not None and state.worker == "w" and state.progress is not None
+    assert state.progress.fraction == 0.5

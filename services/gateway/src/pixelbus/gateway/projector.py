@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 import structlog
 from nats.aio.client import Client
@@ -22,20 +22,56 @@ from nats.js.kv import KeyValue
 from pixelbus.contracts.events import AnyEvent, decode_event
 from pixelbus.contracts.fold import fold
 from pixelbus.contracts.subjects import PROJECTOR_CONSUMER, STATE_BUCKET, TASK_STREAM
+from pixelbus.contracts.task import TaskState
 from pixelbus.runtime.pull import PullFeed
 from pixelbus.runtime.state import encode_state, read_state
 
-__all__ = ["Projector", "fold_into_kv"]
+__all__ = ["Projector", "StateCache", "fold_into_kv"]
 
 log = structlog.get_logger("pixelbus.projector")
 
 _CAS_ATTEMPTS = 20
 
 
-async def fold_into_kv(kv: KeyValue, task_id: str, events: list[AnyEvent]) -> None:
+class StateCache:
+    """The last state and revision this projector wrote per task (least recently used out).
+
+    Saves the KV read before each write. A stale entry (another replica wrote since) costs
+    nothing but a CAS conflict, after which the state is read from the bucket again.
+    """
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, tuple[TaskState, int]] = OrderedDict()
+
+    def get(self, task_id: str) -> tuple[TaskState, int] | None:
+        entry = self._entries.get(task_id)
+        if entry is not None:
+            self._entries.move_to_end(task_id)
+        return entry
+
+    def put(self, task_id: str, state: TaskState, revision: int) -> None:
+        self._entries[task_id] = (state, revision)
+        self._entries.move_to_end(task_id)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def drop(self, task_id: str) -> None:
+        self._entries.pop(task_id, None)
+
+
+async def fold_into_kv(
+    kv: KeyValue, task_id: str, events: list[AnyEvent], cache: StateCache | None = None
+) -> None:
     """Fold ``events`` into the stored state of ``task_id`` with compare-and-swap."""
+    cached = cache.get(task_id) if cache is not None else None
     for _ in range(_CAS_ATTEMPTS):
-        state, revision = await read_state(kv, task_id)
+        if cached is not None:
+            state: TaskState | None
+            state, revision = cached
+            cached = None
+        else:
+            state, revision = await read_state(kv, task_id)
         new_state = fold(events, state)
         assert new_state is not None
         data = encode_state(new_state)
@@ -43,12 +79,16 @@ async def fold_into_kv(kv: KeyValue, task_id: str, events: list[AnyEvent]) -> No
             return
         try:
             if revision == 0:
-                await kv.create(task_id, data)
+                revision = await kv.create(task_id, data)
             else:
-                await kv.update(task_id, data, last=revision)
-            return
+                revision = await kv.update(task_id, data, last=revision)
         except KeyWrongLastSequenceError:
             continue  # another replica wrote first: re-read and re-fold
+        if cache is not None:
+            cache.put(task_id, new_state, revision)
+        return
+    if cache is not None:
+        cache.drop(task_id)
     raise RuntimeError(f"projector: gave up on {task_id} after {_CAS_ATTEMPTS} CAS conflicts")
 
 
@@ -58,6 +98,7 @@ class Projector:
         self._js = nc.jetstream()
         self._batch = batch
         self._stopping = asyncio.Event()
+        self._cache = StateCache()
         self.projected = 0
 
     def stop(self) -> None:
@@ -96,7 +137,10 @@ class Projector:
                 continue
             by_task[event.task_id].append(event)
         results = await asyncio.gather(
-            *(fold_into_kv(kv, task_id, events) for task_id, events in by_task.items()),
+            *(
+                fold_into_kv(kv, task_id, events, self._cache)
+                for task_id, events in by_task.items()
+            ),
             return_exceptions=True,
         )
         failed = [r for r in results if isinstance(r, BaseException)]
