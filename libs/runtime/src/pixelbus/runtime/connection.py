@@ -14,7 +14,11 @@ log = structlog.get_logger("pixelbus.nats")
 async def connect(url: str, name: str, *, connect_timeout_s: float = 5) -> Client:
     """Connect once (failing fast at start), then reconnect forever on loss."""
 
+    client: Client | None = None
+
     async def on_disconnect() -> None:
+        if client is not None and (client.is_closed or client.is_draining):
+            return  # our own close at shutdown, not a fault
         log.warning("nats disconnected", service=name)
 
     async def on_reconnect() -> None:
@@ -23,7 +27,7 @@ async def connect(url: str, name: str, *, connect_timeout_s: float = 5) -> Clien
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", service=name, error=str(exc))
 
-    return await nats.connect(
+    client = await nats.connect(
         servers=[url],
         name=name,
         connect_timeout=connect_timeout_s,
@@ -34,3 +38,4 @@ async def connect(url: str, name: str, *, connect_timeout_s: float = 5) -> Clien
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
+    return client
