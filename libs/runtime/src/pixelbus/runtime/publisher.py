@@ -11,10 +11,11 @@ import asyncio
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from opentelemetry.trace import SpanKind
 
 from pixelbus.contracts.events import Event, encode_event
 from pixelbus.contracts.subjects import TASK_STREAM, task_subject
-from pixelbus.runtime.tracing import headers_with_trace, tracer
+from pixelbus.runtime.tracing import headers_with_trace, messaging_attributes, tracer
 
 __all__ = ["EventPublisher"]
 
@@ -30,9 +31,14 @@ class EventPublisher:
     async def publish(self, event: Event, *, environment: str, workflow: str) -> PubAck:
         """Publish and wait for the stream's ack; retries (same msg id) on timeouts."""
         subject = task_subject(environment, workflow, event.kind, event.task_id)
-        with tracer.start_as_current_span(f"publish {type(event).__name__}") as span:
-            span.set_attribute("pixelbus.task_id", event.task_id)
-            span.set_attribute("messaging.destination.name", subject)
+        with tracer.start_as_current_span(
+            f"publish {type(event).__name__}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                **messaging_attributes("send", subject, event.event_id),
+                "pixelbus.task_id": event.task_id,
+            },
+        ):
             headers = headers_with_trace({MSG_ID: event.event_id})
             payload = encode_event(event)
             for attempt in range(1, self._attempts + 1):

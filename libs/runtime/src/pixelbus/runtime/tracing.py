@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 
-__all__ = ["context_from_headers", "headers_with_trace", "setup_tracing", "tracer"]
+__all__ = [
+    "context_from_headers",
+    "headers_with_trace",
+    "messaging_attributes",
+    "setup_tracing",
+    "tracer",
+]
 
 tracer = trace.get_tracer("pixelbus")
 
@@ -25,11 +34,13 @@ def context_from_headers(headers: dict[str, str] | None) -> otel_context.Context
 _configured = False
 
 
-def setup_tracing(service_name: str) -> None:
+def setup_tracing(service_name: str, environ: Mapping[str, str] | None = None) -> None:
     """Install the SDK tracer provider once per process, so spans get real trace ids.
 
-    Exporting is configured by the standard ``OTEL_*`` variables where an exporter is
-    installed; without one, spans are recorded (ids propagate) but not exported.
+    Spans are exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, with the exporter reading the other
+    standard ``OTEL_EXPORTER_OTLP_*`` settings itself; otherwise they are recorded (the
+    ids propagate through NATS headers) and dropped.
     """
     global _configured
     if _configured:
@@ -37,7 +48,25 @@ def setup_tracing(service_name: str) -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
-    trace.set_tracer_provider(
-        TracerProvider(resource=Resource.create({"service.name": service_name}))
-    )
+    environ = os.environ if environ is None else environ
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
     _configured = True
+
+
+def messaging_attributes(operation: str, subject: str, message_id: str) -> dict[str, str]:
+    """OpenTelemetry messaging attributes of a NATS publish or process span."""
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": subject,
+        "messaging.message.id": message_id,
+    }
