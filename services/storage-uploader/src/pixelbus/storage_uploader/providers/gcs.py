@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from gcloud.aio.auth import IamClient, Token
 from gcloud.aio.storage import Storage
 
+from tenacity import stop_after_attempt
+
 from pixelbus.storage_uploader.errors import (
     StorageError,
     StoragePermanentError,
@@ -50,6 +52,16 @@ _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 _SPOOL_BYTES = 8 * 1024 * 1024
 _CREDENTIALS = "GOOGLE_APPLICATION_CREDENTIALS"
 _ENDPOINT = "STORAGE_EMULATOR_HOST (or the network)"
+
+
+class _Token(Token):
+    """The client's token, fetched in one try: gcloud-aio-auth retries a refused grant five
+    times with waits up to a minute, which only delays the verdict on bad credentials (and
+    storms the token endpoint). Transient failures are retried by the uploader instead."""
+
+    async def acquire_access_token(self, timeout: int = 10) -> None:
+        once = Token.acquire_access_token.retry_with(stop=stop_after_attempt(1))  # type: ignore[attr-defined]
+        await once(self, timeout)
 
 
 class GcsProvider:
@@ -79,7 +91,7 @@ class GcsProvider:
                     upload.key,
                     spool,
                     content_type=upload.content_type or DEFAULT_CONTENT_TYPE,
-                    metadata={"cacheControl": self._settings.cache_control},
+                    metadata={"Cache-Control": self._settings.cache_control},  # → cacheControl
                     timeout=int(self._settings.timeout_s),
                 )
             url = await self.url_for(upload.key)
@@ -157,7 +169,7 @@ class GcsProvider:
                 service_file = None
                 if self._settings.credentials:
                     service_file = io.StringIO(json.dumps(dict(self._settings.credentials)))
-                self._token = Token(
+                self._token = _Token(
                     service_file=service_file, scopes=_SCOPES, session=self._session
                 )
                 dev = self._settings.emulator and not self._settings.credentials

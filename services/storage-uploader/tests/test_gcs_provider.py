@@ -1,0 +1,225 @@
+"""The GCS provider against a GCS-compatible HTTP server (the test kit's, checking OAuth
+tokens issued by its own token endpoint to service-account keys), reached through the
+client's emulator setting ``STORAGE_EMULATOR_HOST``."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pixelbus.storage_uploader.errors import StoragePermanentError, StorageRetryableError
+from pixelbus.storage_uploader.providers import GcsProvider, Upload, build_provider
+from pixelbus.storage_uploader.settings import DEFAULT_CACHE_CONTROL, GcsSettings, StorageSettings
+from pixelbus.testkit.gcs_server import GcsServer
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
+
+
+def gcs_env(
+    server: GcsServer, bucket: str, credentials: Path | None, *, public: bool = True
+) -> dict[str, str]:
+    env = {
+        "STORAGE_PROVIDER": "gcs",
+        "PIXELBUS_GCS_BUCKET": bucket,
+        "STORAGE_EMULATOR_HOST": server.url,
+    }
+    if credentials is not None:
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = str(credentials)
+    if public:
+        env["PIXELBUS_GCS_PUBLIC_URL"] = f"{server.url}/{bucket}/"
+    return env
+
+
+def gcs_settings(*args: object, **kwargs: object) -> GcsSettings:
+    settings = StorageSettings.from_env(gcs_env(*args, **kwargs)).gcs  # type: ignore[arg-type]
+    assert settings is not None
+    return settings
+
+
+@pytest.fixture
+def bucket(gcs_server: GcsServer) -> str:
+    return gcs_server.create_bucket()
+
+
+@pytest.fixture
+def account(gcs_server: GcsServer, tmp_path: Path) -> Path:
+    return gcs_server.service_account(tmp_path)
+
+
+@pytest.fixture
+async def provider(
+    gcs_server: GcsServer, bucket: str, account: Path
+) -> AsyncIterator[GcsProvider]:
+    provider = GcsProvider(gcs_settings(gcs_server, bucket, account))
+    yield provider
+    await provider.aclose()
+
+
+def api_requests(server: GcsServer) -> list[tuple[str, str]]:
+    return [r for r in server.requests if r[1].startswith(("/storage", "/upload"))]
+
+
+async def test_store_writes_bytes_type_and_cache_control_and_the_public_url_serves_them(
+    provider: GcsProvider, gcs_server: GcsServer, bucket: str
+) -> None:
+    key = "tasks/2026/11/28/task_1/out.png"
+    url = await provider.put(key, PNG, "image/png")
+    assert url == f"{gcs_server.url}/{bucket}/{key}"
+    stored = gcs_server.objects[(bucket, key)]
+    assert (stored.data, stored.content_type) == (PNG, "image/png")
+    assert stored.cache_control == DEFAULT_CACHE_CONTROL
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url)
+    assert response.content == PNG
+    assert response.headers["cache-control"] == DEFAULT_CACHE_CONTROL
+
+
+async def test_the_same_key_twice_is_one_object_with_the_last_bytes(
+    provider: GcsProvider, gcs_server: GcsServer, bucket: str
+) -> None:
+    first = await provider.put("tasks/t/a.png", b"first", "image/png")
+    second = await provider.put("tasks/t/a.png", b"second", "image/png")
+    assert first == second
+    assert [k for k in gcs_server.objects if k[0] == bucket] == [(bucket, "tasks/t/a.png")]
+    assert gcs_server.objects[(bucket, "tasks/t/a.png")].data == b"second"
+
+
+async def test_a_large_output_is_streamed_through_a_resumable_upload(
+    provider: GcsProvider, gcs_server: GcsServer, bucket: str
+) -> None:
+    chunk = bytes(range(256)) * 512  # 128 KiB, like Object Store chunks
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(48):  # 6 MiB: over the client's 5 MiB simple-upload limit
+            yield chunk
+
+    upload = Upload(key="tasks/t/video.mp4", content_type="video/mp4", size=48 * len(chunk),
+                    open=chunks)
+    stored = await provider.store(upload)
+    assert stored.provider == "gcs"
+    assert ("POST", f"/upload/storage/v1/b/{bucket}/o") in gcs_server.requests
+    assert ("PUT", f"/upload/storage/v1/b/{bucket}/o") in gcs_server.requests  # the session
+    obj = gcs_server.objects[(bucket, "tasks/t/video.mp4")]
+    assert obj.data == chunk * 48 and obj.content_type == "video/mp4"
+
+
+async def test_without_a_public_url_the_url_is_signed_and_only_the_signed_one_works(
+    gcs_server: GcsServer, account: Path
+) -> None:
+    private = gcs_server.create_bucket(public=False)
+    provider = GcsProvider(gcs_settings(gcs_server, private, account, public=False))
+    try:
+        url = await provider.put("tasks/t/a.png", PNG, "image/png")
+    finally:
+        await provider.aclose()
+    assert "X-Goog-Signature=" in url and "X-Goog-Expires=604800" in url
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url)).content == PNG
+        unsigned = await http.get(url.split("?")[0])
+        tampered = await http.get(url.replace("X-Goog-Expires=604800", "X-Goog-Expires=999999"))
+    assert unsigned.status_code == 403
+    assert tampered.status_code == 403 and b"SignatureDoesNotMatch" in tampered.content
+
+
+async def test_check_passes_when_the_bucket_is_there(provider: GcsProvider) -> None:
+    await provider.check()
+
+
+async def test_refused_credentials_are_permanent_name_the_setting_and_reach_no_bucket(
+    gcs_server: GcsServer, bucket: str, tmp_path: Path
+) -> None:
+    unknown = gcs_server.service_account(tmp_path, registered=False)
+    provider = GcsProvider(gcs_settings(gcs_server, bucket, unknown))
+    try:
+        with pytest.raises(StoragePermanentError) as caught:
+            await provider.put("tasks/t/a.png", PNG, "image/png")
+        with pytest.raises(StoragePermanentError, match="GOOGLE_APPLICATION_CREDENTIALS"):
+            await provider.check()
+    finally:
+        await provider.aclose()
+    error = caught.value
+    assert (error.provider, error.code, error.retryable) == ("gcs", "400", False)
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in str(error)
+    assert "token endpoint" in str(error)
+    assert api_requests(gcs_server) == []
+    assert gcs_server.grants == 2  # one try each for the upload and the check: no storm
+    assert gcs_server.objects == {}
+
+
+async def test_an_account_that_may_only_read_is_refused_permanently(
+    gcs_server: GcsServer, bucket: str, tmp_path: Path
+) -> None:
+    reader = gcs_server.service_account(tmp_path, can_write=False)
+    provider = GcsProvider(gcs_settings(gcs_server, bucket, reader))
+    try:
+        with pytest.raises(StoragePermanentError) as caught:
+            await provider.put("tasks/t/a.png", PNG, "image/png")
+    finally:
+        await provider.aclose()
+    assert caught.value.code == "403"
+    assert "access denied" in str(caught.value) and "PIXELBUS_GCS_BUCKET" in str(caught.value)
+
+
+async def test_a_missing_bucket_is_permanent_and_named(
+    gcs_server: GcsServer, account: Path
+) -> None:
+    provider = GcsProvider(gcs_settings(gcs_server, "no-such-bucket", account))
+    try:
+        with pytest.raises(StoragePermanentError) as caught:
+            await provider.put("tasks/t/a.png", PNG, "image/png")
+        with pytest.raises(StoragePermanentError, match="PIXELBUS_GCS_BUCKET"):
+            await provider.check()
+    finally:
+        await provider.aclose()
+    assert caught.value.code == "404"
+    assert "'no-such-bucket'" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [503, 500, 429])
+async def test_server_errors_are_retryable_and_the_next_attempt_lands(
+    provider: GcsProvider, gcs_server: GcsServer, bucket: str, status: int
+) -> None:
+    gcs_server.fail_next(1, status)
+    with pytest.raises(StorageRetryableError) as caught:
+        await provider.put("tasks/t/a.png", PNG, "image/png")
+    assert caught.value.code == str(status)
+    assert gcs_server.objects == {}
+    await provider.put("tasks/t/a.png", PNG, "image/png")
+    assert gcs_server.objects[(bucket, "tasks/t/a.png")].data == PNG
+
+
+async def test_an_endpoint_nobody_listens_on_is_retryable(bucket: str, account: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = StorageSettings.from_env(
+        {
+            "STORAGE_PROVIDER": "gcs",
+            "PIXELBUS_GCS_BUCKET": bucket,
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+            "PIXELBUS_GCS_PUBLIC_URL": "https://cdn.example.com",
+        }
+    )
+    provider = build_provider(settings)
+    try:
+        with pytest.raises(StorageRetryableError) as caught:
+            await provider.put("tasks/t/a.png", PNG, "image/png")
+    finally:
+        await provider.aclose()
+    assert "STORAGE_EMULATOR_HOST" in str(caught.value)
+
+
+async def test_an_emulator_without_credentials_gets_no_token(tmp_path: Path) -> None:
+    with GcsServer(require_auth=False) as server:
+        bucket = server.create_bucket()
+        provider = build_provider(StorageSettings.from_env(gcs_env(server, bucket, None)))
+        try:
+            url = await provider.put("tasks/t/a.png", PNG, "image/png")
+        finally:
+            await provider.aclose()
+        assert server.objects[(bucket, "tasks/t/a.png")].data == PNG
+    assert url.endswith(f"/{bucket}/tasks/t/a.png")
