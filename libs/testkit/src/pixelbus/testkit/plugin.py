@@ -32,4 +32,6 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
         await client.close()
 
 
+from pixelbus.testkit.cf_images_server import cf_images_server  # noqa: E402, F401 — fixture
+from pixelbus.testkit.gcs_server import gcs_server  # noqa: E402, F401 — fixture
 from pixelbus.testkit.s3_server import s3_bucket, s3_server  # noqa: E402, F401 — fixtures
