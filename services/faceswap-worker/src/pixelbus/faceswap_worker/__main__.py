@@ -11,6 +11,7 @@ import structlog
 
 from pixelbus.contracts.subjects import OUTPUTS_BUCKET, pool_for_environment
 from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
+from pixelbus.faceswap_worker.engines.setup import build_catalog
 from pixelbus.faceswap_worker.handler import FaceSwapHandler
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.runtime.connection import connect
@@ -27,11 +28,13 @@ log = structlog.get_logger("pixelbus.faceswap_worker")
 async def serve(settings: FaceSwapSettings) -> None:
     setup_tracing("pixelbus-faceswap-worker")
     log.info("faceswap-worker starting", settings=settings.redacted())
-    engine = await asyncio.to_thread(LandmarkEngine)  # loads its models once
+    builtin = await asyncio.to_thread(LandmarkEngine)  # loads its models once
+    catalog = await asyncio.to_thread(build_catalog, settings, builtin)
+    log.info("engines ready", models=catalog.names())
     nc = await connect(settings.bus.nats_url, "pixelbus-faceswap-worker")
     js = nc.jetstream()
     await ensure(js, settings.bus)
-    handler = FaceSwapHandler({"builtin": engine}, settings, ObjectReader(js, OUTPUTS_BUCKET))
+    handler = FaceSwapHandler(catalog, settings, ObjectReader(js, OUTPUTS_BUCKET))
     runtime = WorkerRuntime(
         nc=nc,
         js=js,
@@ -58,7 +61,11 @@ def main() -> int:
         return 2
     import uvloop
 
-    uvloop.run(serve(settings))
+    try:
+        uvloop.run(serve(settings))
+    except SettingsError as exc:
+        print(f"pixelbus-faceswap-worker: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,20 +1,23 @@
 """The face-swap task handler: fetch both images safely, swap, resize, encode.
 
 Errors map onto the runtime's split: bad input (blocked URL, not an image, no face,
-unknown model) is ``Permanent``; a timeout or a 5xx from an image host is ``Retryable``.
+unknown or uninstalled model, bad option) is ``Permanent``; a timeout or a 5xx from an
+image host or the remote engine is ``Retryable``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import httpx
 from nats.js.errors import NotFoundError
 
 from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
-from pixelbus.contracts.validation import parse_resolution
-from pixelbus.faceswap_worker.engines.base import FaceSwapEngine, SwapOptions
+from pixelbus.faceswap_worker.engines.base import FaceSwapEngine
+from pixelbus.faceswap_worker.engines.catalog import EngineCatalog, UnknownModel
 from pixelbus.faceswap_worker.engines.errors import EngineError
+from pixelbus.faceswap_worker.options import parse_options
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.media.errors import MediaError
 from pixelbus.media.fetch import FetchLimits, fetch_bytes
@@ -27,15 +30,24 @@ from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult
 __all__ = ["FaceSwapHandler"]
 
 
+class EngineUnknown(EngineError):
+    code = "model_not_installed"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"face enhancer {name!r} is not known on this worker")
+
+
 class FaceSwapHandler:
     def __init__(
         self,
-        engines: dict[str, FaceSwapEngine],
+        engines: Mapping[str, FaceSwapEngine] | EngineCatalog,
         settings: FaceSwapSettings,
         objects: ObjectReader,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        self._engines = engines
+        self._engines = (
+            engines if isinstance(engines, EngineCatalog) else EngineCatalog(fixed=engines)
+        )
         self._settings = settings
         self._objects = objects
         self._http = http
@@ -47,36 +59,60 @@ class FaceSwapHandler:
     async def __call__(self, ctx: TaskContext) -> TaskResult:
         wf = ctx.wf_json
         model = wf.get("model") or self._settings.default_model
-        engine = self._engines.get(model)
-        if engine is None:
-            installed = ", ".join(sorted(self._engines)) or "none"
-            raise Permanent(
-                "model_not_installed",
-                f"model {model!r} is not installed on this worker (installed: {installed}); "
-                "install it or omit `model` to use the worker's default",
-            )
+        try:
+            swap_options, output = parse_options(wf)
+        except ValueError as exc:
+            raise Permanent("invalid_input", str(exc)) from exc
+        engine = await self._engine(str(model))
+        if swap_options.enhancer is not None:
+            await self._run(self._enhancer_check, swap_options.enhancer)
         await ctx.progress(0.05, node="fetch", message="fetching images")
         source, target = await asyncio.gather(
             self._image(wf.get("source_url"), "source_url"),
             self._image(wf.get("target_url"), "target_url"),
         )
         await ctx.progress(0.4, node="swap", message=f"swapping faces ({engine.name})")
+        swapped = await self._run(engine.swap, source, target, swap_options)
+        if output.resolution is not None:
+            swapped = fit_within(swapped, *output.resolution)
+        await ctx.progress(0.9, node="encode", message="encoding result")
+        data = await asyncio.to_thread(encode_image, swapped, output.format, output.quality)
+        height, width = swapped.shape[:2]
+        return TaskResult(
+            outputs=[OutputFile(output.filename, data, output.content_type)],
+            result={
+                "width": width,
+                "height": height,
+                "model": engine.name,
+                "format": output.format,
+            },
+        )
+
+    async def _engine(self, model: str) -> FaceSwapEngine:
         try:
-            swapped = await asyncio.to_thread(engine.swap, source, target, SwapOptions())
+            return await self._run(self._engines.get, model)
+        except UnknownModel:
+            installed = ", ".join(self._engines.names()) or "none"
+            raise Permanent(
+                "model_not_installed",
+                f"model {model!r} is not available on this worker (available: {installed}); "
+                "install it or omit `model` to use the worker's default",
+            ) from None
+
+    def _enhancer_check(self, name: str) -> None:
+        try:
+            self._engines.enhancer(name)
+        except UnknownModel:
+            raise EngineUnknown(name) from None
+
+    @staticmethod
+    async def _run(function, *args):  # type: ignore[no-untyped-def]
+        """``function(*args)`` in a worker thread, engine errors mapped to task errors."""
+        try:
+            return await asyncio.to_thread(function, *args)
         except EngineError as exc:
             error = Retryable if exc.retryable else Permanent
             raise error(exc.code, str(exc)) from exc
-        resolution = wf.get("resolution")
-        if isinstance(resolution, str):
-            width, height = parse_resolution(resolution)
-            swapped = fit_within(swapped, width, height)
-        await ctx.progress(0.9, node="encode", message="encoding result")
-        png = await asyncio.to_thread(encode_image, swapped, "png")
-        height, width = swapped.shape[:2]
-        return TaskResult(
-            outputs=[OutputFile("result.png", png, "image/png")],
-            result={"width": width, "height": height, "model": engine.name},
-        )
 
     async def _image(self, url: object, field: str) -> RGBImage:
         if not isinstance(url, str) or not url:

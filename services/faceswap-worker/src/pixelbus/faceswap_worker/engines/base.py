@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, get_args, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -14,11 +14,14 @@ from numpy.typing import NDArray
 from pixelbus.faceswap_worker.engines.errors import FaceIndexOutOfRange, NoFaceFound, Which
 
 __all__ = [
+    "FACE_ORDERS",
     "FaceBox",
+    "FaceOrder",
     "FaceSwapEngine",
     "RGBImage",
     "SwapOptions",
     "in_reading_order",
+    "order_faces",
     "require_rgb",
     "select_source",
     "select_targets",
@@ -27,19 +30,34 @@ __all__ = [
 RGBImage: TypeAlias = NDArray[np.uint8]
 """An HxWx3 uint8 array in RGB order."""
 
+FaceOrder: TypeAlias = Literal[
+    "left-right", "right-left", "top-bottom", "bottom-top", "large-small", "small-large"
+]
+FACE_ORDERS: tuple[FaceOrder, ...] = get_args(FaceOrder)
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SwapOptions:
     source_face_index: int | None = None
     """Which source face to use; None: the largest."""
     target_face_index: int | None = None
-    """Which target face to replace; None: every one."""
+    """Which target face to replace; None: every one ("many")."""
+    face_order: FaceOrder = "left-right"
+    """How faces are numbered in both images."""
+    enhancer: str | None = None
+    """A face enhancer model to run on each swapped face; None: none."""
+    enhancer_blend: float = 0.8
+    """How much of the enhanced face shows over the swapped one (0 to 1)."""
 
     def __post_init__(self) -> None:
         for name in ("source_face_index", "target_face_index"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be 0 or more, got {value}")
+        if self.face_order not in FACE_ORDERS:
+            raise ValueError(f"face_order must be one of {', '.join(FACE_ORDERS)}")
+        if not 0.0 <= self.enhancer_blend <= 1.0:
+            raise ValueError(f"enhancer_blend must be within 0..1, got {self.enhancer_blend}")
 
 
 @runtime_checkable
@@ -69,6 +87,24 @@ class FaceBox:
 
 def in_reading_order(boxes: Sequence[FaceBox]) -> list[FaceBox]:
     return sorted(boxes, key=lambda box: (box.left, box.top))
+
+
+def order_faces(boxes: Sequence[FaceBox], order: FaceOrder = "left-right") -> list[int]:
+    """The indexes of ``boxes`` in the given order (ties broken by reading order)."""
+
+    def key(i: int) -> tuple[float, ...]:
+        box = boxes[i]
+        reading = (box.left, box.top)
+        return {
+            "left-right": reading,
+            "right-left": (-box.right, box.top),
+            "top-bottom": (box.top, box.left),
+            "bottom-top": (-box.bottom, box.left),
+            "large-small": (-box.area, *reading),
+            "small-large": (box.area, *reading),
+        }[order]
+
+    return sorted(range(len(boxes)), key=key)
 
 
 def select_source(boxes: Sequence[FaceBox], index: int | None) -> int:

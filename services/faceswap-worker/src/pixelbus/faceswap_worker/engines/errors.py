@@ -5,6 +5,9 @@ Each says whether another try could help (``retryable``) and has a stable ``code
     EngineError
     ├── NoFaceFound            no_face_found            permanent
     ├── FaceIndexOutOfRange    face_index_out_of_range  permanent
+    ├── ModelNotInstalled      model_not_installed      permanent (says how to install it)
+    ├── BadModelOutput         bad_model_output         permanent (black or NaN faces)
+    ├── RemoteEngineError      remote_*                 retryable or not, as the service said
     └── EngineUnavailable      engine_unavailable       retryable (another worker may have it)
 """
 
@@ -12,7 +15,16 @@ from __future__ import annotations
 
 from typing import Literal, TypeAlias
 
-__all__ = ["EngineError", "EngineUnavailable", "FaceIndexOutOfRange", "NoFaceFound", "Which"]
+__all__ = [
+    "BadModelOutput",
+    "EngineError",
+    "EngineUnavailable",
+    "FaceIndexOutOfRange",
+    "ModelNotInstalled",
+    "NoFaceFound",
+    "RemoteEngineError",
+    "Which",
+]
 
 Which: TypeAlias = Literal["source", "target"]
 
@@ -49,3 +61,39 @@ class EngineUnavailable(EngineError):
 
     code = "engine_unavailable"
     retryable = True
+
+
+class ModelNotInstalled(EngineError):
+    """A model file the engine needs is missing (or damaged) in the models directory.
+    The worker never downloads at task time: an operator runs ``pixelbus models pull``."""
+
+    code = "model_not_installed"
+
+    def __init__(self, model: str, files: list[str], detail: str = "not installed") -> None:
+        commands = "; ".join(f"`pixelbus models pull {name}`" for name in files)
+        super().__init__(
+            f"model {model!r} cannot run on this worker: {', '.join(files)} {detail}; "
+            f"install with {commands} (see `pixelbus models list`)"
+        )
+        self.model = model
+        self.files = files
+
+
+class BadModelOutput(EngineError):
+    """The model produced an unusable face (black, NaN or infinite values), as fp16
+    models do with some onnxruntime versions and providers."""
+
+    code = "bad_model_output"
+
+    def __init__(self, model: str, what: str) -> None:
+        super().__init__(
+            f"{model} produced {what} for a face; the model file or the execution provider "
+            "is at fault (with an fp16 model, try inswapper_128)"
+        )
+
+
+class RemoteEngineError(EngineError):
+    def __init__(self, code: str, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable

@@ -1,0 +1,80 @@
+"""The production engine: SCRFD detection, ArcFace identity, inswapper, soft paste-back,
+and optionally a face enhancer, all on onnxruntime (see the modules of each step)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pixelbus.faceswap_worker.engines.alignment import (
+    arcface_template,
+    similarity_transform,
+    warp_face,
+)
+from pixelbus.faceswap_worker.engines.arcface import ArcFaceEmbedder
+from pixelbus.faceswap_worker.engines.base import (
+    FaceOrder,
+    RGBImage,
+    SwapOptions,
+    order_faces,
+    require_rgb,
+    select_source,
+    select_targets,
+)
+from pixelbus.faceswap_worker.engines.enhancer import FaceEnhancer
+from pixelbus.faceswap_worker.engines.pasteback import paste_back, soft_mask
+from pixelbus.faceswap_worker.engines.scrfd import Detection, ScrfdDetector
+from pixelbus.faceswap_worker.engines.swapper import InswapperModel
+
+__all__ = ["InswapperEngine"]
+
+EnhancerLookup = Callable[[str], FaceEnhancer]
+
+
+def _no_enhancers(name: str) -> FaceEnhancer:
+    raise ValueError(f"no face enhancer is configured on this engine (asked for {name!r})")
+
+
+class InswapperEngine:
+    """Thread-safe: onnxruntime sessions may run concurrently."""
+
+    def __init__(
+        self,
+        *,
+        detector: ScrfdDetector,
+        embedder: ArcFaceEmbedder,
+        swapper: InswapperModel,
+        enhancers: EnhancerLookup = _no_enhancers,
+    ) -> None:
+        self.name = swapper.name
+        self.detector = detector
+        self.embedder = embedder
+        self.swapper = swapper
+        self._enhancers = enhancers
+        self._template = arcface_template(swapper.size)
+        self._mask = soft_mask(swapper.size)
+
+    def find_faces(self, image: RGBImage, order: FaceOrder = "left-right") -> list[Detection]:
+        """Faces numbered in ``order``."""
+        found = self.detector.detect(image)
+        return [found[i] for i in order_faces([d.face_box for d in found], order)]
+
+    def swap(self, source: RGBImage, target: RGBImage, options: SwapOptions) -> RGBImage:
+        require_rgb(source, "source")
+        require_rgb(target, "target")
+        enhancer = self._enhancers(options.enhancer) if options.enhancer else None
+        source_faces = self.find_faces(source, options.face_order)
+        chosen = source_faces[
+            select_source([f.face_box for f in source_faces], options.source_face_index)
+        ]
+        latent = self.swapper.latent(self.embedder.embed(source, chosen.keypoints))
+        target_faces = self.find_faces(target, options.face_order)
+        indexes = select_targets([f.face_box for f in target_faces], options.target_face_index)
+        result = target
+        for index in indexes:  # every chosen face, in this one pass
+            face = target_faces[index]
+            matrix = similarity_transform(face.keypoints, self._template)
+            swapped = self.swapper.swap(warp_face(target, matrix, self.swapper.size), latent)
+            result = paste_back(result, swapped, matrix, self._mask)
+            if enhancer is not None:
+                result = enhancer.enhance(result, face.keypoints, options.enhancer_blend)
+        return result.copy() if result is target else result

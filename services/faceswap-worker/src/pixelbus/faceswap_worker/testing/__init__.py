@@ -1,0 +1,1 @@
+"""Test support: stand-in ONNX models with the real models' signatures."""
