@@ -51,9 +51,7 @@ def account(gcs_server: GcsServer, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def provider(
-    gcs_server: GcsServer, bucket: str, account: Path
-) -> AsyncIterator[GcsProvider]:
+async def provider(gcs_server: GcsServer, bucket: str, account: Path) -> AsyncIterator[GcsProvider]:
     provider = GcsProvider(gcs_settings(gcs_server, bucket, account))
     yield provider
     await provider.aclose()
@@ -97,8 +95,9 @@ async def test_a_large_output_is_streamed_through_a_resumable_upload(
         for _ in range(48):  # 6 MiB: over the client's 5 MiB simple-upload limit
             yield chunk
 
-    upload = Upload(key="tasks/t/video.mp4", content_type="video/mp4", size=48 * len(chunk),
-                    open=chunks)
+    upload = Upload(
+        key="tasks/t/video.mp4", content_type="video/mp4", size=48 * len(chunk), open=chunks
+    )
     stored = await provider.store(upload)
     assert stored.provider == "gcs"
     assert ("POST", f"/upload/storage/v1/b/{bucket}/o") in gcs_server.requests

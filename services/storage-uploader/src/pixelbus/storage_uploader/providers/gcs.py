@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from gcloud.aio.auth import IamClient, Token
 from gcloud.aio.storage import Storage
-
 from tenacity import stop_after_attempt
 
 from pixelbus.storage_uploader.errors import (
