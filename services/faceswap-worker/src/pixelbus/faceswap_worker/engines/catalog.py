@@ -38,7 +38,9 @@ class EngineCatalog:
         self._engines: dict[str, FaceSwapEngine] = dict(fixed or {})
         self._enhancers: dict[str, FaceEnhancer] = {}
         self._store = store
-        self._sessions = sessions or SessionCache(["CPUExecutionProvider"])
+        self._sessions = (
+            sessions if sessions is not None else SessionCache(["CPUExecutionProvider"])
+        )
         self._detect_size = detect_size
         self._detect_threshold = detect_threshold
         self._detector: ScrfdDetector | None = None

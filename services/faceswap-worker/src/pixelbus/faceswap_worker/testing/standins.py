@@ -15,9 +15,12 @@ ones (see the model registry), small enough to build in a test.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,7 +35,10 @@ __all__ = [
     "build_enhancer",
     "build_recogniser",
     "build_swapper",
+    "file_pin",
     "five_points",
+    "install_standins",
+    "photos_found_by",
 ]
 
 OPSET = [helper.make_opsetid("", 17)]
@@ -255,3 +261,41 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def photos_found_by(
+    find_faces: Callable[[NDArray[np.uint8]], Sequence[Any]], images: Sequence[NDArray[np.uint8]]
+) -> list[DetectorPhoto]:
+    """``DetectorPhoto``s with the faces that a landmark engine's ``find_faces`` reports
+    (boxes and 68 landmarks), so that the stand-in detector lands on the same faces."""
+    photos = []
+    for image in images:
+        faces = [
+            ((f.box.left, f.box.top, f.box.right, f.box.bottom), five_points(f.points))
+            for f in find_faces(image)
+        ]
+        photos.append(DetectorPhoto(image, faces))
+    return photos
+
+
+def install_standins(
+    directory: Path, photos: Sequence[DetectorPhoto], *, enhancer: bool = True
+) -> Path:
+    """Every stand-in under its registry file name in ``directory``, and a manifest
+    (``manifest.json``) pinning their sha256 and size; returns the manifest's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    built = {
+        "det_10g": build_detector(directory / "det_10g.onnx", photos),
+        "w600k_r50": build_recogniser(directory / "w600k_r50.onnx"),
+        "inswapper_128": build_swapper(directory / "inswapper_128.onnx"),
+        "inswapper_128_fp16": build_swapper(directory / "inswapper_128_fp16.onnx", fp16=True),
+    }
+    if enhancer:
+        built["gfpgan_1.4"] = build_enhancer(directory / "gfpgan_1.4.onnx")
+    manifest = directory / "manifest.json"
+    manifest.write_text(json.dumps({"models": {n: file_pin(p) for n, p in built.items()}}))
+    return manifest
+
+
+def file_pin(path: Path) -> dict[str, Any]:
+    return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "size": path.stat().st_size}
