@@ -54,7 +54,7 @@ def test_paste_back_round_trip_touches_only_the_footprint() -> None:
     frame = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
     before = frame.copy()
     matrix = similarity_transform(
-        ARCFACE_TEMPLATE + (150.0, 100.0), arcface_template(128)
+        ARCFACE_TEMPLATE + np.array([150.0, 100.0]), arcface_template(128)
     )  # a 128 crop around (150..280, 100..230)
     crop = warp_face(frame, matrix, 128)
     white = np.full_like(crop, 255)

@@ -214,7 +214,7 @@ def test_a_missing_model_names_the_command_that_installs_it(standins: StandIns, 
         catalog.get("inswapper_128_fp16")
     assert "`pixelbus models pull inswapper_128_fp16`" in str(exc.value)
     assert exc.value.code == "model_not_installed" and not exc.value.retryable
-    with pytest.raises(ModelNotInstalled, match="pixelbus models pull gfpgan_1.4"):
+    with pytest.raises(ModelNotInstalled, match=r"pixelbus models pull gfpgan_1\.4"):
         catalog.enhancer("gfpgan_1.4")
     with pytest.raises(UnknownModel):
         catalog.get("no_such_model")
