@@ -2,8 +2,9 @@
 
 An upload no larger than one part (``PIXELBUS_R2_PART_SIZE``, 8 MiB by default) is one
 ``PutObject``; a larger one is a multipart upload fed from the stream of chunks: chunks are
-gathered into a buffer until it holds a part (S3 refuses parts under 5 MiB except the
-last), the part is sent, the buffer reused, so memory stays at about one part whatever the
+gathered into an in-memory file until it holds a part (S3 refuses parts under 5 MiB except
+the last), the part is sent (read from that file in small pieces by the HTTP client, so it
+is not copied whole again), then dropped, so memory stays at about one part whatever the
 size of the output. A failed multipart upload is aborted, so no parts linger. Every object
 gets its content type and ``Cache-Control``. URLs are ``R2_PUBLIC_URL/<key>``, or presigned
 GETs (``PIXELBUS_R2_URL_TTL_S``) when ``R2_PUBLIC_URL`` is unset.
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
@@ -120,9 +123,9 @@ class R2Provider:
         }
         chunks = upload.open()
         try:
-            first = await _fill(chunks, bytearray(), self._settings.part_size)
-            if len(first) < self._settings.part_size:  # all of it fits in one request
-                await client.put_object(Body=bytes(first), **attributes)
+            first = await _fill(chunks, self._settings.part_size)
+            if first.length < self._settings.part_size:  # all of it fits in one request
+                await client.put_object(Body=first.body, **attributes)
             else:
                 await self._multipart(client, attributes, first, chunks)
         except (ClientError, BotoCoreError, TimeoutError) as exc:
@@ -135,23 +138,23 @@ class R2Provider:
         self,
         client: Any,
         attributes: dict[str, str],
-        buffer: bytearray,
+        part: _Part,
         chunks: AsyncIterator[bytes],
     ) -> None:
-        """Send ``buffer`` (one full part) and the rest of ``chunks`` as a multipart upload."""
+        """Send ``part`` (a full one) and the rest of ``chunks`` as a multipart upload."""
         bucket, key = attributes["Bucket"], attributes["Key"]
         created = await client.create_multipart_upload(**attributes)
         upload_id = created["UploadId"]
         parts: list[dict[str, Any]] = []
         try:
-            while buffer:
+            while part.length:
                 number = len(parts) + 1
                 answer = await client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=buffer
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=part.body
                 )
                 parts.append({"ETag": answer["ETag"], "PartNumber": number})
-                buffer.clear()  # reused: a part's memory is allocated once
-                await _fill(chunks, buffer, self._settings.part_size)
+                part.body.close()  # freed before the next part is gathered
+                part = await _fill(chunks, self._settings.part_size)
             await client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
@@ -198,19 +201,28 @@ class R2Provider:
             return self._client
 
 
-async def _fill(chunks: AsyncIterator[bytes], buffer: bytearray, size: int) -> bytearray:
-    """Append chunks to ``buffer`` until it holds ``size`` bytes or the stream ends.
+@dataclass(frozen=True)
+class _Part:
+    body: io.BytesIO  # positioned at its start
+    length: int
+
+
+async def _fill(chunks: AsyncIterator[bytes], size: int) -> _Part:
+    """The next part: chunks gathered until it holds ``size`` bytes or the stream ends.
 
     A chunk that overshoots is kept whole (parts only need a minimum size), so a part is at
     most ``size`` plus one chunk.
     """
-    while len(buffer) < size:
+    body = io.BytesIO()
+    length = 0
+    while length < size:
         try:
             chunk = await anext(chunks)
         except StopAsyncIteration:
             break
-        buffer += chunk
-    return buffer
+        length += body.write(chunk)
+    body.seek(0)
+    return _Part(body, length)
 
 
 def map_r2_error(
