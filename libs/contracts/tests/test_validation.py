@@ -196,3 +196,55 @@ def test_input_object_names_found_at_any_depth_once() -> None:
     }
     assert input_object_names(input_data) == ("inputs/t1/source_url", "inputs/t1/node3")
     assert input_object_names({"wf_json": {"source_url": "data:image/png;base64,xx"}}) == ()
+
+
+def face_swap(**extra: object):  # type: ignore[no-untyped-def]
+    return create(
+        {"workflow": "face_swap", "params": {"input_data": {"wf_json": {**FACE, **extra}}}}
+    )
+
+
+def test_face_swap_options_are_kept_and_normalised() -> None:
+    spec = face_swap(
+        source_face_index=0,
+        target_face_index="many",
+        face_order="large-small",
+        output_format="JPG",
+        quality=80,
+        enhancer="gfpgan_1.4",
+        enhancer_blend=0.6,
+        model="inswapper_128_fp16",
+    )
+    wf = spec.input_data["wf_json"]
+    assert wf["output_format"] == "jpeg"
+    assert (wf["source_face_index"], wf["target_face_index"], wf["quality"]) == (0, "many", 80)
+    assert face_swap(model="remote").input_data["wf_json"]["model"] == "remote"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("source_face_index", -1),
+        ("source_face_index", "many"),
+        ("target_face_index", 1.5),
+        ("target_face_index", True),
+        ("face_order", "random"),
+        ("output_format", "gif"),
+        ("quality", 101),
+        ("enhancer", "codeformer"),
+        ("enhancer_blend", 2),
+    ],
+)
+def test_bad_face_swap_options_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        face_swap(**{field: value})
+    assert locs(exc) == [("body", "params", "input_data", "wf_json", field)]
+
+
+def test_the_face_swap_request_lists_only_given_fields() -> None:
+    from pixelbus.contracts.validation import decode_face_swap_request
+
+    request = decode_face_swap_request(
+        json.dumps({**FACE, "target_face_index": 2, "output_format": "webp"}).encode()
+    )
+    assert request.fields() == {**FACE, "target_face_index": 2, "output_format": "webp"}

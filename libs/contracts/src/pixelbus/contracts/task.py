@@ -62,6 +62,21 @@ class FaceSwapRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     target_url: str | None = None
     resolution: str | None = None
     model: str | None = None
+    source_face_index: int | None = None
+    target_face_index: int | str | None = None  # an index, or "many" (every face)
+    face_order: str | None = None
+    output_format: str | None = None
+    quality: int | None = None
+    enhancer: str | None = None
+    enhancer_blend: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The fields that were given (for ``validate_face_swap_fields``)."""
+        return {
+            name: value
+            for name in self.__struct_fields__
+            if (value := getattr(self, name)) is not None
+        }
 
 
 class OutputObject(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,10 +16,13 @@ from pixelbus.contracts.subjects import ENVIRONMENTS
 from pixelbus.contracts.task import CreateTaskRequest, FaceSwapRequest
 
 __all__ = [
+    "FACE_ENHANCERS",
+    "FACE_ORDERS",
     "FACE_SWAP_MODELS",
     "FACE_SWAP_WORKFLOW",
     "MAX_SIDE",
     "MIN_SIDE",
+    "OUTPUT_FORMATS",
     "PROBE_WORKFLOW",
     "FieldError",
     "TaskSpec",
@@ -33,8 +36,16 @@ __all__ = [
 
 FACE_SWAP_WORKFLOW = "face_swap"
 PROBE_WORKFLOW = "probe"
-#: Models a face-swap task may name. ``builtin`` is the offline landmark engine.
-FACE_SWAP_MODELS = ("builtin", "inswapper_128", "inswapper_128_fp16")
+#: Models a face-swap task may name. ``builtin`` is the offline landmark engine;
+#: ``remote`` the external service at ``FACE_SWAP_API_URL``.
+FACE_SWAP_MODELS = ("builtin", "inswapper_128", "inswapper_128_fp16", "remote")
+#: Face enhancers a face-swap task may ask for (``enhancer``).
+FACE_ENHANCERS = ("gfpgan_1.4",)
+#: How faces are numbered for ``source_face_index`` / ``target_face_index``.
+FACE_ORDERS = ("left-right", "right-left", "top-bottom", "bottom-top", "large-small", "small-large")
+#: ``output_format`` values; ``jpg`` is normalised to ``jpeg``.
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MAX_FACE_INDEX = 1000
 MIN_SIDE = 16
 MAX_SIDE = 8192
 MAX_URL_LENGTH = 2048
@@ -160,9 +171,55 @@ def validate_face_swap_fields(fields: dict[str, Any], loc: tuple[str | int, ...]
     if model is not None and model not in FACE_SWAP_MODELS:
         known = ", ".join(FACE_SWAP_MODELS)
         errors.append(FieldError((*loc, "model"), f"unknown model {model!r}; known: {known}"))
+    errors.extend(_check_face_swap_options(fields, normalised, loc))
     if errors:
         raise ValidationFailed(errors)
     return normalised
+
+
+def _check_face_swap_options(
+    fields: dict[str, Any], normalised: dict[str, Any], loc: tuple[str | int, ...]
+) -> list[FieldError]:
+    """The optional face selection, enhancer and output fields."""
+    errors: list[FieldError] = []
+    for name in ("source_face_index", "target_face_index"):
+        value = fields.get(name)
+        if value is None or (name == "target_face_index" and value == "many"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = ' (or "many")' if name == "target_face_index" else ""
+            errors.append(FieldError((*loc, name), f"must be an integer{hint}", "type_error"))
+        elif not 0 <= value <= MAX_FACE_INDEX:
+            errors.append(FieldError((*loc, name), f"must be between 0 and {MAX_FACE_INDEX}"))
+    choices: dict[str, tuple[str, ...]] = {
+        "face_order": FACE_ORDERS,
+        "enhancer": FACE_ENHANCERS,
+    }
+    for name, allowed in choices.items():
+        value = fields.get(name)
+        if value is not None and value not in allowed:
+            errors.append(FieldError((*loc, name), f"must be one of {', '.join(allowed)}"))
+    output_format = fields.get("output_format")
+    if output_format is not None:
+        lowered = output_format.lower() if isinstance(output_format, str) else None
+        lowered = "jpeg" if lowered == "jpg" else lowered
+        if lowered not in OUTPUT_FORMATS:
+            errors.append(
+                FieldError((*loc, "output_format"), f"must be one of {', '.join(OUTPUT_FORMATS)}")
+            )
+        else:
+            normalised["output_format"] = lowered
+    quality = fields.get("quality")
+    if quality is not None and (
+        isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100
+    ):
+        errors.append(FieldError((*loc, "quality"), "must be an integer between 1 and 100"))
+    blend = fields.get("enhancer_blend")
+    if blend is not None and (
+        isinstance(blend, bool) or not isinstance(blend, int | float) or not 0 <= blend <= 1
+    ):
+        errors.append(FieldError((*loc, "enhancer_blend"), "must be a number between 0 and 1"))
+    return errors
 
 
 def validate_create(request: CreateTaskRequest) -> TaskSpec:

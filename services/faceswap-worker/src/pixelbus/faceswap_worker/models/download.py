@@ -19,8 +19,6 @@ from pixelbus.faceswap_worker.models.store import ModelState, ModelStore, sha256
 
 __all__ = ["Progress", "PullError", "model_url", "pull"]
 
-_CHUNK = 1 << 16
-
 
 class PullError(Exception):
     pass
@@ -121,7 +119,7 @@ def _fetch(
             total = _total(response, offset if resumed else 0) or size
             progress.start(total, offset if resumed else 0)
             with part.open("ab" if resumed else "wb") as file:
-                for chunk in response.iter_bytes(_CHUNK):
+                for chunk in response.iter_bytes():
                     file.write(chunk)
                     progress.advance(len(chunk))
     except httpx.HTTPError as exc:
