@@ -114,8 +114,15 @@ async def running_stack(
     )
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(server.serve())]
     stoppers: list[Any] = []
-    provider = build_provider(StorageSettings.from_env(env))
-    uploader = Uploader(nc, provider, BusSettings.from_env(env))
+    storage = StorageSettings.from_env(env)  # STORAGE_PROVIDER and its settings choose
+    provider = build_provider(storage)
+    uploader = Uploader(
+        nc,
+        provider,
+        BusSettings.from_env(env),
+        retry=storage.retry,
+        health_interval_s=storage.health_interval_s,
+    )
     tasks.append(asyncio.create_task(uploader.run()))
     stoppers.append(uploader.stop)
     if worker:

@@ -141,10 +141,17 @@ class Uploader:
     async def run(self) -> None:
         self._kv = await self._js.key_value(STATE_BUCKET)
         self._objects = await self._js.object_store(OUTPUTS_BUCKET)
+        health = await self.check_provider()  # before the first upload: a known order
         feed = PullFeed(self._nc, TASK_STREAM, UPLOADER_CONSUMER)
         await feed.start()
         presence = asyncio.create_task(self._presence_loop())
-        log.info("storage-uploader started", provider=self._provider.name, uploader=self._id)
+        log.info(
+            "storage-uploader started",
+            provider=self._provider.name,
+            uploader=self._id,
+            reachable=health.reachable,
+            error=health.error,
+        )
         try:
             running = await dispatch(
                 feed, self._handle, concurrency=self._concurrency, stop=self._stopping
