@@ -1,4 +1,10 @@
-"""``GET /api/health``: the gateway and what it depends on."""
+"""``GET /api/health``: the gateway and what it depends on.
+
+Workers and storage uploaders publish their presence in the ``PIXELBUS_WORKERS`` KV
+bucket (entries expire when they stop); the uploaders' entries (pool ``storage``) carry
+their provider and its last verdict (checked now and then by the uploader, and updated by
+every upload), so the storage section costs one KV read, never a call to the provider.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from pixelbus.contracts.subjects import STATE_BUCKET, TASK_STREAM, WORKERS_BUCKE
 from pixelbus.gateway.deps import Gateway, gateway
 
 router = APIRouter(tags=["health"])
+
+_STORAGE_POOL = "storage"  # the storage uploaders' presence entries
 
 
 async def _check(coro: Any, timeout: float = 2.0) -> tuple[bool, Any]:
@@ -59,8 +67,10 @@ async def health(gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
     body["kv"] = (
         {"ok": kv_ok, "bucket": STATE_BUCKET} if kv_ok else {"ok": False, "error": kv_status}
     )
-    workers_ok, workers = await _check(_workers(gw))
-    body["workers"] = workers if workers_ok else []
+    workers_ok, seen = await _check(_workers(gw))
+    seen = seen if workers_ok else []
+    body["workers"] = [w for w in seen if w.get("pool") != _STORAGE_POOL]
+    body["storage"] = _storage([w for w in seen if w.get("pool") == _STORAGE_POOL])
     pools: dict[str, int] = {}
     for worker in body["workers"]:
         pools[worker.get("pool", "?")] = pools.get(worker.get("pool", "?"), 0) + 1
@@ -68,5 +78,25 @@ async def health(gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
     projector = gw.extras.get("projector")
     body["projector"] = {"embedded": projector is not None}
     healthy = js_ok and kv_ok
-    body["status"] = "ok" if healthy else "down"
+    degraded = body["storage"]["reachable"] is False
+    body["status"] = ("degraded" if degraded else "ok") if healthy else "down"
     return JSONResponse(status_code=200 if healthy else 503, content=body)
+
+
+def _storage(uploaders: list[dict[str, Any]]) -> dict[str, Any]:
+    """The storage provider as its uploaders last saw it.
+
+    ``reachable`` is ``None`` while no uploader runs or none has a verdict yet, ``False``
+    when any uploader cannot reach its provider (with that uploader's error).
+    """
+    providers = sorted({str(u.get("provider")) for u in uploaders})
+    verdicts = [u for u in uploaders if u.get("reachable") is not None]
+    failing = [u for u in verdicts if u.get("reachable") is False]
+    checked = [str(u["checked_at"]) for u in verdicts if u.get("checked_at")]
+    return {
+        "provider": providers[0] if len(providers) == 1 else (providers or None),
+        "uploaders": len(uploaders),
+        "reachable": (not failing) if verdicts else None,
+        "error": failing[0].get("error") if failing else None,
+        "checked_at": max(checked) if checked else None,
+    }
