@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from model_server import ModelServer, model_server
 
 from conftest import StandIns
 from pixelbus.faceswap_worker.models.download import PullError, pull
 from pixelbus.faceswap_worker.models.registry import KNOWN_MODELS, load_registry
 from pixelbus.faceswap_worker.models.store import ModelState, ModelStore
+from pixelbus.faceswap_worker.testing.model_server import ModelServer, model_server
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The ``pixelbus`` command line."""

@@ -1,0 +1,1 @@
+"""One module per ``pixelbus`` subcommand (see ``pixelbus.cli.app``)."""
