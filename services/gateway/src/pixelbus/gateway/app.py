@@ -15,7 +15,7 @@ from pixelbus.gateway.deps import Gateway
 from pixelbus.gateway.exhausted import ExhaustedWatcher
 from pixelbus.gateway.limits import BodySizeLimit
 from pixelbus.gateway.projector import Projector
-from pixelbus.gateway.routes import comm, face_swap, health, tasks
+from pixelbus.gateway.routes import batch, comm, face_swap, health, tasks
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
 from pixelbus.runtime.connection import connect
@@ -83,6 +83,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app.include_router(tasks.router)
     app.include_router(face_swap.router)
+    app.include_router(batch.router)
     app.include_router(comm.router)
     app.include_router(health.router)
     if settings.storage_provider == "local":
