@@ -33,6 +33,10 @@ fmt:
 bench *args:
     python -m tests.bench "$@"
 
+# per-face time of the face-swap pipelines (built-in vs inswapper) next to the models alone
+bench-faceswap *args:
+    python -m tests.bench_faceswap "$@"
+
 # rebuild the task-state KV bucket from the event stream
 rebuild *args:
     python -m pixelbus.gateway.rebuild "$@"
