@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,128 @@ def test_redacted_local_settings_show_where_files_go() -> None:
         "PIXELBUS_PUBLIC_BASE_URL": DEFAULT_PUBLIC_BASE_URL,
         "PIXELBUS_STORAGE_RETRY_ATTEMPTS": "3",
     }
+
+
+def test_r2_without_a_public_url_means_presigned_urls_with_a_bounded_lifetime() -> None:
+    env = {k: v for k, v in R2_ENV.items() if k != "R2_PUBLIC_URL"}
+    settings = StorageSettings.from_env({**env, "PIXELBUS_R2_URL_TTL_S": "3600"})
+    assert settings.r2 is not None
+    assert (settings.r2.public_url, settings.r2.url_ttl_s) == (None, 3600)
+    assert "presigned" in settings.redacted()["R2_PUBLIC_URL"]
+    with pytest.raises(SettingsError, match="PIXELBUS_R2_URL_TTL_S") as caught:
+        StorageSettings.from_env({**env, "PIXELBUS_R2_URL_TTL_S": str(8 * 24 * 3600)})
+    assert caught.value.settings == ("PIXELBUS_R2_URL_TTL_S",)
+
+
+def test_r2_parts_must_be_at_least_the_s3_minimum() -> None:
+    with pytest.raises(SettingsError, match="PIXELBUS_R2_PART_SIZE"):
+        StorageSettings.from_env({**R2_ENV, "PIXELBUS_R2_PART_SIZE": str(4 * 1024 * 1024)})
+    settings = StorageSettings.from_env({**R2_ENV, "PIXELBUS_R2_PART_SIZE": "16777216"})
+    assert settings.r2 is not None and settings.r2.part_size == 16 * 1024 * 1024
+
+
+def service_account_file(tmp_path: Path, **fields: str) -> Path:
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps({"type": "service_account", **fields}))
+    return path
+
+
+def test_gcs_settings_with_a_key_file_sign_urls(tmp_path: Path) -> None:
+    key = service_account_file(
+        tmp_path, client_email="sa@p.iam.gserviceaccount.com", private_key=SECRET
+    )
+    settings = StorageSettings.from_env(
+        {
+            "STORAGE_PROVIDER": "gcs",
+            "PIXELBUS_GCS_BUCKET": "pixelbus-outputs",
+            "GOOGLE_APPLICATION_CREDENTIALS": str(key),
+        }
+    )
+    gcs = settings.gcs
+    assert gcs is not None and settings.r2 is None and settings.local is None
+    assert (gcs.bucket, gcs.credentials_file, gcs.public_url) == ("pixelbus-outputs", key, None)
+    assert (gcs.api_url, gcs.emulator) == ("https://storage.googleapis.com", False)
+    assert gcs.credentials["client_email"] == "sa@p.iam.gserviceaccount.com"
+    redacted = settings.redacted()
+    assert SECRET not in repr(settings) and all(SECRET not in v for v in redacted.values())
+    assert redacted["GOOGLE_APPLICATION_CREDENTIALS"] == str(key)
+
+
+def test_gcs_without_a_way_to_make_urls_names_the_settings_in_one_line() -> None:
+    with pytest.raises(SettingsError) as caught:
+        StorageSettings.from_env({"STORAGE_PROVIDER": "gcs"})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert caught.value.settings == ("PIXELBUS_GCS_BUCKET", "PIXELBUS_GCS_SIGNER_EMAIL")
+    assert "PIXELBUS_GCS_PUBLIC_URL" in message  # the simplest fix is named
+
+
+def test_gcs_on_workload_identity_with_public_urls_needs_no_key() -> None:
+    settings = StorageSettings.from_env(
+        {
+            "STORAGE_PROVIDER": "gcs",
+            "PIXELBUS_GCS_BUCKET": "pixelbus-outputs",
+            "PIXELBUS_GCS_PUBLIC_URL": "https://storage.googleapis.com/pixelbus-outputs/",
+            "STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443",
+        }
+    )
+    assert settings.gcs is not None
+    assert settings.gcs.credentials_file is None
+    assert settings.gcs.public_url == "https://storage.googleapis.com/pixelbus-outputs"
+    assert (settings.gcs.api_url, settings.gcs.emulator) == ("http://127.0.0.1:4443", True)
+
+
+def test_an_unreadable_credentials_file_is_a_bad_setting(tmp_path: Path) -> None:
+    env = {"STORAGE_PROVIDER": "gcs", "PIXELBUS_GCS_BUCKET": "pixelbus-outputs"}
+    with pytest.raises(SettingsError, match="cannot be read") as caught:
+        StorageSettings.from_env({**env, "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no")})
+    assert caught.value.settings == ("GOOGLE_APPLICATION_CREDENTIALS",)
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(SettingsError, match="not a Google credentials file"):
+        StorageSettings.from_env(
+            {**env, "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "list.json")}
+        )
+
+
+CF_ENV = {
+    "STORAGE_PROVIDER": "cf_images",
+    "CLOUDFLARE_ACCOUNT_ID": "0123456789abcdef0123456789abcdef",
+    "CLOUDFLARE_API_TOKEN": SECRET,
+}
+
+
+def test_cf_images_settings_default_to_the_public_variant_and_no_fallback() -> None:
+    settings = StorageSettings.from_env(CF_ENV)
+    cf = settings.cf_images
+    assert cf is not None
+    assert (cf.variant, cf.fallback, cf.api_url) == (
+        "public",
+        None,
+        "https://api.cloudflare.com/client/v4",
+    )
+    assert settings.redacted()["CLOUDFLARE_API_TOKEN"] == "***"
+    assert SECRET not in repr(settings)
+
+
+def test_cf_images_without_its_settings_names_them_in_one_line() -> None:
+    with pytest.raises(SettingsError) as caught:
+        StorageSettings.from_env({"STORAGE_PROVIDER": "cf_images"})
+    assert caught.value.settings == ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_cf_images_fallback_needs_its_own_settings_too() -> None:
+    with pytest.raises(SettingsError) as caught:
+        StorageSettings.from_env({**CF_ENV, "PIXELBUS_CF_IMAGES_FALLBACK": "r2"})
+    assert set(caught.value.settings) == set(R2_REQUIRED)
+    settings = StorageSettings.from_env(
+        {**CF_ENV, **R2_ENV, "STORAGE_PROVIDER": "cf_images", "PIXELBUS_CF_IMAGES_FALLBACK": "R2"}
+    )
+    assert settings.cf_images is not None and settings.cf_images.fallback == "r2"
+    assert settings.r2 is not None and settings.r2.bucket == "outputs"
+
+
+@pytest.mark.parametrize("fallback", ["cf_images", "s3"])
+def test_an_impossible_fallback_is_refused(fallback: str) -> None:
+    with pytest.raises(SettingsError, match="PIXELBUS_CF_IMAGES_FALLBACK"):
+        StorageSettings.from_env({**CF_ENV, "PIXELBUS_CF_IMAGES_FALLBACK": fallback})
