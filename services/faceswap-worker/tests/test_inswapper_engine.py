@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -221,3 +223,26 @@ def test_a_missing_model_names_the_command_that_installs_it(standins: StandIns, 
     (tmp_path / "inswapper_128_fp16.onnx").write_bytes(b"truncated")
     with pytest.raises(ModelNotInstalled, match="damaged"):
         catalog.get("inswapper_128_fp16")
+
+
+def test_a_worker_whose_default_model_is_missing_does_not_start(
+    standins: StandIns, tmp_path: Path
+) -> None:
+    from pixelbus.faceswap_worker.engines.setup import build_catalog
+    from pixelbus.faceswap_worker.settings import FaceSwapSettings
+    from pixelbus.runtime.errors import SettingsError
+
+    env = {
+        "PIXELBUS_MODELS_DIR": str(tmp_path),
+        "PIXELBUS_MODELS_MANIFEST": str(standins.manifest),
+        "PIXELBUS_ONNX_PROVIDERS": "cpu",
+        "PIXELBUS_FACESWAP_DEFAULT_MODEL": "inswapper_128_fp16",
+    }
+    with pytest.raises(SettingsError, match="pixelbus models pull det_10g"):
+        build_catalog(FaceSwapSettings.from_env(env))
+    ready = build_catalog(
+        FaceSwapSettings.from_env({**env, "PIXELBUS_MODELS_DIR": str(standins.directory)})
+    )
+    assert "inswapper_128_fp16" in ready.names()
+    with pytest.raises(SettingsError, match="PIXELBUS_ONNX_PROVIDERS"):
+        build_catalog(FaceSwapSettings.from_env({**env, "PIXELBUS_ONNX_PROVIDERS": "tensorrt"}))

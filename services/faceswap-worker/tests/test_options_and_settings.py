@@ -100,3 +100,11 @@ def test_settings_read_the_seed_names() -> None:
         FaceSwapSettings.from_env({"FACE_SWAP_RETRY_COUNT": "-1"})
     with pytest.raises(SettingsError, match="needs FACE_SWAP_API_URL"):
         FaceSwapSettings.from_env({"PIXELBUS_FACESWAP_DEFAULT_MODEL": "remote"})
+
+
+def test_the_remote_url_is_logged_without_credentials() -> None:
+    settings = FaceSwapSettings.from_env(
+        {"FACE_SWAP_API_URL": "https://user:secret@swap.example/api"}
+    )
+    assert settings.redacted()["face_swap_api_url"] == "https://***@swap.example/api"
+    assert "secret" not in str(settings.redacted())

@@ -8,7 +8,8 @@ image host or the remote engine is ``Retryable``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import ParamSpec, TypeVar
 
 import httpx
 from nats.js.errors import NotFoundError
@@ -28,6 +29,9 @@ from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult
 
 __all__ = ["FaceSwapHandler"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class EngineUnknown(EngineError):
@@ -106,10 +110,10 @@ class FaceSwapHandler:
             raise EngineUnknown(name) from None
 
     @staticmethod
-    async def _run(function, *args):  # type: ignore[no-untyped-def]
+    async def _run(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``function(*args)`` in a worker thread, engine errors mapped to task errors."""
         try:
-            return await asyncio.to_thread(function, *args)
+            return await asyncio.to_thread(function, *args, **kwargs)
         except EngineError as exc:
             error = Retryable if exc.retryable else Permanent
             raise error(exc.code, str(exc)) from exc

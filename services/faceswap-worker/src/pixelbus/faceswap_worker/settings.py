@@ -139,7 +139,15 @@ class FaceSwapSettings:
             "models_manifest": str(self.models.manifest) if self.models.manifest else None,
             "onnx_providers": self.models.providers,
             "face_detect_size": self.models.detect_size,
-            "face_swap_api_url": self.remote.url,
+            "face_swap_api_url": _without_credentials(self.remote.url),
             "face_swap_timeout": self.remote.timeout_s,
             "face_swap_retry_count": self.remote.retry_count,
         }
+
+
+def _without_credentials(url: str | None) -> str | None:
+    """``url`` with any user:password@ replaced, for logs."""
+    if url is None or "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

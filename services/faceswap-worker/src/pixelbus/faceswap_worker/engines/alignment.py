@@ -49,10 +49,10 @@ def arcface_template(size: int) -> NDArray[np.float64]:
     """The ArcFace template for a ``size`` crop: 112 multiples scale it; 128 multiples
     scale it by size/128 and shift it right by 8 (the inswapper's 128 crop)."""
     if size % 112 == 0:
-        return ARCFACE_TEMPLATE * (size / 112)
+        return np.asarray(ARCFACE_TEMPLATE * (size / 112), dtype=np.float64)
     if size % 128 == 0:
         ratio = size / 128
-        return ARCFACE_TEMPLATE * ratio + np.array([8.0 * ratio, 0.0])
+        return np.asarray(ARCFACE_TEMPLATE * ratio + np.array([8.0 * ratio, 0.0]), np.float64)
     raise ValueError(f"ArcFace crops are multiples of 112 or 128 pixels, not {size}")
 
 

@@ -80,4 +80,4 @@ class InswapperModel:
         )
         face = np.asarray(output, dtype=np.float32)[0].transpose(1, 2, 0)
         check_face_output(face, self.name)
-        return np.clip(np.rint(face * 255.0), 0, 255).astype(np.uint8)
+        return np.asarray(np.clip(np.rint(face * 255.0), 0, 255), dtype=np.uint8)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TextIO
 
 import httpx
@@ -127,6 +128,17 @@ def pull_models(
     return 0
 
 
-def with_overrides(settings: ModelSettings, **changes: object) -> ModelSettings:
+def with_overrides(
+    settings: ModelSettings,
+    *,
+    directory: Path | None = None,
+    manifest: Path | None = None,
+    base_url: str | None = None,
+) -> ModelSettings:
     """``settings`` with the command line's options applied (None: keep)."""
-    return replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    return replace(
+        settings,
+        directory=directory or settings.directory,
+        manifest=manifest or settings.manifest,
+        base_url=base_url or settings.base_url,
+    )
