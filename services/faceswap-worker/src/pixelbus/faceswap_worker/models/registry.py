@@ -16,7 +16,7 @@ Role: TypeAlias = Literal["detector", "recogniser", "swapper", "enhancer"]
 
 _INSIGHTFACE_LICENCE = (
     "InsightFace pretrained models: non-commercial research use only "
-    "(github.com/deepinsight/insightface)"
+    "(see the InsightFace project's licence)"
 )
 
 
