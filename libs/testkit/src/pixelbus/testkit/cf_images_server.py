@@ -137,14 +137,19 @@ def _form(content_type: str, body: bytes) -> dict[str, tuple[str | None, str, by
         f"Content-Type: {content_type}\r\n\r\n".encode() + body
     )
     fields = {}
-    for part in message.iter_parts():  # type: ignore[attr-defined]
+    for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         fields[str(name)] = (
             part.get_filename(),
             part.get_content_type(),
-            part.get_payload(decode=True) or b"",
+            _payload(part),
         )
     return fields
+
+
+def _payload(part: Any) -> bytes:
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
 
 
 def _handler(server: CfImagesServer) -> type[BaseHTTPRequestHandler]:

@@ -283,10 +283,12 @@ def _split_related(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
     message = BytesParser(policy=HTTP).parsebytes(
         f"Content-Type: {content_type}\r\n\r\n".encode() + body
     )
-    return [
-        (part.get_content_type(), part.get_payload(decode=True) or b"")
-        for part in message.iter_parts()  # type: ignore[attr-defined]
-    ]
+    return [(part.get_content_type(), _payload(part)) for part in message.iter_parts()]
+
+
+def _payload(part: Any) -> bytes:
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
 
 
 def _handler(server: GcsServer) -> type[BaseHTTPRequestHandler]:

@@ -58,8 +58,8 @@ class _Token(Token):
     times with waits up to a minute, which only delays the verdict on bad credentials (and
     storms the token endpoint). Transient failures are retried by the uploader instead."""
 
-    async def acquire_access_token(self, timeout: int = 10) -> None:
-        once = Token.acquire_access_token.retry_with(stop=stop_after_attempt(1))  # type: ignore[attr-defined]
+    async def acquire_access_token(self, timeout: int = 10) -> None:  # type: ignore[override]
+        once = Token.acquire_access_token.retry_with(stop=stop_after_attempt(1))
         await once(self, timeout)
 
 
@@ -139,7 +139,7 @@ class GcsProvider:
         email = self._settings.signer_email or ""
 
         async def sign_with_iam(data: bytes) -> bytes:
-            iam = IamClient(token=self._token, session=self._session)
+            iam = IamClient(token=self._token, session=self._session)  # type: ignore[arg-type]
             answer = await iam.sign_blob(data, service_account_email=email)
             return base64.b64decode(answer["signedBlob"])
 
@@ -169,12 +169,14 @@ class GcsProvider:
                 if self._settings.credentials:
                     service_file = io.StringIO(json.dumps(dict(self._settings.credentials)))
                 self._token = _Token(
-                    service_file=service_file, scopes=_SCOPES, session=self._session
+                    service_file=service_file,
+                    scopes=_SCOPES,
+                    session=self._session,  # type: ignore[arg-type]  # aiohttp's, typed loosely
                 )
                 dev = self._settings.emulator and not self._settings.credentials
                 self._storage = Storage(
                     token=self._token,
-                    session=self._session,
+                    session=self._session,  # type: ignore[arg-type]
                     api_root=self._settings.api_url,
                     api_is_dev=dev,
                 )
