@@ -110,6 +110,9 @@ class Uploader:
             await asyncio.wait_for(self._provider.check(), 10)
         except (StorageError, TimeoutError) as exc:
             self._health = self._health.verdict(str(exc) or type(exc).__name__, utcnow())
+        except Exception as exc:  # a provider bug must not stop the presence updates
+            log.exception("provider check failed unexpectedly", provider=self._provider.name)
+            self._health = self._health.verdict(f"{type(exc).__name__}: {exc}", utcnow())
         else:
             self._health = self._health.verdict(None, utcnow())
         return self._health
