@@ -76,6 +76,35 @@ def model_alone(engine: InswapperEngine, runs: int) -> dict[str, float]:
     }
 
 
+def pipeline_stages(
+    engine: InswapperEngine, source: np.ndarray, target: np.ndarray, runs: int
+) -> dict[str, float]:
+    """Our own stages, each with its model run inside."""
+    from pixelbus.faceswap_worker.engines.alignment import (
+        arcface_template,
+        similarity_transform,
+        warp_face,
+    )
+    from pixelbus.faceswap_worker.engines.pasteback import paste_back, soft_mask
+
+    chosen = engine.find_faces(source)[0]
+    face = engine.find_faces(target)[0]
+    embedding = engine.embedder.embed(source, chosen.keypoints)
+    latent = engine.swapper.latent(embedding)
+    template, mask = arcface_template(128), soft_mask(128)
+
+    def one_face() -> object:
+        matrix = similarity_transform(face.keypoints, template)
+        swapped = engine.swapper.swap(warp_face(target, matrix, 128), latent)
+        return paste_back(target, swapped, matrix, mask)
+
+    return {
+        "detect": median_ms(lambda: engine.detector.detect(target), runs),
+        "embed": median_ms(lambda: engine.embedder.embed(source, chosen.keypoints), runs),
+        "face": median_ms(one_face, runs),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -117,6 +146,11 @@ def main() -> None:
         for model in engines[1:]:
             engine = catalog.get(model)
             assert isinstance(engine, InswapperEngine)
+            stages = pipeline_stages(engine, source, group, args.runs)
+            print(
+                f"{model} stages: detect {stages['detect']:.2f} ms/image (t1.jpg), "
+                f"embed {stages['embed']:.2f} ms, align+swap+paste {stages['face']:.2f} ms/face"
+            )
             alone = model_alone(engine, args.runs)
             per_face = alone["swapper"]
             print(
