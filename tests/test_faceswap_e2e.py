@@ -339,3 +339,24 @@ async def test_the_remote_engine_completes_a_task_through_the_stack(
         image, _ = await download(stack, done)
         expected = 255 - decoded(grace_hopper).astype(int)
         assert np.abs(np.asarray(image.convert("RGB")).astype(int) - expected).max() <= 1
+
+
+async def test_the_enhancer_is_off_by_default_and_blends_in_when_asked(
+    stack: Stack, astronaut: Path, grace_hopper: Path
+) -> None:
+    images = {
+        "source_url": data_uri(astronaut, "image/png"),
+        "target_url": data_uri(grace_hopper, "image/jpeg"),
+        "model": "inswapper_128_fp16",
+    }
+    plain, enhanced = await asyncio.gather(
+        run_task(stack, face_swap_body(**images)),
+        run_task(stack, face_swap_body(**images, enhancer="gfpgan_1.4", enhancer_blend=1.0)),
+    )
+    assert plain["status"] == enhanced["status"] == "COMPLETED"
+    a = np.asarray((await download(stack, plain))[0].convert("RGB")).astype(int)
+    b = np.asarray((await download(stack, enhanced))[0].convert("RGB")).astype(int)
+    face = (slice(60, 300), slice(150, 370))  # Grace Hopper's face at 512x600
+    corner = (slice(-80, None), slice(0, 80))
+    assert np.abs(a[face] - b[face]).mean() > 3
+    assert np.array_equal(a[corner], b[corner])
