@@ -106,6 +106,29 @@ async def test_a_large_output_is_streamed_through_a_resumable_upload(
     assert obj.data == chunk * 48 and obj.content_type == "video/mp4"
 
 
+async def test_a_failed_resumable_upload_is_sent_once_and_retryable(
+    provider: GcsProvider, gcs_server: GcsServer, bucket: str
+) -> None:
+    gcs_server.fail_next(1, 503, method="PUT")
+    upload = Upload(
+        key="tasks/t/video.mp4",
+        content_type="video/mp4",
+        size=6 * 1024 * 1024,
+        open=lambda: single(b"v" * (6 * 1024 * 1024)),
+    )
+    with pytest.raises(StorageRetryableError) as caught:
+        await provider.store(upload)
+    assert caught.value.code == "503"
+    puts = [r for r in gcs_server.requests if r[0] == "PUT"]
+    assert len(puts) == 1  # the client's own five tries are off: ours decide
+    await provider.store(upload)
+    assert len(gcs_server.objects[(bucket, "tasks/t/video.mp4")].data) == 6 * 1024 * 1024
+
+
+async def single(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
 async def test_without_a_public_url_the_url_is_signed_and_only_the_signed_one_works(
     gcs_server: GcsServer, account: Path
 ) -> None:

@@ -91,7 +91,7 @@ class GcsServer:
         self._accounts: dict[str, _Account] = {}
         self._tokens: dict[str, _Account] = {}
         self._sessions: dict[str, _Resumable] = {}
-        self._faults: list[int] = []
+        self._faults: list[tuple[int, str | None]] = []  # (status, only for this method)
         self._generation = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((_HOST, 0), _handler(self))
@@ -158,15 +158,18 @@ class GcsServer:
         )
         return path
 
-    def fail_next(self, count: int, status: int = 503) -> None:
+    def fail_next(self, count: int, status: int = 503, *, method: str | None = None) -> None:
+        """Fail the next ``count`` API requests (of ``method`` only, if given) with ``status``."""
         with self._lock:
-            self._faults.extend([status] * count)
+            self._faults.extend([(status, method)] * count)
 
-    # -- behaviour -----------------------------------------------------------------------
-
-    def _take_fault(self) -> int | None:
+    def _take_fault(self, method: str) -> int | None:
         with self._lock:
-            return self._faults.pop(0) if self._faults else None
+            for index, (status, only) in enumerate(self._faults):
+                if only in (None, method):
+                    del self._faults[index]
+                    return status
+            return None
 
     def _grant(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         with self._lock:
@@ -361,7 +364,7 @@ def _handler(server: GcsServer) -> type[BaseHTTPRequestHandler]:
         def _api(self, path: str, query: str, body: bytes) -> None:
             with server._lock:
                 server.requests.append((self.command, path))
-            fault = server._take_fault()
+            fault = server._take_fault(self.command)
             if fault is not None:
                 self._send(fault, _error(fault, "Injected failure", "backendError"))
                 return

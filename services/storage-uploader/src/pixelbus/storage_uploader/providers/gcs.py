@@ -22,6 +22,7 @@ import io
 import json
 import tempfile
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives import hashes, serialization
@@ -63,6 +64,27 @@ class _Token(Token):
         await once(self, timeout)
 
 
+class _Storage(Storage):
+    """The client, sending a resumable upload's bytes once: gcloud-aio-storage tries the
+    ``PUT`` five times with waits of 1 to 8 s, also after refusals that will not heal.
+    Retries are the uploader's (with its backoff), then JetStream's."""
+
+    async def _do_upload(  # type: ignore[override]
+        self,
+        session_uri: str,
+        stream: Any,
+        headers: dict[str, str],
+        *,
+        retries: int = 1,
+        session: Any = None,
+        timeout: int = 30,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await super()._do_upload(
+            session_uri, stream, headers, retries=1, session=session, timeout=timeout
+        )
+        return result
+
+
 class GcsProvider:
     name = "gcs"
 
@@ -70,7 +92,7 @@ class GcsProvider:
         self._settings = settings
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
-        self._storage: Storage | None = None
+        self._storage: _Storage | None = None
         self._token: Token | None = None
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
@@ -161,7 +183,7 @@ class GcsProvider:
             if session is not None:
                 await session.close()
 
-    async def _client(self) -> Storage:
+    async def _client(self) -> _Storage:
         async with self._lock:
             if self._storage is None:
                 self._session = aiohttp.ClientSession()
@@ -174,7 +196,7 @@ class GcsProvider:
                     session=self._session,  # type: ignore[arg-type]  # aiohttp's, typed loosely
                 )
                 dev = self._settings.emulator and not self._settings.credentials
-                self._storage = Storage(
+                self._storage = _Storage(
                     token=self._token,
                     session=self._session,  # type: ignore[arg-type]
                     api_root=self._settings.api_url,
