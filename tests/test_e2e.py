@@ -246,3 +246,20 @@ async def test_health_reports_nats_kv_and_workers(stack: Stack) -> None:
         "/api/tasks/{task_id}/cancel",
     ):
         assert path in paths, path
+
+
+async def test_face_swap_process_keeps_every_option(stack: Stack) -> None:
+    body = {
+        "source_url": "https://example.com/a.jpg",
+        "target_url": "https://example.com/b.jpg",
+        "output_format": "webp",
+        "quality": 80,
+        "target_face_index": 0,
+    }
+    response = await stack.http.post("/api/face-swap/process?wait=0", json=body)
+    assert response.status_code == 202
+    wf_json = response.json()["params"]["input_data"]["wf_json"]
+    assert wf_json["output_format"] == "webp" and wf_json["quality"] == 80
+    assert wf_json["target_face_index"] == 0
+    bad = await stack.http.post("/api/face-swap/process?wait=0", json={**body, "quality": 0})
+    assert bad.status_code == 422 and "quality" in bad.text

@@ -48,19 +48,7 @@ async def process(
     raw = await request.body()
     try:
         fields = decode_face_swap_request(raw)
-        wf_json = validate_face_swap_fields(
-            {
-                k: v
-                for k, v in {
-                    "source_url": fields.source_url,
-                    "target_url": fields.target_url,
-                    "resolution": fields.resolution,
-                    "model": fields.model,
-                }.items()
-                if v is not None
-            },
-            ("body",),
-        )
+        wf_json = validate_face_swap_fields(fields.fields(), ("body",))
         spec = TaskSpec(None, FACE_SWAP_WORKFLOW, FACE_SWAP_WORKFLOW, {"wf_json": wf_json})
         state, _ = await gw.tasks.create(spec)
     except ValidationFailed as exc:
