@@ -1,0 +1,249 @@
+"""The NATS users of deploy/k8s/nats/values.yaml, on a real nats-server.
+
+The accounts, users and permissions are taken from the Helm values as they are (the
+``config.merge`` block, ``<< $VAR >>`` passwords resolved from the environment as the
+chart does) and served by a real nats-server. Each service then starts with its own user,
+exactly as in a cluster: it runs its ``ensure`` and its loop; a probe task goes through the
+gateway, the worker and the uploader with no permission violation. Then each user tries
+what it must not do (the uploader creating a task, a worker writing the task state or
+completing a task, deleting the stream) and is refused, and nothing of it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import uvicorn
+import yaml
+from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
+
+from pixelbus.contracts.subjects import STATE_BUCKET, TASK_STREAM, task_subject
+from pixelbus.gateway.app import create_app
+from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.runtime.provision import ensure
+from pixelbus.runtime.settings import BusSettings
+from pixelbus.runtime.state import read_state
+from pixelbus.storage_uploader.providers import build_provider
+from pixelbus.storage_uploader.settings import StorageSettings
+from pixelbus.storage_uploader.uploader import Uploader
+from pixelbus.testkit.nats_server import find_nats_server, free_port
+from pixelbus.testkit.waiting import wait_for_state
+from tests.conftest import data_uri
+from tests.stack import stack_env, start_worker
+
+VALUES = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "nats" / "values.yaml"
+USERS = ("gateway", "faceswap-worker", "comfy-worker", "storage-uploader")
+
+
+def password_env(user: str) -> str:
+    return f"NATS_{user.upper().replace('-', '_')}_PASSWORD"
+
+
+def nats_conf(values: dict[str, Any], port: int, monitor_port: int, store: Path) -> str:
+    """nats.conf from the chart values: the accounts block and the JetStream merge."""
+    merge = dict(values["config"]["merge"])
+    jetstream = {"store_dir": str(store), **values["config"]["jetstream"].get("merge", {})}
+    lines = [f'listen: "127.0.0.1:{port}"', f'http: "127.0.0.1:{monitor_port}"']
+    lines.append(f"jetstream: {json.dumps(jetstream)}")
+    for key, value in merge.items():
+        lines.append(f"{key}: {json.dumps(value)}")
+    text = "\n".join(lines) + "\n"
+    # The chart writes << $VAR >> unquoted, so that nats-server reads the variable.
+    for name in ("NATS_ADMIN_PASSWORD", *(password_env(user) for user in USERS)):
+        text = text.replace(f'"<< ${name} >>"', f"${name}")
+    assert "<<" not in text, "a << $VAR >> reference the test does not provide"
+    return text
+
+
+@dataclass
+class AuthServer:
+    port: int
+    passwords: dict[str, str]
+    log_file: Path
+    violations: dict[str, list[str]] = field(default_factory=dict)
+
+    def url(self, user: str) -> str:
+        return f"nats://{user}:{self.passwords[user]}@127.0.0.1:{self.port}"
+
+    async def connect(self, user: str) -> Client:
+        seen = self.violations.setdefault(user, [])
+
+        async def on_error(exc: Exception) -> None:
+            seen.append(str(exc))
+
+        return await nats.connect(self.url(user), error_cb=on_error, max_reconnect_attempts=3)
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[AuthServer]:
+    values = yaml.safe_load(VALUES.read_text())
+    port, monitor_port = free_port(), free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(nats_conf(values, port, monitor_port, tmp_path / "js"))
+    passwords = {user: f"pw-{user}-{os.getpid()}" for user in USERS}
+    env = {**os.environ, "NATS_ADMIN_PASSWORD": "pw-admin"}
+    env.update({password_env(user): password for user, password in passwords.items()})
+    log_file = tmp_path / "nats-server.log"
+    process = subprocess.Popen(
+        [find_nats_server(), "-c", str(conf), "-l", str(log_file)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert process.poll() is None, log_file.read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                    if sock.recv(4).startswith(b"INFO"):
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "nats-server did not start"
+                time.sleep(0.02)  # polling a starting process
+        yield AuthServer(port, passwords, log_file)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Services:
+    clients: dict[str, Client]
+    http: httpx.AsyncClient
+
+
+@pytest.fixture
+async def services(auth_server: AuthServer, tmp_path: Path) -> AsyncIterator[Services]:
+    """Gateway, face-swap worker and uploader, each with its own NATS user."""
+    port = free_port()
+    clients = {user: await auth_server.connect(user) for user in USERS}
+    envs = {user: stack_env(auth_server.url(user), tmp_path / "storage", port) for user in USERS}
+    # Like each service's main(): the gateway first (it owns the buckets), then the others.
+    for user in ("gateway", "faceswap-worker", "comfy-worker", "storage-uploader"):
+        await ensure(clients[user].jetstream(), BusSettings.from_env(envs[user]))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(GatewaySettings.from_env(envs["gateway"])),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(server.serve())]
+    provider = build_provider(StorageSettings.from_env(envs["storage-uploader"]))
+    uploader = Uploader(
+        clients["storage-uploader"], provider, BusSettings.from_env(envs["storage-uploader"])
+    )
+    tasks.append(asyncio.create_task(uploader.run()))
+    worker = await start_worker(envs["faceswap-worker"], clients["faceswap-worker"])
+    tasks.append(asyncio.create_task(worker.run()))
+    await asyncio.wait_for(worker.wait_ready(), 10)
+    while not server.started:
+        await asyncio.sleep(0.01)  # uvicorn exposes no event for "listening"
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        yield Services(clients, http)
+    finally:
+        await http.aclose()
+        worker.stop()
+        uploader.stop()
+        server.should_exit = True
+        await asyncio.wait(tasks, timeout=10)
+        await provider.aclose()
+        for client in clients.values():
+            await client.close()
+
+
+async def refused(coro: Any) -> bool:
+    """True when the server refused the request (no reply comes to a denied publish)."""
+    try:
+        await coro
+    except Exception:
+        return True
+    return False
+
+
+async def test_each_service_runs_with_only_its_own_permissions(
+    services: Services, auth_server: AuthServer, astronaut: Path, grace_hopper: Path
+) -> None:
+    probe = {"workflow": "probe", "environment": "face_swap"}
+    # a face swap with inline inputs: the gateway puts them into the object store, the
+    # worker reads them and stores its output, the uploader moves it and removes them
+    wf = {
+        "source_url": data_uri(astronaut, "image/png"),
+        "target_url": data_uri(grace_hopper, "image/jpeg"),
+        "resolution": "256x300",
+    }
+    swap = {
+        "workflow": "face_swap",
+        "environment": "face_swap",
+        "params": {"input_data": {"wf_json": wf}},
+    }
+    kv = await services.clients["gateway"].jetstream().key_value(STATE_BUCKET)
+    for body in (probe, swap):
+        created = await services.http.post("/api/tasks/create", json=body)
+        assert created.status_code == 201, created.text
+        task_id = created.json()["taskId"]
+        state = await wait_for_state(kv, task_id, lambda s: s.is_final, timeout=60)
+        assert state.status.value == "COMPLETED", state
+    health = await services.http.get("/api/health")
+    assert health.status_code == 200, health.text
+    violations = {user: found for user, found in auth_server.violations.items() if found}
+    assert violations == {}, violations
+    assert "Violation" not in auth_server.log_file.read_text()
+
+
+async def test_what_each_service_must_not_do_is_refused(
+    services: Services, auth_server: AuthServer
+) -> None:
+    uploader = services.clients["storage-uploader"].jetstream(timeout=1)
+    worker = services.clients["faceswap-worker"].jetstream(timeout=1)
+    gateway = services.clients["gateway"].jetstream()
+    forged = task_subject("face_swap", "probe", "created", "task_forged")
+    # the uploader cannot create a task, nor cancel one
+    assert await refused(uploader.publish(forged, b"{}", stream=TASK_STREAM))
+    assert await refused(
+        uploader.publish(task_subject("face_swap", "probe", "cancel_requested", "t"), b"{}")
+    )
+    # a worker cannot write the task state, complete a task, or create one
+    worker_state = await worker.key_value(STATE_BUCKET)
+    assert await refused(worker_state.put("task_forged", b'{"status": "COMPLETED"}'))
+    completed = task_subject("face_swap", "probe", "completed", "task_forged")
+    assert await refused(worker.publish(completed, b"{}", stream=TASK_STREAM))
+    assert await refused(worker.publish(forged, b"{}", stream=TASK_STREAM))
+    # a worker cannot serve another pool's consumer nor publish another environment's events
+    assert await refused(worker.consumer_info(TASK_STREAM, "pool-comfy"))
+    started = task_subject("comm", "wf", "started", "task_forged")
+    assert await refused(worker.publish(started, b"{}", stream=TASK_STREAM))
+    # nobody but the gateway touches the KV buckets' streams; not even it deletes the stream
+    assert await refused(uploader.purge_stream(f"KV_{STATE_BUCKET}"))
+    assert await refused(worker.delete_stream(TASK_STREAM))
+    assert await refused(gateway.delete_stream(TASK_STREAM))
+    # and nothing of it landed
+    info = await gateway.stream_info(TASK_STREAM, subjects_filter="pixelbus.tasks.>")
+    assert not [s for s in (info.state.subjects or {}) if "task_forged" in s or s.endswith(".t")]
+    gateway_state = await gateway.key_value(STATE_BUCKET)
+    with pytest.raises(KeyNotFoundError):
+        await gateway_state.get("task_forged")
+    assert (await read_state(gateway_state, "task_forged"))[0] is None
+    assert "Publish Violation" in auth_server.log_file.read_text()
+    assert any(
+        "permissions violation" in v.lower() for v in auth_server.violations["faceswap-worker"]
+    )
