@@ -27,7 +27,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,7 @@ from pixelbus.runtime.tracing import context_from_headers, tracer
 __all__ = [
     "Handler",
     "OutputFile",
+    "PullGate",
     "TaskContext",
     "TaskResult",
     "WorkerRuntime",
@@ -126,12 +127,40 @@ class TaskContext:
 
 
 Handler = Callable[[TaskContext], Awaitable[TaskResult]]
+#: Waits until the worker can take work (e.g. a backend is healthy and has room) and says
+#: how many tasks it can take now (at least 1). Nothing is pulled while it waits.
+PullGate = Callable[[], Awaitable[int]]
 
 
 async def probe_handler(ctx: TaskContext) -> TaskResult:
     """The synthetic end-to-end check every pool serves: no work, one tiny output."""
     body = json.dumps({"task_id": ctx.task_id, "probe": "ok", "attempt": ctx.attempt}).encode()
     return TaskResult(outputs=[OutputFile("probe.json", body, "application/json")])
+
+
+class _GatedFeed(PullFeed):
+    """A ``PullFeed`` that asks its gate before each pull, and pulls no more than it allows."""
+
+    def __init__(self, *args: Any, gate: PullGate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+
+    async def pull(self, batch: int, stop: asyncio.Event | None = None) -> AsyncIterator[Msg]:
+        opened = asyncio.ensure_future(self._gate())
+        waits: set[asyncio.Future[Any]] = {opened}
+        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        if stopper is not None:
+            waits.add(stopper)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if stopper is not None:
+            stopper.cancel()
+        if not opened.done():
+            opened.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opened
+            return
+        async for msg in super().pull(max(1, min(batch, opened.result())), stop):
+            yield msg
 
 
 class _ProgressCoalescer:
@@ -200,6 +229,11 @@ class WorkerRuntime:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     grace_s: float = 30.0
     presence_interval_s: float = 5.0
+    #: Serves every workflow without a handler of its own (e.g. ComfyUI workflow names).
+    default_handler: Handler | None = None
+    gate: PullGate | None = None
+    #: Extra fields of the presence entry (shown in the gateway's ``/api/health``).
+    presence_extra: Callable[[], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self._handlers: dict[str, Handler] = {PROBE_WORKFLOW: probe_handler, **self.handlers}
@@ -230,7 +264,11 @@ class WorkerRuntime:
         cancel_sub = await self.nc.subscribe(
             event_filter("cancel_requested", self.pool.environment), cb=self._on_cancel_request
         )
-        feed = PullFeed(self.nc, TASK_STREAM, self.pool.durable)
+        feed = (
+            PullFeed(self.nc, TASK_STREAM, self.pool.durable)
+            if self.gate is None
+            else _GatedFeed(self.nc, TASK_STREAM, self.pool.durable, gate=self.gate)
+        )
         await feed.start()
         presence = asyncio.create_task(self._presence_loop())
         self._ready.set()
@@ -270,6 +308,7 @@ class WorkerRuntime:
                     "in_flight": self.in_flight,
                     "slots": self.concurrency,
                     "at": utcnow().isoformat(),
+                    **(self.presence_extra() if self.presence_extra is not None else {}),
                 }
             ).encode()
             try:
@@ -394,7 +433,7 @@ class WorkerRuntime:
     async def _run_handler(
         self, msg: Msg, event: TaskCreated, attempt: int, entry: _InFlight
     ) -> str:
-        handler = self._handlers.get(event.workflow)
+        handler = self._handlers.get(event.workflow, self.default_handler)
         coalescer = _ProgressCoalescer(
             lambda fraction, node, message, seq: self._publish(
                 event,
