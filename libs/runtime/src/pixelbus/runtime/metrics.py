@@ -1,7 +1,8 @@
 """Prometheus metrics of every pixelbus service, served on ``/metrics`` by ``probes``.
 
-One ``Metrics`` object per process, made in ``main()`` (``Metrics()`` registers in the
-process-wide default registry; tests pass their own ``CollectorRegistry``). Every service
+One ``Metrics`` object per process: ``process_metrics()`` makes it on first use in the
+process-wide default registry (several services may share a process, as in the tests);
+tests of the metrics themselves pass their own ``CollectorRegistry`` to ``Metrics``. Every service
 creates the same families, so a dashboard can sum them across services; a family a
 service never touches simply stays at zero.
 
@@ -37,7 +38,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from pixelbus.contracts.subjects import POOLS, TASK_STREAM, UPLOADER_CONSUMER
 
-__all__ = ["DURATION_BUCKETS", "QUEUE_WAIT_BUCKETS", "Metrics", "sample_consumers"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "QUEUE_WAIT_BUCKETS",
+    "Metrics",
+    "process_metrics",
+    "sample_consumers",
+]
 
 log = structlog.get_logger("pixelbus.metrics")
 
@@ -61,6 +68,7 @@ DURATION_BUCKETS = (
     600,
     1800,
 )
+MAX_WORKFLOW_LABELS = 200
 QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -69,6 +77,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else REGISTRY
+        self._workflows: set[str] = set()
         reg = self.registry
         self.tasks_created = Counter(
             "pixelbus_tasks_created",
@@ -139,22 +148,36 @@ class Metrics:
             registry=reg,
         )
 
+    def _workflow(self, name: str) -> str:
+        """Workflow names come from clients: past ``MAX_WORKFLOW_LABELS`` distinct ones,
+        the rest are counted as ``other`` so that a client cannot explode the series."""
+        if name in self._workflows:
+            return name
+        if len(self._workflows) >= MAX_WORKFLOW_LABELS:
+            return "other"
+        self._workflows.add(name)
+        return name
+
     # One-line helpers for the call sites, so that label spelling lives here only.
 
     def task_created(self, workflow: str, environment: str) -> None:
-        self.tasks_created.labels(workflow=workflow, environment=environment).inc()
+        self.tasks_created.labels(workflow=self._workflow(workflow), environment=environment).inc()
 
     def task_completed(self, workflow: str) -> None:
-        self.tasks_completed.labels(workflow=workflow).inc()
+        self.tasks_completed.labels(workflow=self._workflow(workflow)).inc()
 
     def task_failed(self, workflow: str, code: str, *, final: bool) -> None:
-        self.tasks_failed.labels(workflow=workflow, code=code, final=str(final).lower()).inc()
+        self.tasks_failed.labels(
+            workflow=self._workflow(workflow), code=code, final=str(final).lower()
+        ).inc()
 
     def observe_duration(self, workflow: str, step: str, seconds: float) -> None:
-        self.task_duration.labels(workflow=workflow, step=step).observe(max(0.0, seconds))
+        self.task_duration.labels(workflow=self._workflow(workflow), step=step).observe(
+            max(0.0, seconds)
+        )
 
     def observe_queue_wait(self, workflow: str, seconds: float) -> None:
-        self.queue_wait.labels(workflow=workflow).observe(max(0.0, seconds))
+        self.queue_wait.labels(workflow=self._workflow(workflow)).observe(max(0.0, seconds))
 
     def set_in_flight(self, pool: str, count: int) -> None:
         self.in_flight.labels(pool=pool).set(count)
@@ -167,6 +190,17 @@ class Metrics:
 
     def upload_failed(self, provider: str, code: str) -> None:
         self.upload_errors.labels(provider=provider, code=code).inc()
+
+
+_PROCESS_METRICS: Metrics | None = None
+
+
+def process_metrics() -> Metrics:
+    """The one ``Metrics`` of this process, in the default registry."""
+    global _PROCESS_METRICS
+    if _PROCESS_METRICS is None:
+        _PROCESS_METRICS = Metrics()
+    return _PROCESS_METRICS
 
 
 DEFAULT_CONSUMERS: tuple[tuple[str, str], ...] = (

@@ -13,8 +13,9 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from opentelemetry.trace import SpanKind
 
-from pixelbus.contracts.events import Event, encode_event
+from pixelbus.contracts.events import Event, TaskCompleted, TaskCreated, TaskFailed, encode_event
 from pixelbus.contracts.subjects import TASK_STREAM, task_subject
+from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.tracing import headers_with_trace, messaging_attributes, tracer
 
 __all__ = ["EventPublisher"]
@@ -43,7 +44,7 @@ class EventPublisher:
             payload = encode_event(event)
             for attempt in range(1, self._attempts + 1):
                 try:
-                    return await self._js.publish(
+                    ack = await self._js.publish(
                         subject,
                         payload,
                         timeout=self._timeout_s,
@@ -54,4 +55,19 @@ class EventPublisher:
                     if attempt == self._attempts:
                         raise
                     await asyncio.sleep(0.1 * attempt)
+                    continue
+                if not ack.duplicate:  # stored once: counted once
+                    _count(event, workflow)
+                return ack
         raise AssertionError("unreachable")
+
+
+def _count(event: Event, workflow: str) -> None:
+    """The task counters move where the events are published, whoever publishes them."""
+    metrics = process_metrics()
+    if isinstance(event, TaskCreated):
+        metrics.task_created(workflow, event.environment)
+    elif isinstance(event, TaskCompleted):
+        metrics.task_completed(workflow)
+    elif isinstance(event, TaskFailed):
+        metrics.task_failed(workflow, event.code, final=event.final)
