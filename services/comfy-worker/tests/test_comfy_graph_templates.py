@@ -12,7 +12,12 @@ import pytest
 from pixelbus.comfy_worker.errors import WorkflowError
 from pixelbus.comfy_worker.graph import check_graph, check_node_types, image_inputs, with_inputs
 from pixelbus.comfy_worker.settings import ComfySettings
-from pixelbus.comfy_worker.templates import TemplateError, builtin_templates, load_templates, parse_template
+from pixelbus.comfy_worker.templates import (
+    TemplateError,
+    builtin_templates,
+    load_templates,
+    parse_template,
+)
 from pixelbus.runtime.errors import SettingsError
 
 
@@ -83,16 +88,21 @@ def test_template_bounds_and_image_urls() -> None:
     invert = builtin_templates()["invert"]
     with pytest.raises(WorkflowError, match="image: must be an http"):
         invert.fill({"image": "/etc/passwd"}, random.Random(1))
-    assert invert.fill({"image": "https://e.com/x.png"}, random.Random(1))["1"]["inputs"]["image"] == "https://e.com/x.png"
+    assert (
+        invert.fill({"image": "https://e.com/x.png"}, random.Random(1))["1"]["inputs"]["image"]
+        == "https://e.com/x.png"
+    )
 
 
 def test_invalid_templates_are_refused_with_the_reason(tmp_path: Path) -> None:
-    base = json.loads((Path(__file__).parents[1] / "src/pixelbus/comfy_worker/templates/blank.json").read_text())
+    base = json.loads(
+        (Path(__file__).parents[1] / "src/pixelbus/comfy_worker/templates/blank.json").read_text()
+    )
     undeclared = {**base, "node_types": ["EmptyImage", "SaveImage"]}
     with pytest.raises(TemplateError, match="ImageInvert"):
         parse_template("t", undeclared)
     bad_target = {**base, "params": {"w": {"type": "int", "default": 1, "to": ["9.width"]}}}
-    with pytest.raises(TemplateError, match="9.width"):
+    with pytest.raises(TemplateError, match=r"9\.width"):
         parse_template("t", bad_target)
     bad_default = {**base, "params": {"w": {"type": "int", "default": "big", "to": ["1.width"]}}}
     with pytest.raises(TemplateError, match="default 'big' must be an integer"):
@@ -102,7 +112,7 @@ def test_invalid_templates_are_refused_with_the_reason(tmp_path: Path) -> None:
     loaded = load_templates(tmp_path)
     assert "mine" in loaded and loaded["blank"].description == "overridden"
     (tmp_path / "broken.json").write_text("{")
-    with pytest.raises(TemplateError, match="broken.*invalid JSON"):
+    with pytest.raises(TemplateError, match=r"broken.*invalid JSON"):
         load_templates(tmp_path)
 
 
@@ -122,7 +132,10 @@ def test_settings_from_env_and_one_line_errors() -> None:
     for env, words in [
         ({"COMFYUI_URL": "ftp://x"}, "COMFYUI_URL: 'ftp://x' is not an http"),
         ({"COMFYUI_URL": "http://a,http://a"}, "listed twice"),
-        ({"PIXELBUS_COMFY_TASK_TIMEOUT_S": "0"}, "PIXELBUS_COMFY_TASK_TIMEOUT_S=0.0 is out of range"),
+        (
+            {"PIXELBUS_COMFY_TASK_TIMEOUT_S": "0"},
+            "PIXELBUS_COMFY_TASK_TIMEOUT_S=0.0 is out of range",
+        ),
         ({"PIXELBUS_COMFY_TEMPLATES_DIR": "/nonexistent"}, "not a directory"),
         ({"PIXELBUS_COMFY_AGENT_URL": "gateway"}, "PIXELBUS_COMFY_AGENT_URL"),
     ]:

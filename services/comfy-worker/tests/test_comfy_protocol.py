@@ -36,15 +36,30 @@ def test_unknown_node_class_names_the_node_from_details() -> None:
 
 def test_validation_errors_list_every_node_with_comfyuis_words() -> None:
     body = {
-        "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+        },
         "node_errors": {
             "5": {
-                "errors": [{"type": "value_not_in_list", "message": "Value not in list", "details": "crop: 'x' not in ['disabled']"}],
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": "crop: 'x' not in ['disabled']",
+                    }
+                ],
                 "dependent_outputs": ["9"],
                 "class_type": "ImageScale",
             },
             "7": {
-                "errors": [{"type": "required_input_missing", "message": "Required input is missing", "details": "images"}],
+                "errors": [
+                    {
+                        "type": "required_input_missing",
+                        "message": "Required input is missing",
+                        "details": "images",
+                    }
+                ],
                 "dependent_outputs": ["7"],
                 "class_type": "SaveImage",
             },
@@ -63,7 +78,12 @@ def test_plain_text_500_refusal_is_kept_readable() -> None:
 
 def test_execution_error_names_node_type_exception_and_message() -> None:
     error = execution_failure(
-        {"node_id": "2", "node_type": "ImageInvert", "exception_type": "RuntimeError", "exception_message": "boom\n"}
+        {
+            "node_id": "2",
+            "node_type": "ImageInvert",
+            "exception_type": "RuntimeError",
+            "exception_message": "boom\n",
+        }
     )
     assert error.message == "node 2 (ImageInvert) raised RuntimeError: boom"
     assert error.node_id == "2"
@@ -75,12 +95,28 @@ def test_history_keeps_every_output_kind_files_and_values() -> None:
             "prompt": [0, "p1", {}, {}, ["3"]],
             "outputs": {
                 "3": {"images": [{"filename": "a.png", "subfolder": "x", "type": "output"}]},
-                "4": {"images": [{"filename": "b.webp", "subfolder": "", "type": "output"}], "animated": [True]},
-                "5": {"gifs": [{"filename": "c.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4"}]},
+                "4": {
+                    "images": [{"filename": "b.webp", "subfolder": "", "type": "output"}],
+                    "animated": [True],
+                },
+                "5": {
+                    "gifs": [
+                        {
+                            "filename": "c.mp4",
+                            "subfolder": "",
+                            "type": "output",
+                            "format": "video/h264-mp4",
+                        }
+                    ]
+                },
                 "6": {"text": ["hello"]},
                 "7": {"images": [{"filename": "t.png", "subfolder": "", "type": "temp"}]},
             },
-            "status": {"status_str": "success", "completed": True, "messages": [["execution_start", {"prompt_id": "p1"}]]},
+            "status": {
+                "status_str": "success",
+                "completed": True,
+                "messages": [["execution_start", {"prompt_id": "p1"}]],
+            },
         }
     }
     entry = parse_history(body, "p1")
@@ -98,7 +134,10 @@ def test_history_keeps_every_output_kind_files_and_values() -> None:
 
 
 def test_queue_place_reads_running_and_pending() -> None:
-    body = {"queue_running": [[3, "a", {}, {}, []]], "queue_pending": [[5, "c", {}, {}, []], [4, "b", {}, {}, []]]}
+    body = {
+        "queue_running": [[3, "a", {}, {}, []]],
+        "queue_pending": [[5, "c", {}, {}, []], [4, "b", {}, {}, []]],
+    }
     assert place_in_queue(body, "a") == "running"
     assert place_in_queue(body, "c") == "pending"
     assert place_in_queue(body, "z") is None
@@ -126,7 +165,9 @@ def _msg(kind: str, **data: object) -> Message:
 
 
 def test_progress_counts_cached_nodes_steps_and_never_goes_back() -> None:
-    tracker = ProgressTracker({"1": "EmptyImage", "2": "KSampler", "3": "SaveImage", "4": "ImageInvert"})
+    tracker = ProgressTracker(
+        {"1": "EmptyImage", "2": "KSampler", "3": "SaveImage", "4": "ImageInvert"}
+    )
     fractions = []
     for message in [
         _msg("execution_start"),

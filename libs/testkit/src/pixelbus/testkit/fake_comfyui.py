@@ -295,6 +295,13 @@ class FakeComfyUI:
         """Die as a killed process does: sockets drop (1006), queue and history lost."""
         await self._shutdown(abort=True)
 
+    def drop_sockets(self) -> None:
+        """Cut every WebSocket (1006) while the server keeps running (a network blip)."""
+        for sock in list(self._sockets.values()):
+            transport = sock.ws._req.transport if sock.ws._req is not None else None
+            if transport is not None:
+                transport.abort()
+
     async def _shutdown(self, *, abort: bool) -> None:
         runner, self._runner = self._runner, None
         if runner is None:
@@ -304,12 +311,10 @@ class FakeComfyUI:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+        if abort:
+            self.drop_sockets()
         for sock in list(self._sockets.values()):
-            if abort:
-                transport = sock.ws._req.transport if sock.ws._req is not None else None
-                if transport is not None:
-                    transport.abort()
-            else:
+            if not abort:
                 with contextlib.suppress(Exception):
                     await sock.ws.close(code=WSCloseCode.GOING_AWAY)
         self._sockets.clear()
@@ -827,6 +832,7 @@ class FakeComfyUI:
             if self.crash_on.get(class_type):
                 raise _Crashed
             self._current_node = nid
+            await self._notify()
             await self._send_exec(
                 "executing", {"node": nid, "display_node": nid, "prompt_id": pid}, prompt
             )

@@ -113,7 +113,8 @@ class BackendPool:
 
     async def check(self, backend: Backend) -> None:
         try:
-            stats = await asyncio.wait_for(backend.client.system_stats(), 10)
+            async with asyncio.timeout(10):
+                stats = await backend.client.system_stats()
         except (ComfyError, TimeoutError) as exc:
             if backend.reachable:
                 log.warning("comfyui backend down", url=backend.url, error=str(exc))

@@ -108,7 +108,10 @@ async def _follow(
 ) -> HistoryEntry:
     while True:
         try:
-            message = await asyncio.wait_for(queue.get(), limits.poll_interval_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the message does, and a cancelled task must stop.
+            async with asyncio.timeout(limits.poll_interval_s):
+                message = await queue.get()
         except TimeoutError:
             entry = await _reconcile(backend, prompt_id)
             if entry is not None:

@@ -70,7 +70,8 @@ class PromptStream:
 
     async def wait_connected(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
         return self.connected
 
     def subscribe(self, prompt_id: str) -> asyncio.Queue[Message]:
