@@ -97,7 +97,7 @@ async def start_worker(env: dict[str, str], nc: Client) -> WorkerRuntime:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    nats_url: str, tmp: Path, *, worker: bool = True, **extra: str
+    nats_url: str, tmp: Path, *, worker: bool = True, uploader: bool = True, **extra: str
 ) -> AsyncIterator[Stack]:
     port = free_port()
     env = stack_env(nats_url, tmp / "storage", port, **extra)
@@ -116,15 +116,16 @@ async def running_stack(
     stoppers: list[Any] = []
     storage = StorageSettings.from_env(env)  # STORAGE_PROVIDER and its settings choose
     provider = build_provider(storage)
-    uploader = Uploader(
-        nc,
-        provider,
-        BusSettings.from_env(env),
-        retry=storage.retry,
-        health_interval_s=storage.health_interval_s,
-    )
-    tasks.append(asyncio.create_task(uploader.run()))
-    stoppers.append(uploader.stop)
+    if uploader:
+        in_process_uploader = Uploader(
+            nc,
+            provider,
+            BusSettings.from_env(env),
+            retry=storage.retry,
+            health_interval_s=storage.health_interval_s,
+        )
+        tasks.append(asyncio.create_task(in_process_uploader.run()))
+        stoppers.append(in_process_uploader.stop)
     if worker:
         runtime = await start_worker(env, nc)
         tasks.append(asyncio.create_task(runtime.run()))
@@ -149,8 +150,13 @@ async def running_stack(
 
 def spawn_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     """The face-swap worker as its own process (for kill -9)."""
+    return spawn_service("pixelbus.faceswap_worker", env)
+
+
+def spawn_service(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A service as its own process (``python -m module``) with the stack's settings."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pixelbus.faceswap_worker"],
+        [sys.executable, "-m", module],
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
     )

@@ -73,6 +73,7 @@ async def test_one_task_is_one_trace_across_every_service(stack: Stack) -> None:
     assert upload in _ancestry(completed, by_id)
     assert created.kind is SpanKind.PRODUCER and process.kind is SpanKind.CONSUMER
     assert upload.kind is SpanKind.CONSUMER
+    assert (process.attributes or {})["messaging.operation.type"] == "process"
     attributes = created.attributes or {}
     assert attributes["messaging.system"] == "nats"
     assert attributes["messaging.destination.name"] == (

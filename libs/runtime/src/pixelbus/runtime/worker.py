@@ -64,11 +64,12 @@ from pixelbus.contracts.task import OutputObject
 from pixelbus.contracts.validation import PROBE_WORKFLOW
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.errors import Permanent, Retryable
+from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.pull import PullFeed, dispatch
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
-from pixelbus.runtime.tracing import context_from_headers, tracer
+from pixelbus.runtime.tracing import context_from_headers, messaging_attributes, tracer
 
 __all__ = [
     "Handler",
@@ -238,6 +239,7 @@ class WorkerRuntime:
     def __post_init__(self) -> None:
         self._handlers: dict[str, Handler] = {PROBE_WORKFLOW: probe_handler, **self.handlers}
         self._publisher = EventPublisher(self.js)
+        self._metrics = process_metrics()
         self._inflight: dict[str, _InFlight] = {}
         self._stopping = asyncio.Event()
         self._kv: KeyValue | None = None
@@ -367,7 +369,10 @@ class WorkerRuntime:
             task_id=event.task_id, workflow=event.workflow, attempt=attempt, pool=self.pool.name
         )
         with tracer.start_as_current_span(
-            f"process {event.workflow}", context=ctx_otel, kind=trace.SpanKind.CONSUMER
+            f"process {event.workflow}",
+            context=ctx_otel,
+            kind=trace.SpanKind.CONSUMER,
+            attributes=messaging_attributes("process", msg.subject, event.event_id),
         ) as span:
             span.set_attribute("pixelbus.task_id", event.task_id)
             span.set_attribute("pixelbus.attempt", attempt)
@@ -384,6 +389,7 @@ class WorkerRuntime:
         assert me is not None
         entry = _InFlight(task=me, msg=msg)
         self._inflight[event.task_id] = entry
+        self._metrics.set_in_flight(self.pool.name, len(self._inflight))
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         started = time.monotonic()
         outcome = "error"
@@ -409,6 +415,9 @@ class WorkerRuntime:
                     worker=self.worker_id,
                 ),
             )
+            self._metrics.observe_queue_wait(
+                event.workflow, (utcnow() - event.occurred_at).total_seconds()
+            )
             outcome = await self._run_handler(msg, event, attempt, entry)
         except asyncio.CancelledError:
             if entry.cancelled_by_request:
@@ -426,6 +435,7 @@ class WorkerRuntime:
         finally:
             heartbeat.cancel()
             self._inflight.pop(event.task_id, None)
+            self._metrics.set_in_flight(self.pool.name, len(self._inflight))
             bound.info(
                 "task processed", outcome=outcome, seconds=round(time.monotonic() - started, 4)
             )
@@ -457,7 +467,11 @@ class WorkerRuntime:
                     f"workflow {event.workflow!r} is not served by the {self.pool.name} pool "
                     f"(it serves: {', '.join(sorted(self._handlers))})",
                 )
+            handler_started = time.monotonic()
             result = await handler(ctx)
+            self._metrics.observe_duration(
+                event.workflow, "handler", time.monotonic() - handler_started
+            )
         except Permanent as exc:
             await coalescer.close()
             await self._fail(msg, event, attempt, exc.code, exc.message, retryable=False)

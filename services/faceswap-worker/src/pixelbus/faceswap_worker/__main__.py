@@ -3,70 +3,53 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 
 import structlog
 
-from pixelbus.contracts.subjects import OUTPUTS_BUCKET, pool_for_environment
+from pixelbus.contracts.subjects import OUTPUTS_BUCKET, TASK_STREAM, pool_for_environment
 from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
 from pixelbus.faceswap_worker.engines.setup import build_catalog
 from pixelbus.faceswap_worker.handler import FaceSwapHandler
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.runtime.connection import connect
-from pixelbus.runtime.errors import SettingsError
-from pixelbus.runtime.logging import setup_logging
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.provision import ensure
-from pixelbus.runtime.tracing import setup_tracing
+from pixelbus.runtime.service import consumer_ready, run_service, service_shell
 from pixelbus.runtime.worker import WorkerRuntime
 
+NAME = "pixelbus-faceswap-worker"
 log = structlog.get_logger("pixelbus.faceswap_worker")
 
 
 async def serve(settings: FaceSwapSettings) -> None:
-    setup_tracing("pixelbus-faceswap-worker")
     log.info("faceswap-worker starting", settings=settings.redacted())
     builtin = await asyncio.to_thread(LandmarkEngine)  # loads its models once
     catalog = await asyncio.to_thread(build_catalog, settings, builtin)
     log.info("engines ready", models=catalog.names())
-    nc = await connect(settings.bus.nats_url, "pixelbus-faceswap-worker")
+    nc = await connect(settings.bus.nats_url, NAME)
     js = nc.jetstream()
     await ensure(js, settings.bus)
     handler = FaceSwapHandler(catalog, settings, ObjectReader(js, OUTPUTS_BUCKET))
+    pool = pool_for_environment("face_swap")
     runtime = WorkerRuntime(
         nc=nc,
         js=js,
-        pool=pool_for_environment("face_swap"),
+        pool=pool,
         handlers={"face_swap": handler},
         settings=settings.bus,
         concurrency=settings.concurrency,
     )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runtime.stop)
+    ready = consumer_ready(nc, TASK_STREAM, pool.durable)
     try:
-        await runtime.run()
+        async with service_shell(NAME, stop=runtime.stop, ready=ready):
+            await runtime.run()
     finally:
         await nc.close()
 
 
 def main() -> int:
-    setup_logging(os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"))
-    try:
-        settings = FaceSwapSettings.from_env(os.environ)
-    except SettingsError as exc:
-        print(f"pixelbus-faceswap-worker: {exc}", file=sys.stderr)
-        return 2
-    import uvloop
-
-    try:
-        uvloop.run(serve(settings))
-    except SettingsError as exc:
-        print(f"pixelbus-faceswap-worker: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_service(NAME, FaceSwapSettings.from_env, serve)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,17 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from nats.js import JetStreamContext
 
 from pixelbus.gateway.deps import Gateway
 from pixelbus.gateway.exhausted import ExhaustedWatcher
 from pixelbus.gateway.limits import BodySizeLimit
 from pixelbus.gateway.projector import Projector
-from pixelbus.gateway.routes import batch, comm, face_swap, health, tasks
+from pixelbus.gateway.routes import batch, comm, face_swap, health, metrics, tasks
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
 from pixelbus.runtime.connection import connect
+from pixelbus.runtime.metrics import process_metrics, sample_consumers
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.tracing import setup_tracing
 
@@ -34,6 +36,14 @@ Create a task with `POST /api/tasks/create` (unified task format), follow it wit
 `POST /api/face-swap/process`. External GPU boxes lease work with
 `GET /api/comm/task/fetch`.
 """
+
+
+async def _sample_consumer_lag(js: JetStreamContext, interval_s: float = 5.0) -> None:
+    """Consumer lag for ``/metrics`` (what KEDA scales the worker pools on)."""
+    metrics = process_metrics()
+    while True:
+        await sample_consumers(js, metrics)
+        await asyncio.sleep(interval_s)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -55,11 +65,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             background.append(asyncio.create_task(projector.run()))
         exhausted = ExhaustedWatcher(nc)
         background.append(asyncio.create_task(exhausted.run()))
+        lag_sampler = asyncio.create_task(_sample_consumer_lag(js))
+        background.append(lag_sampler)
         app.state.gateway = gw
         try:
             yield
         finally:
             exhausted.stop()
+            lag_sampler.cancel()
             if projector is not None:
                 projector.stop()
             for task in background:
@@ -86,6 +99,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(batch.router)
     app.include_router(comm.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     if settings.storage_provider == "local":
         settings.local_storage_dir.mkdir(parents=True, exist_ok=True)
         app.mount("/files", StaticFiles(directory=settings.local_storage_dir), name="files")

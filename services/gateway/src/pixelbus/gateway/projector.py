@@ -23,6 +23,7 @@ from pixelbus.contracts.events import AnyEvent, decode_event
 from pixelbus.contracts.fold import fold
 from pixelbus.contracts.subjects import PROJECTOR_CONSUMER, STATE_BUCKET, TASK_STREAM
 from pixelbus.contracts.task import TaskState
+from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.pull import PullFeed
 from pixelbus.runtime.state import encode_state, read_state
 
@@ -86,10 +87,18 @@ async def fold_into_kv(
             continue  # another replica wrote first: re-read and re-fold
         if cache is not None:
             cache.put(task_id, new_state, revision)
+        if new_state.is_final and (state is None or not state.is_final):
+            _observe_end_to_end(new_state)  # once per task: only the CAS winner gets here
         return
     if cache is not None:
         cache.drop(task_id)
     raise RuntimeError(f"projector: gave up on {task_id} after {_CAS_ATTEMPTS} CAS conflicts")
+
+
+def _observe_end_to_end(state: TaskState) -> None:
+    if state.finished_at is not None and state.created_at is not None:
+        seconds = (state.finished_at - state.created_at).total_seconds()
+        process_metrics().observe_duration(state.workflow or "?", "end_to_end", seconds)
 
 
 class Projector:

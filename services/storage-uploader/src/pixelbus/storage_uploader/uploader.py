@@ -45,12 +45,13 @@ from pixelbus.contracts.subjects import (
 )
 from pixelbus.contracts.task import OutputObject, StoredOutput
 from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.pull import PullFeed, dispatch
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
-from pixelbus.runtime.tracing import context_from_headers, tracer
+from pixelbus.runtime.tracing import context_from_headers, messaging_attributes, tracer
 from pixelbus.storage_uploader.errors import StorageError
 from pixelbus.storage_uploader.presence import ProviderHealth, presence_key, presence_value
 from pixelbus.storage_uploader.providers.base import StorageProvider, Upload, output_key
@@ -95,6 +96,7 @@ class Uploader:
         self._presence_interval_s = presence_interval_s
         self._id = sanitize_token(uploader_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
         self._in_flight = 0
+        self._metrics = process_metrics()
 
     @property
     def health(self) -> ProviderHealth:
@@ -182,10 +184,14 @@ class Uploader:
         _, _, environment, workflow, *_ = msg.subject.split(".")
         context = context_from_headers(dict(msg.headers or {}))
         with tracer.start_as_current_span(
-            "upload outputs", context=context, kind=trace.SpanKind.CONSUMER
+            "upload outputs",
+            context=context,
+            kind=trace.SpanKind.CONSUMER,
+            attributes=messaging_attributes("process", msg.subject, event.event_id),
         ) as span:
             span.set_attribute("pixelbus.task_id", event.task_id)
             self._in_flight += 1
+            self._metrics.set_in_flight(UPLOADER_CONSUMER, self._in_flight)
             keepalive = asyncio.create_task(self._keep_alive(msg))
             try:
                 await self._upload(msg, event, environment, workflow)
@@ -195,6 +201,7 @@ class Uploader:
                     await msg.nak(delay=self._settings.retry_delay_s)
             finally:
                 self._in_flight -= 1
+                self._metrics.set_in_flight(UPLOADER_CONSUMER, self._in_flight)
                 keepalive.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keepalive
@@ -222,6 +229,7 @@ class Uploader:
             stored = [await self._store(event, out) for out in event.outputs]
         except StorageError as exc:
             self._health = self._health.verdict(str(exc), utcnow())
+            self._metrics.upload_failed(self._provider.name, exc.code)
             final = not exc.retryable or attempt >= self._settings.max_deliver
             await self._publisher.publish(
                 TaskFailed(
@@ -274,6 +282,9 @@ class Uploader:
         )
         await msg.ack_sync()
         await self._cleanup(event)
+        for output in stored:
+            self._metrics.uploaded(output.provider, output.size)
+        self._metrics.observe_duration(workflow, "upload", time.monotonic() - started)
         bound.info(
             "outputs stored",
             outcome="completed",
