@@ -109,3 +109,23 @@ async def test_worker_and_uploader_processes_serve_probes_and_metrics(
     )
     assert sample(uploader_text, "pixelbus_upload_bytes_total", provider="local") > 0
     assert worker.returncode == 0 and uploader.returncode == 0
+
+
+async def test_gateway_probe_port_answers_health_readiness_and_metrics(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    async with (
+        running_stack(
+            nats_server.url, tmp_path, worker=False, PIXELBUS_PROBE_PORT=str(port)
+        ) as stack,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as probes,
+    ):
+        assert (await probes.get("/healthz")).status_code == 200
+        assert (await probes.get("/readyz")).status_code == 200
+        await stack.http.post("/api/tasks/create", json=PROBE)
+        text = (await probes.get("/metrics")).text
+        assert sample(text, "pixelbus_tasks_created_total", workflow="probe") >= 1
+        # preStop drains from inside the pod (loopback): readiness turns off for good.
+        assert (await probes.get("/drain")).status_code == 200
+        assert (await probes.get("/readyz")).status_code == 503

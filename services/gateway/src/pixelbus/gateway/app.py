@@ -21,6 +21,7 @@ from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.metrics import process_metrics, sample_consumers
+from pixelbus.runtime.probes import NotReady, ProbeServer, ReadinessCheck
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.tracing import setup_tracing
 
@@ -36,6 +37,18 @@ Create a task with `POST /api/tasks/create` (unified task format), follow it wit
 `POST /api/face-swap/process`. External GPU boxes lease work with
 `GET /api/comm/task/fetch`.
 """
+
+
+def _ready(gw: Gateway) -> ReadinessCheck:
+    """Ready while NATS is connected and the task-state bucket answers."""
+
+    async def check() -> bool:
+        if not gw.nc.is_connected:
+            raise NotReady("not connected to NATS")
+        await gw.tasks.kv.status()
+        return True
+
+    return check
 
 
 async def _sample_consumer_lag(js: JetStreamContext, interval_s: float = 5.0) -> None:
@@ -68,9 +81,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lag_sampler = asyncio.create_task(_sample_consumer_lag(js))
         background.append(lag_sampler)
         app.state.gateway = gw
+        probes = None
+        if settings.probes is not None:
+            probes = ProbeServer(
+                settings.probes, ready=_ready(gw), registry=process_metrics().registry
+            )
+            await probes.start()
         try:
             yield
         finally:
+            if probes is not None:
+                await probes.stop()
             exhausted.stop()
             lag_sampler.cancel()
             if projector is not None:

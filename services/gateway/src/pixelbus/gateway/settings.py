@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelbus.runtime.errors import SettingsError
+from pixelbus.runtime.probes import ProbeSettings
 from pixelbus.runtime.settings import BusSettings, env_bool, env_float, env_int, env_str
 
 __all__ = ["GatewaySettings"]
@@ -30,6 +31,9 @@ class GatewaySettings:
     storage_provider: str = "local"
     local_storage_dir: Path = Path(".pixelbus/storage")
     workers_seen_s: float = 30.0
+    #: The probe server (``/healthz``, ``/readyz``, ``/metrics`` on its own port) runs only
+    #: when ``PIXELBUS_PROBE_PORT`` is set, as the Kubernetes manifests do.
+    probes: ProbeSettings | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -72,6 +76,7 @@ class GatewaySettings:
             local_storage_dir=Path(
                 env_str(environ, "PIXELBUS_LOCAL_STORAGE_DIR", str(cls.local_storage_dir))
             ),
+            probes=ProbeSettings.from_env(environ) if environ.get("PIXELBUS_PROBE_PORT") else None,
         )
 
     def redacted(self) -> dict[str, Any]:
