@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,10 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from pixelbus.contracts.subjects import POOLS, TASK_STREAM
+from pixelbus.runtime.metrics import Metrics
 from pixelbus.runtime.probes import ProbeServer, ProbeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,15 +52,7 @@ def tool(name: str) -> str:
 
 
 def render(overlay: str) -> list[Doc]:
-    result = subprocess.run(
-        [tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return [doc for doc in yaml.safe_load_all(_kustomize(K8S / "overlays" / overlay)) if doc]
 
 
 @pytest.fixture(scope="module")
@@ -368,3 +363,57 @@ def test_nats_values_are_durable_clustered_and_monitored() -> None:
     assert users == {"gateway", "faceswap-worker", "comfy-worker", "storage-uploader"}
     for user in config["merge"]["accounts"]["PIXELBUS"]["users"]:
         assert user["password"].startswith("<< $"), "passwords only by reference"
+
+
+def test_alerts_use_the_metrics_the_services_export(rendered: dict[str, list[Doc]]) -> None:
+    """Every pixelbus_* series an alert reads is a family of pixelbus.runtime.metrics."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    exported = set()
+    for family in registry.collect():
+        exported.update(sample.name for sample in family.samples)
+        exported.add(family.name)
+        exported.add(f"{family.name}_total")
+    docs = [doc for doc in yaml.safe_load_all(_kustomize(K8S / "monitoring")) if doc]
+    [rule] = of_kind(docs, "PrometheusRule")
+    [monitor] = of_kind(docs, "PodMonitor")
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    ports = {
+        port["name"]
+        for deployment in of_kind(rendered["production"], "Deployment")
+        for port in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    used = set()
+    for group in rule["spec"]["groups"]:
+        for alert in group["rules"]:
+            used.update(re.findall(r"\bpixelbus_[a-z_]+", alert["expr"]))
+            assert alert["annotations"]["runbook"].startswith("deploy/k8s/README.md#")
+    assert used, "the alerts read pixelbus metrics"
+    assert used <= exported, used - exported
+    anchors = _readme_anchors()
+    for group in rule["spec"]["groups"]:
+        for alert in group["rules"]:
+            assert alert["annotations"]["runbook"].split("#")[1] in anchors
+
+
+def _kustomize(path: Path) -> str:
+    result = subprocess.run(
+        [tool("kubectl"), "kustomize", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _readme_anchors() -> set[str]:
+    """GitHub-style anchors of the operator README's headings."""
+    anchors = set()
+    for line in (K8S / "README.md").read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 -]", "", title).replace(" ", "-"))
+    return anchors

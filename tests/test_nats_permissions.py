@@ -32,6 +32,7 @@ from nats.js.errors import KeyNotFoundError
 
 from pixelbus.contracts.subjects import STATE_BUCKET, TASK_STREAM, task_subject
 from pixelbus.gateway.app import create_app
+from pixelbus.gateway.rebuild import rebuild
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.settings import BusSettings
@@ -205,6 +206,8 @@ async def test_each_service_runs_with_only_its_own_permissions(
         assert state.status.value == "COMPLETED", state
     health = await services.http.get("/api/health")
     assert health.status_code == 200, health.text
+    # the operator's KV rebuild runs with the gateway's user (deploy/k8s/README.md)
+    assert await rebuild(services.clients["gateway"].jetstream(), f"{STATE_BUCKET}_REBUILT") == 2
     violations = {user: found for user, found in auth_server.violations.items() if found}
     assert violations == {}, violations
     assert "Violation" not in auth_server.log_file.read_text()
