@@ -119,7 +119,7 @@ async def test_model_free_graph_outputs_the_inverted_image_with_node_and_progres
     assert output.filename.endswith(".png")
     assert pixel(output.data) == (0, 255, 255)  # red, inverted
     assert result.result is not None and result.result["backend"] == fake_comfyui.url
-    assert result.result["outputs"][0]["node_id"] == "3"
+    assert result.result["files"][0]["node_id"] == "3"
     fractions = [f for f, _, _ in run.progress if f is not None]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any(node == "2" and "step 2/4" in (message or "") for _, node, message in run.progress)

@@ -15,19 +15,16 @@ from collections.abc import Mapping
 import structlog
 
 from pixelbus.comfy_worker.agent import RemoteAgent
-from pixelbus.comfy_worker.backends import BackendPool
 from pixelbus.comfy_worker.handler import ComfyHandler
+from pixelbus.comfy_worker.service import build_pool, build_runtime
 from pixelbus.comfy_worker.settings import ComfySettings
 from pixelbus.comfy_worker.templates import Template, TemplateError, load_templates
-from pixelbus.contracts.subjects import OUTPUTS_BUCKET, pool_for_environment
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.logging import setup_logging
-from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.probes import ProbeServer, ProbeSettings
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.tracing import setup_tracing
-from pixelbus.runtime.worker import WorkerRuntime
 
 log = structlog.get_logger("pixelbus.comfy_worker")
 
@@ -37,12 +34,7 @@ async def serve(
 ) -> None:
     setup_tracing("pixelbus-comfy-worker")
     log.info("comfy-worker starting", settings=settings.redacted(), templates=sorted(templates))
-    pool = BackendPool(
-        settings.urls,
-        capacity=settings.backend_capacity,
-        http_timeout_s=settings.http_timeout_s,
-        health_interval_s=settings.health_interval_s,
-    )
+    pool = build_pool(settings)
     await pool.start()
     loop = asyncio.get_running_loop()
     try:
@@ -56,19 +48,7 @@ async def serve(
         nc = await connect(settings.bus.nats_url, "pixelbus-comfy-worker")
         js = nc.jetstream()
         await ensure(js, settings.bus)
-        runtime = WorkerRuntime(
-            nc=nc,
-            js=js,
-            pool=pool_for_environment("comm"),
-            handlers={},
-            default_handler=ComfyHandler(
-                settings, pool, templates, ObjectReader(js, OUTPUTS_BUCKET)
-            ),
-            settings=settings.bus,
-            concurrency=settings.concurrency,
-            gate=pool.wait_free,
-            presence_extra=pool.presence,
-        )
+        runtime = build_runtime(settings, nc, pool, templates)
         probes = None
         if environ.get("PIXELBUS_PROBE_PORT", "").strip():
 

@@ -90,6 +90,7 @@ class BackendPool:
         ]
         self._health_task: asyncio.Task[None] | None = None
         self._check_now = asyncio.Event()
+        self.parked = 0
 
     async def start(self) -> None:
         for backend in self.backends:
@@ -166,9 +167,16 @@ class BackendPool:
         return any(b.healthy for b in self.backends)
 
     async def wait_free(self) -> int:
-        """Wait until a healthy backend has room; how many tasks can be taken now."""
+        """Wait until a healthy backend has room; how many tasks can be taken now.
+
+        ``parked`` counts the callers waiting (a worker's pull loop parked here has no
+        pull request open: its tasks stay in JetStream)."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self.free_slots() > 0)
+            self.parked += 1
+            try:
+                await self._changed.wait_for(lambda: self.free_slots() > 0)
+            finally:
+                self.parked -= 1
             return self.free_slots()
 
     def _pick(self, avoid: Collection[str]) -> Backend | None:

@@ -279,8 +279,8 @@ class ComfyHandler:
             raise WorkflowError(
                 f"the workflow ran but its output nodes wrote no files{hint}", code="no_outputs"
             )
-        summary = {
-            "outputs": [
+        summary = {  # not "outputs": the task view puts the stored outputs there
+            "files": [
                 {
                     "node_id": ref.node_id,
                     "kind": ref.kind,
