@@ -38,7 +38,9 @@ def run_service(
     serve: Callable[[S], Coroutine[Any, Any, None]],
 ) -> int:
     """Read the settings, then run ``serve(settings)`` until it returns; the exit code."""
-    setup_logging(os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"))
+    setup_logging(
+        os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"), os.environ.get("PIXELBUS_LOG_FORMAT")
+    )
     try:
         settings = load_settings(os.environ)
     except (SettingsError, ValueError) as exc:

@@ -14,7 +14,9 @@ from pixelbus.runtime.logging import setup_logging
 
 
 def main() -> int:
-    setup_logging(os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"))
+    setup_logging(
+        os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"), os.environ.get("PIXELBUS_LOG_FORMAT")
+    )
     try:
         settings = GatewaySettings.from_env(os.environ)
     except SettingsError as exc:

@@ -1,0 +1,36 @@
+"""Log lines: JSON with the trace ids of the current span, secrets masked."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from opentelemetry.sdk.trace import TracerProvider
+
+from pixelbus.runtime.logging import setup_logging
+
+
+@pytest.fixture
+def json_logging(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    setup_logging("INFO", "json")  # after capsys: the logger writes to the captured stderr
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+
+
+def test_a_line_inside_a_span_carries_its_trace_and_masks_secrets(
+    json_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    log = structlog.get_logger("t")
+    with tracer.start_as_current_span("step") as span:
+        log.info("task processed", task_id="t1", attempt=2, outcome="completed", api_token="abc")
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert line["task_id"] == "t1" and line["attempt"] == 2 and line["outcome"] == "completed"
+    assert line["api_token"] == "***"
+    log.info("outside any span")
+    assert "trace_id" not in json.loads(capsys.readouterr().err.strip().splitlines()[-1])
