@@ -13,8 +13,7 @@ from pixelbus.runtime.logging import setup_logging
 
 
 @pytest.fixture
-def json_logging(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
-    setup_logging("INFO", "json")  # after capsys: the logger writes to the captured stderr
+def restore_logging() -> Iterator[None]:
     try:
         yield
     finally:
@@ -22,8 +21,9 @@ def json_logging(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
 
 
 def test_a_line_inside_a_span_carries_its_trace_and_masks_secrets(
-    json_logging: None, capsys: pytest.CaptureFixture[str]
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    setup_logging("INFO", "json")  # in the test: it binds the stderr that capsys captures
     tracer = TracerProvider().get_tracer("test")
     log = structlog.get_logger("t")
     with tracer.start_as_current_span("step") as span:
