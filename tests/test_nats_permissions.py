@@ -250,3 +250,22 @@ async def test_what_each_service_must_not_do_is_refused(
     assert any(
         "permissions violation" in v.lower() for v in auth_server.violations["faceswap-worker"]
     )
+
+
+async def test_only_the_gateway_provisions_the_buckets(auth_server: AuthServer) -> None:
+    """A worker started before any gateway cannot create the KV buckets (it restarts
+    until the gateway made them); after the gateway's ``ensure``, its own passes."""
+    settings = BusSettings(replicas=1)
+    worker = await auth_server.connect("faceswap-worker")
+    gateway = await auth_server.connect("gateway")
+    try:
+        with pytest.raises(TimeoutError):  # a refused request gets no answer
+            await ensure(worker.jetstream(timeout=1), settings)
+        refusals = " ".join(auth_server.violations["faceswap-worker"]).lower()
+        assert '"$js.api.stream.create.kv_pixelbus_' in refusals, refusals
+        await ensure(gateway.jetstream(), settings)
+        await ensure(worker.jetstream(timeout=1), settings)
+        assert (await gateway.jetstream().stream_info(f"KV_{STATE_BUCKET}")).config.name
+    finally:
+        await worker.close()
+        await gateway.close()
