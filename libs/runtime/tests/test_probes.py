@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import nats
 import pytest
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
@@ -18,10 +19,13 @@ from pixelbus.runtime.probes import (
     ProbeServer,
     ProbeSettings,
     _is_loopback,
+    all_of,
+    consumer_ready,
     request_drain,
 )
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.settings import BusSettings
+from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import eventually
 
 LOCAL = ProbeSettings(host="127.0.0.1", port=0, check_timeout_s=0.3)
@@ -206,3 +210,36 @@ async def test_consumer_lag_is_sampled_from_jetstream(nc: Client) -> None:
     # a consumer that does not exist is skipped, the others still sampled
     await sample_consumers(js, metrics, [(TASK_STREAM, "missing"), (TASK_STREAM, "pool-comfy")])
     assert value("missing") is None
+
+
+async def test_consumer_ready_follows_the_consumer_and_the_connection(
+    nats_server: NatsServer,
+) -> None:
+    disconnected = asyncio.Event()
+
+    async def on_disconnect() -> None:
+        disconnected.set()
+
+    client = await nats.connect(
+        nats_server.url,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.1,
+        disconnected_cb=on_disconnect,
+    )
+    try:
+        backend_up = Readiness()
+        check = all_of(consumer_ready(client, TASK_STREAM, "pool-faceswap"), backend_up)
+        with pytest.raises(NotReady, match="not found"):
+            await check()
+        await ensure(client.jetstream(), BusSettings())
+        assert await check() is True
+        backend_up.mode = "not_ready"  # e.g. no ComfyUI backend healthy
+        with pytest.raises(NotReady):
+            await check()
+        backend_up.mode = "ready"
+        nats_server.stop()
+        await asyncio.wait_for(disconnected.wait(), 10)
+        with pytest.raises(NotReady, match="not connected"):
+            await check()
+    finally:
+        await client.close()
