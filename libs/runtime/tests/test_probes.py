@@ -20,10 +20,10 @@ from pixelbus.runtime.probes import (
     ProbeSettings,
     _is_loopback,
     all_of,
-    consumer_ready,
     request_drain,
 )
 from pixelbus.runtime.provision import ensure
+from pixelbus.runtime.service import consumer_ready
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import eventually
@@ -229,7 +229,7 @@ async def test_consumer_ready_follows_the_consumer_and_the_connection(
     try:
         backend_up = Readiness()
         check = all_of(consumer_ready(client, TASK_STREAM, "pool-faceswap"), backend_up)
-        with pytest.raises(NotReady, match="not found"):
+        with pytest.raises(NotReady, match="pool-faceswap"):
             await check()
         await ensure(client.jetstream(), BusSettings())
         assert await check() is True

@@ -29,8 +29,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
-from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from pixelbus.runtime.settings import env_float, env_int, env_str
@@ -42,7 +40,6 @@ __all__ = [
     "ProbeSettings",
     "ReadinessCheck",
     "all_of",
-    "consumer_ready",
     "request_drain",
 ]
 
@@ -83,27 +80,6 @@ class ProbeSettings:
 
 async def _always_ready() -> bool:
     return True
-
-
-def consumer_ready(
-    nc: Client, stream: str, durable: str, *, timeout_s: float = 1.5
-) -> ReadinessCheck:
-    """Ready when connected to NATS and the durable consumer exists (a worker's check).
-
-    The gateway uses the projector's consumer, the uploader ``storage-uploader``, a pool
-    worker its pool's (``Pool.durable``).
-    """
-
-    async def check() -> bool:
-        if not nc.is_connected:
-            raise NotReady("not connected to NATS")
-        try:
-            await nc.jetstream(timeout=timeout_s).consumer_info(stream, durable)
-        except NotFoundError:
-            raise NotReady(f"consumer {durable} of stream {stream} not found") from None
-        return True
-
-    return check
 
 
 def all_of(*checks: ReadinessCheck) -> ReadinessCheck:
