@@ -91,7 +91,12 @@ class PromptStream:
         while True:
             try:
                 async with connect(
-                    self.url, max_size=None, open_timeout=5, ping_interval=20, ping_timeout=20
+                    self.url,
+                    max_size=None,
+                    open_timeout=5,
+                    close_timeout=2,
+                    ping_interval=20,
+                    ping_timeout=20,
                 ) as ws:
                     self._ws = ws
                     # Binary previews carry their metadata when asked (ComfyUI ≥ 0.3.4x).

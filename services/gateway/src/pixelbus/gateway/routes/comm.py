@@ -56,6 +56,7 @@ class OutputIn(BaseModel):
     content_type: str = Field(default="application/octet-stream", max_length=200)
     url: str | None = Field(default=None, max_length=4096, description="already stored here")
     data_base64: str | None = Field(default=None, description="or: the bytes, to be stored")
+    node_id: str | None = Field(default=None, max_length=200, description="the workflow node")
 
 
 class CompleteBody(LeaseBody):
@@ -224,6 +225,7 @@ async def complete(
                     filename=out.filename,
                     content_type=out.content_type,
                     size=len(data),
+                    node_id=out.node_id,
                 )
             )
         elif out.url is not None:
@@ -237,6 +239,7 @@ async def complete(
                     url=out.url,
                     key=out.url,
                     provider="external",
+                    node_id=out.node_id,
                 )
             )
         else:
