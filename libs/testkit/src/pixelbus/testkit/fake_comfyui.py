@@ -386,6 +386,11 @@ class FakeComfyUI:
     def pending_prompts(self) -> list[str]:
         return [p.prompt_id for p in sorted(self._pending, key=lambda p: p.number)]
 
+    def previews_with_metadata(self, client_id: str) -> bool:
+        """Whether that client's socket asked for preview metadata (``feature_flags``)."""
+        sock = self._sockets.get(client_id)
+        return sock is not None and sock.preview_metadata
+
     def history_of(self, prompt_id: str) -> Json | None:
         return self._history.get(prompt_id)
 
@@ -416,6 +421,7 @@ class FakeComfyUI:
                         sock.preview_metadata = bool(
                             (data.get("data") or {}).get("supports_preview_metadata")
                         )
+                        await self._notify()
         finally:
             if self._sockets.get(sid) is sock:
                 del self._sockets[sid]
