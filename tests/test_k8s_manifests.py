@@ -301,16 +301,25 @@ def test_network_policies_deny_by_default_and_fence_the_workers(
     deny = policies["default-deny"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in deny and "egress" not in deny
-    for name in ("faceswap-worker", "storage-uploader"):
+    for name in ("faceswap-worker", "comfy-worker", "storage-uploader"):
         egress = policies[f"{name}-egress"]["egress"]
+        public = [peer["ipBlock"] for rule in egress for peer in rule["to"] if "ipBlock" in peer]
+        assert public, name
+        for block in public:
+            if block["cidr"] == "0.0.0.0/0":
+                assert set(block["except"]) >= PRIVATE_RANGES, name
         for rule in egress:
-            for peer in rule["to"]:
-                block = peer["ipBlock"]
-                if block["cidr"] == "0.0.0.0/0":
-                    assert set(block["except"]) >= PRIVATE_RANGES, name
-            assert {p["port"] for p in rule["ports"]} <= {80, 443}, name
+            if any("ipBlock" in peer for peer in rule["to"]):
+                assert {p["port"] for p in rule["ports"]} <= {80, 443}, name
     comfy = policies["comfy-worker-egress"]["egress"]
-    assert all("ipBlock" not in peer for rule in comfy for peer in rule["to"])
+    [to_comfyui] = [rule for rule in comfy if "namespaceSelector" in rule["to"][0]]
+    assert to_comfyui["ports"] == [{"protocol": "TCP", "port": 8188}]
+    # the gateway has no egress of its own: DNS and NATS only
+    assert not any(
+        p["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "gateway"
+        and "Egress" in p["policyTypes"]
+        for p in policies.values()
+    )
 
 
 @pytest.fixture(scope="module")

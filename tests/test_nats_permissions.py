@@ -3,8 +3,8 @@
 The accounts, users and permissions are taken from the Helm values as they are (the
 ``config.merge`` block, ``<< $VAR >>`` passwords resolved from the environment as the
 chart does) and served by a real nats-server. Each service then starts with its own user,
-exactly as in a cluster: it runs its ``ensure`` and its loop; a probe task goes through the
-gateway, the worker and the uploader with no permission violation. Then each user tries
+exactly as in a cluster: it runs its ``ensure`` and its loop; probe tasks of both pools and a
+face swap go through the gateway, the workers and the uploader with no permission violation. Then each user tries
 what it must not do (the uploader creating a task, a worker writing the task state or
 completing a task, deleting the stream) and is refused, and nothing of it lands.
 """
@@ -30,13 +30,19 @@ import yaml
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
-from pixelbus.contracts.subjects import STATE_BUCKET, TASK_STREAM, task_subject
+from pixelbus.contracts.subjects import (
+    STATE_BUCKET,
+    TASK_STREAM,
+    pool_for_environment,
+    task_subject,
+)
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.rebuild import rebuild
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
+from pixelbus.runtime.worker import WorkerRuntime
 from pixelbus.storage_uploader.providers import build_provider
 from pixelbus.storage_uploader.settings import StorageSettings
 from pixelbus.storage_uploader.uploader import Uploader
@@ -155,7 +161,20 @@ async def services(auth_server: AuthServer, tmp_path: Path) -> AsyncIterator[Ser
     tasks.append(asyncio.create_task(uploader.run()))
     worker = await start_worker(envs["faceswap-worker"], clients["faceswap-worker"])
     tasks.append(asyncio.create_task(worker.run()))
+    # the comm pool with the comfy-worker's user: the shared worker runtime serving the
+    # probe workflow (no ComfyUI needed to exercise its NATS subjects)
+    comfy_js = clients["comfy-worker"].jetstream()
+    comfy = WorkerRuntime(
+        nc=clients["comfy-worker"],
+        js=comfy_js,
+        pool=pool_for_environment("comm"),
+        handlers={},
+        settings=BusSettings.from_env(envs["comfy-worker"]),
+        grace_s=2,
+    )
+    tasks.append(asyncio.create_task(comfy.run()))
     await asyncio.wait_for(worker.wait_ready(), 10)
+    await asyncio.wait_for(comfy.wait_ready(), 10)
     while not server.started:
         await asyncio.sleep(0.01)  # uvicorn exposes no event for "listening"
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
@@ -164,6 +183,7 @@ async def services(auth_server: AuthServer, tmp_path: Path) -> AsyncIterator[Ser
     finally:
         await http.aclose()
         worker.stop()
+        comfy.stop()
         uploader.stop()
         server.should_exit = True
         await asyncio.wait(tasks, timeout=10)
@@ -185,6 +205,7 @@ async def test_each_service_runs_with_only_its_own_permissions(
     services: Services, auth_server: AuthServer, astronaut: Path, grace_hopper: Path
 ) -> None:
     probe = {"workflow": "probe", "environment": "face_swap"}
+    comm_probe = {"workflow": "probe", "environment": "comm"}
     # a face swap with inline inputs: the gateway puts them into the object store, the
     # worker reads them and stores its output, the uploader moves it and removes them
     wf = {
@@ -198,7 +219,7 @@ async def test_each_service_runs_with_only_its_own_permissions(
         "params": {"input_data": {"wf_json": wf}},
     }
     kv = await services.clients["gateway"].jetstream().key_value(STATE_BUCKET)
-    for body in (probe, swap):
+    for body in (probe, comm_probe, swap):
         created = await services.http.post("/api/tasks/create", json=body)
         assert created.status_code == 201, created.text
         task_id = created.json()["taskId"]
@@ -207,7 +228,7 @@ async def test_each_service_runs_with_only_its_own_permissions(
     health = await services.http.get("/api/health")
     assert health.status_code == 200, health.text
     # the operator's KV rebuild runs with the gateway's user (deploy/k8s/README.md)
-    assert await rebuild(services.clients["gateway"].jetstream(), f"{STATE_BUCKET}_REBUILT") == 2
+    assert await rebuild(services.clients["gateway"].jetstream(), f"{STATE_BUCKET}_REBUILT") == 3
     violations = {user: found for user, found in auth_server.violations.items() if found}
     assert violations == {}, violations
     assert "Violation" not in auth_server.log_file.read_text()
