@@ -3,10 +3,11 @@
 The accounts, users and permissions are taken from the Helm values as they are (the
 ``config.merge`` block, ``<< $VAR >>`` passwords resolved from the environment as the
 chart does) and served by a real nats-server. Each service then starts with its own user,
-exactly as in a cluster: it runs its ``ensure`` and its loop; probe tasks of both pools and a
-face swap go through the gateway, the workers and the uploader with no permission violation. Then each user tries
-what it must not do (the uploader creating a task, a worker writing the task state or
-completing a task, deleting the stream) and is refused, and nothing of it lands.
+exactly as in a cluster: it runs its ``ensure`` and its loop; probe tasks of both pools
+and a face swap go through the gateway, the workers and the uploader with no permission
+violation. Then each user tries what it must not do (the uploader creating a task, a
+worker writing the task state or completing a task, deleting the stream) and is refused,
+and nothing of it lands.
 """
 
 from __future__ import annotations
