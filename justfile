@@ -37,6 +37,10 @@ bench *args:
 bench-faceswap *args:
     python -m tests.bench_faceswap "$@"
 
+# the platform's added time per ComfyUI task vs. the same graph sent straight to a (fake) ComfyUI
+bench-comfy *args:
+    python -m tests.bench_comfy "$@"
+
 # rebuild the task-state KV bucket from the event stream
 rebuild *args:
     python -m pixelbus.gateway.rebuild "$@"
