@@ -2,7 +2,8 @@
 
 Its own nats-server (a free port, never 4222's NATS; store under .pixelbus/nats), the
 gateway with its projector, the face-swap worker with the built-in engine and the
-storage uploader with ``local`` storage, each as its own process. Ctrl-C stops all.
+storage uploader with ``local`` storage, each as its own process, and the comfy-worker
+when ``COMFYUI_URL`` names ComfyUI servers. Ctrl-C stops all.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ def main() -> int:
         **os.environ,
         "NATS_URL": nats.url,  # always our own server, whatever the shell says
     }
+    services = dict(SERVICES)
+    if env.get("COMFYUI_URL", "").strip():  # ComfyUI servers to drive: run the comfy-worker
+        services["comfy-worker"] = "pixelbus.comfy_worker"
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name, module in SERVICES.items():
+        for name, module in services.items():
             # Own session: Ctrl-C reaches only this launcher, which then stops the
             # services in order (SIGTERM: they finish or release their work) and NATS last.
             processes[name] = subprocess.Popen(
