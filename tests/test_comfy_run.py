@@ -430,3 +430,30 @@ async def test_tasks_are_routed_to_the_backend_with_room(tmp_path: Path) -> None
     finally:
         for fake in fakes:
             await fake.stop()
+
+
+async def test_same_file_names_from_two_savers_stay_two_outputs(run: Run) -> None:
+    graph = invert_graph()
+    graph["3"]["inputs"]["filename_prefix"] = "a/same"
+    graph["4"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["1", 0], "filename_prefix": "b/same"},
+    }
+    result = await run({"prompt": graph, "client_id": "ignored"})  # /prompt's body shape works too
+    names = sorted(o.filename for o in result.outputs)
+    assert names == ["same_00001_-2.png", "same_00001_.png"]
+    assert {o.node_id for o in result.outputs} == {"3", "4"}
+    assert {pixel(o.data) for o in result.outputs} == {(0, 255, 255), (255, 0, 0)}
+
+
+async def test_no_backend_with_room_is_retryable_after_the_reconnect_wait(
+    run: Run, fake_comfyui: FakeComfyUI
+) -> None:
+    await fake_comfyui.crash()
+    await run.pool.check_all()
+    with pytest.raises(Retryable) as failed:
+        await run(invert_graph())
+    assert (
+        failed.value.code == "comfy_unavailable"
+        and "no ComfyUI backend with room" in failed.value.message
+    )

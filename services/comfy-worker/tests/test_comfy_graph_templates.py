@@ -143,3 +143,16 @@ def test_settings_from_env_and_one_line_errors() -> None:
             ComfySettings.from_env(env)
     agent = ComfySettings.from_env({"PIXELBUS_COMFY_AGENT_URL": "http://gw:8000"}).agent
     assert agent is not None and agent.gateway_url == "http://gw:8000"
+
+
+def test_repeated_output_names_are_made_unique() -> None:
+    from pixelbus.comfy_worker.handler import unique_names
+
+    assert unique_names(["a.png", "b.png", "a.png", "a.png", "x", "x"]) == [
+        "a.png",
+        "b.png",
+        "a-2.png",
+        "a-3.png",
+        "x",
+        "x-2",
+    ]

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from pixelbus.comfy_worker.client import ComfyClient
-from pixelbus.comfy_worker.errors import ComfyError
+from pixelbus.comfy_worker.errors import BackendUnavailable, ComfyError
 from pixelbus.comfy_worker.stream import PromptStream
 from pixelbus.runtime.clock import utcnow
 
@@ -90,6 +90,7 @@ class BackendPool:
         ]
         self._health_task: asyncio.Task[None] | None = None
         self._check_now = asyncio.Event()
+        self._pokes: set[asyncio.Task[None]] = set()
         self.parked = 0
 
     async def start(self) -> None:
@@ -151,7 +152,9 @@ class BackendPool:
         """Something changed (a socket came or went): re-check soon, wake the waiters."""
         self._check_now.set()
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self._notify())
+            task = asyncio.get_running_loop().create_task(self._notify())
+            self._pokes.add(task)
+            task.add_done_callback(self._pokes.discard)
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -184,16 +187,26 @@ class BackendPool:
         if not candidates:
             return None
         preferred = [b for b in candidates if b.url not in avoid] or candidates
-        return max(preferred, key=lambda b: (b.free, -b.in_use))
+        # most room for us first; then the shortest queue on the server (other clients too)
+        return max(preferred, key=lambda b: (b.free, -(b.stream.queue_remaining or 0)))
 
     @contextlib.asynccontextmanager
-    async def acquire(self, avoid: Collection[str] = ()) -> AsyncIterator[Backend]:
-        """A healthy backend with free capacity (waiting for one), held for one task."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._pick(avoid) is not None)
-            backend = self._pick(avoid)
-            assert backend is not None
-            backend.in_use += 1
+    async def acquire(
+        self, avoid: Collection[str] = (), *, timeout: float | None = None
+    ) -> AsyncIterator[Backend]:
+        """A healthy backend with free capacity, held for one task. Waits for one at most
+        ``timeout`` seconds, then raises ``BackendUnavailable``."""
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: self._pick(avoid) is not None)
+                backend = self._pick(avoid)
+                assert backend is not None
+                backend.in_use += 1
+        except TimeoutError:
+            errors = "; ".join(f"{b.url}: {b.error or 'busy'}" for b in self.backends)
+            raise BackendUnavailable(
+                f"no ComfyUI backend with room within {timeout:g} s ({errors})"
+            ) from None
         try:
             yield backend
         finally:

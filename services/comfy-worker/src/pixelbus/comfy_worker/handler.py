@@ -47,7 +47,7 @@ from pixelbus.runtime.errors import Permanent, Retryable
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult
 
-__all__ = ["ComfyHandler", "PreparedGraph"]
+__all__ = ["ComfyHandler", "PreparedGraph", "unique_names"]
 
 log = structlog.get_logger("pixelbus.comfy_worker")
 
@@ -118,9 +118,8 @@ class ComfyHandler:
                     "not accepted here",
                     code="unknown_workflow",
                 )
-            types = check_graph(wf_json)
-            assert isinstance(wf_json, dict)
-            graph = wf_json
+            graph = _unwrap(wf_json)
+            types = check_graph(graph)
             check_node_types(types, self._settings.allowed_node_types)
             timeout = self._settings.task_timeout_s
         asked = input_data.get("timeout_s")
@@ -140,7 +139,7 @@ class ComfyHandler:
             await ctx.progress(0.0, message=f"fetching {len(prepared.images)} input image(s)")
         fetched = await asyncio.gather(*(self._fetch(item) for item in prepared.images))
         prompt_id = str(uuid.uuid4())
-        async with self._pool.acquire() as backend:
+        async with self._pool.acquire(timeout=self._settings.reconnect_s) as backend:
             try:
                 return await self._run(ctx, backend, prepared, fetched, prompt_id, include_previews)
             except BackendUnavailable as exc:
@@ -251,12 +250,16 @@ class ComfyHandler:
         skipped = [ref for ref in entry.files if ref not in wanted]
         limit = asyncio.Semaphore(4)
 
-        async def read(ref: FileRef) -> OutputFile:
+        names = unique_names([ref.filename for ref in wanted])
+
+        async def read(ref: FileRef, name: str) -> OutputFile:
             async with limit:
                 data = await backend.client.view(ref, max_bytes=self._settings.max_output_bytes)
-            return OutputFile(ref.filename, data, ref.content_type, node_id=ref.node_id)
+            return OutputFile(name, data, ref.content_type, node_id=ref.node_id)
 
-        files = list(await asyncio.gather(*(read(ref) for ref in wanted)))
+        files = list(
+            await asyncio.gather(*(read(ref, n) for ref, n in zip(wanted, names, strict=True)))
+        )
         for node_id, kinds in entry.values.items():
             for kind, items in kinds.items():
                 texts = [item for item in items if isinstance(item, str)]
@@ -295,3 +298,30 @@ class ComfyHandler:
             "skipped_previews": len(skipped),
         }
         return files, summary
+
+
+def _unwrap(wf_json: Any) -> Any:
+    """The graph; also accepted: ``/prompt``'s own body shape ``{"prompt": graph, …}``."""
+    if (
+        isinstance(wf_json, dict)
+        and isinstance(wf_json.get("prompt"), dict)
+        and set(wf_json) <= {"prompt", "client_id", "extra_data", "prompt_id"}
+    ):
+        return wf_json["prompt"]
+    return wf_json
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """The file names, a repeated one (two savers, two subfolders) made unique with
+    ``-2``, ``-3``… before its extension, so that no output overwrites another in storage."""
+    seen: set[str] = set()
+    unique: list[str] = []
+    for name in names:
+        candidate, index = name, 1
+        stem, dot, extension = name.rpartition(".")
+        while candidate in seen:
+            index += 1
+            candidate = f"{stem}-{index}.{extension}" if dot else f"{name}-{index}"
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
