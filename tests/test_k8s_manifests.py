@@ -28,6 +28,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from pixelbus.contracts import subjects
 from pixelbus.contracts.subjects import POOLS, TASK_STREAM
 from pixelbus.runtime.metrics import Metrics
 from pixelbus.runtime.probes import ProbeServer, ProbeSettings
@@ -372,6 +373,23 @@ def test_nats_values_are_durable_clustered_and_monitored() -> None:
     assert users == {"gateway", "faceswap-worker", "comfy-worker", "storage-uploader"}
     for user in config["merge"]["accounts"]["PIXELBUS"]["users"]:
         assert user["password"].startswith("<< $"), "passwords only by reference"
+
+
+def test_the_gateway_may_write_every_kv_bucket_but_the_workers_presence() -> None:
+    """A new bucket in contracts.subjects needs its line in nats/values.yaml."""
+    values = yaml.safe_load((K8S / "nats" / "values.yaml").read_text())
+    users = {u["user"]: u for u in values["config"]["merge"]["accounts"]["PIXELBUS"]["users"]}
+    allowed = set(users["gateway"]["permissions"]["publish"]["allow"])
+    buckets = {
+        value
+        for name, value in vars(subjects).items()
+        if name.endswith("_BUCKET") and name not in ("OUTPUTS_BUCKET", "WORKERS_BUCKET")
+    }
+    missing = {bucket for bucket in buckets if f"$KV.{bucket}.>" not in allowed}
+    assert not missing, f"add $KV.<bucket>.> for {missing} to the gateway in nats/values.yaml"
+    assert f"$O.{subjects.OUTPUTS_BUCKET}.>" in allowed
+    for worker in ("faceswap-worker", "comfy-worker", "storage-uploader"):
+        assert f"$KV.{subjects.STATE_BUCKET}.>" in users[worker]["permissions"]["publish"]["deny"]
 
 
 def test_alerts_use_the_metrics_the_services_export(rendered: dict[str, list[Doc]]) -> None:
