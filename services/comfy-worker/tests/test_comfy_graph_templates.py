@@ -156,3 +156,22 @@ def test_repeated_output_names_are_made_unique() -> None:
         "x",
         "x-2",
     ]
+
+
+def test_main_refuses_a_bad_setting_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from pixelbus.comfy_worker.__main__ import main
+
+    monkeypatch.setenv("COMFYUI_URL", "http://a:8188,not a url")
+    assert main() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "pixelbus-comfy-worker: COMFYUI_URL: 'not a url' is not an http(s) URL with a host"
+    ]
+    monkeypatch.setenv("COMFYUI_URL", "http://a:8188")
+    (tmp_path / "bad.json").write_text('{"graph": {}}')
+    monkeypatch.setenv("PIXELBUS_COMFY_TEMPLATES_DIR", str(tmp_path))
+    assert main() == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("pixelbus-comfy-worker: template 'bad': graph:")
