@@ -398,9 +398,12 @@ def test_alerts_use_the_metrics_the_services_export(rendered: dict[str, list[Doc
     Metrics(registry)
     exported = set()
     for family in registry.collect():
-        exported.update(sample.name for sample in family.samples)
         exported.add(family.name)
-        exported.add(f"{family.name}_total")
+        suffixes = ("_total",) if family.type == "counter" else ("_bucket", "_count", "_sum")
+        exported.update(f"{family.name}{suffix}" for suffix in suffixes)
+    # the PromQL of the operator README's dashboard table, too
+    in_readme = set(re.findall(r"\bpixelbus_[a-z_]+", (K8S / "README.md").read_text()))
+    assert in_readme <= exported, in_readme - exported
     docs = [doc for doc in yaml.safe_load_all(_kustomize(K8S / "monitoring")) if doc]
     [rule] = of_kind(docs, "PrometheusRule")
     [monitor] = of_kind(docs, "PodMonitor")
