@@ -29,11 +29,14 @@ from pixelbus.contracts.subjects import (
     ADVISORY_STREAM,
     EXHAUSTED_CONSUMER,
     IDEMPOTENCY_BUCKET,
+    KEYS_BUCKET,
     LEASES_BUCKET,
     MAX_DELIVERIES_ADVISORIES,
     OUTPUTS_BUCKET,
     POOLS,
     PROJECTOR_CONSUMER,
+    QUOTAS_BUCKET,
+    RATES_BUCKET,
     STATE_BUCKET,
     SUBJECT_ROOT,
     TASK_STREAM,
@@ -50,6 +53,7 @@ log = structlog.get_logger("pixelbus.provision")
 _STREAM_IN_USE = 10058  # "stream name already in use with a different configuration"
 WORKER_PRESENCE_TTL_S = 30.0
 LEASE_TTL_S = 24 * 3600.0
+RATE_WINDOW_TTL_S = 10.0  # per-second request counters only matter for a second
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,5 +224,8 @@ async def ensure(
     await _ensure_kv(js, IDEMPOTENCY_BUCKET, settings, ttl=settings.idempotency_ttl_s, history=1)
     await _ensure_kv(js, LEASES_BUCKET, settings, ttl=LEASE_TTL_S, history=1)
     await _ensure_kv(js, WORKERS_BUCKET, settings, ttl=WORKER_PRESENCE_TTL_S, history=1)
+    await _ensure_kv(js, KEYS_BUCKET, settings, ttl=None, history=5)
+    await _ensure_kv(js, RATES_BUCKET, settings, ttl=RATE_WINDOW_TTL_S, history=1)
+    await _ensure_kv(js, QUOTAS_BUCKET, settings, ttl=None, history=1)
     await _ensure_object_store(js, settings)
     log.info("jetstream provisioned", stream=TASK_STREAM, replicas=settings.replicas)

@@ -12,14 +12,18 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from nats.js import JetStreamContext
 
+from pixelbus.contracts.subjects import QUOTAS_BUCKET, RATES_BUCKET
+from pixelbus.gateway.auth import KeyStore
 from pixelbus.gateway.deps import Gateway
 from pixelbus.gateway.exhausted import ExhaustedWatcher
 from pixelbus.gateway.limits import BodySizeLimit
 from pixelbus.gateway.projector import Projector
+from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
 from pixelbus.gateway.routes import batch, comm, face_swap, health, metrics, tasks
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
 from pixelbus.runtime.connection import connect
+from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.metrics import process_metrics, sample_consumers
 from pixelbus.runtime.probes import NotReady, ProbeServer, ReadinessCheck
 from pixelbus.runtime.provision import ensure
@@ -69,7 +73,31 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         await ensure(js, settings.bus)
         service = TaskService(nc, js, max_input_image_bytes=settings.max_input_image_bytes)
         await service.open()
-        gw = Gateway(settings=settings, nc=nc, js=js, tasks=service)
+        keys = KeyStore()
+        await keys.start(js)
+        if settings.auth_open:
+            log.warning(
+                "AUTHENTICATION IS OFF (PIXELBUS_AUTH=open): requests without an API key "
+                "act as the 'anonymous' tenant. Never expose this gateway; set "
+                "PIXELBUS_AUTH=required (the production default) with keys from "
+                "'pixelbus keys create'."
+            )
+        elif keys.active_keys == 0:
+            await keys.stop()
+            await nc.close()
+            raise SettingsError(
+                "PIXELBUS_AUTH=required but the keys bucket holds no active API key: "
+                "create one with 'pixelbus keys create --name admin --owner ops --scope admin'"
+            )
+        gw = Gateway(
+            settings=settings,
+            nc=nc,
+            js=js,
+            tasks=service,
+            keys=keys,
+            rates=RateLimiter(await js.key_value(RATES_BUCKET), settings.rate_limit_rps),
+            active=ActiveTasks(await js.key_value(QUOTAS_BUCKET), settings.max_active_tasks),
+        )
         background: list[asyncio.Task[None]] = []
         projector: Projector | None = None
         if settings.embedded_projector:
@@ -99,6 +127,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait_for(task, timeout=5)
+            await keys.stop()
             await nc.close()
             log.info("gateway stopped")
 

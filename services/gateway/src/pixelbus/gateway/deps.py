@@ -10,11 +10,20 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from pixelbus.contracts.validation import FieldError
+from pixelbus.contracts.task import TaskState
+from pixelbus.contracts.validation import FieldError, TaskSpec
+from pixelbus.gateway.auth import KeyStore, Principal
+from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
 
-__all__ = ["Gateway", "error_response", "gateway", "validation_response"]
+__all__ = [
+    "Gateway",
+    "error_response",
+    "gateway",
+    "valid_task_id",
+    "validation_response",
+]
 
 
 @dataclass
@@ -23,7 +32,39 @@ class Gateway:
     nc: Client
     js: JetStreamContext
     tasks: TaskService
+    keys: KeyStore
+    rates: RateLimiter
+    active: ActiveTasks
     extras: dict[str, Any] = field(default_factory=dict)
+
+    async def create_task(
+        self, spec: TaskSpec, principal: Principal, *, idempotency_key: str | None = None
+    ) -> tuple[TaskState, bool]:
+        """Create a task owned by the caller, within the caller's active-task quota."""
+        reserved = await self.active.reserve(principal)
+        try:
+            state, is_new = await self.tasks.create(
+                spec, idempotency_key=idempotency_key, owner=principal.owner
+            )
+        except BaseException:
+            if reserved:
+                await self.active.release(principal.owner)
+            raise
+        if reserved and not is_new:
+            await self.active.release(principal.owner)
+        return state, is_new
+
+    async def visible_task(self, task_id: str, principal: Principal) -> TaskState | None:
+        """The task, or ``None`` when it does not exist *or* belongs to another tenant:
+        both answer 404, so task ids cannot be probed."""
+        state = await self.tasks.get(task_id) if valid_task_id(task_id) else None
+        if state is None or not principal.sees(state.owner):
+            return None
+        return state
+
+
+def valid_task_id(task_id: str) -> bool:
+    return 0 < len(task_id) <= 128 and all(c.isalnum() or c in "_-" for c in task_id)
 
 
 def gateway(request: Request) -> Gateway:

@@ -21,8 +21,14 @@ from nats.js.kv import KeyValue
 
 from pixelbus.contracts.events import AnyEvent, decode_event
 from pixelbus.contracts.fold import fold
-from pixelbus.contracts.subjects import PROJECTOR_CONSUMER, STATE_BUCKET, TASK_STREAM
+from pixelbus.contracts.subjects import (
+    PROJECTOR_CONSUMER,
+    QUOTAS_BUCKET,
+    STATE_BUCKET,
+    TASK_STREAM,
+)
 from pixelbus.contracts.task import TaskState
+from pixelbus.gateway.quotas import ActiveTasks
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.pull import PullFeed
 from pixelbus.runtime.state import encode_state, read_state
@@ -63,8 +69,12 @@ class StateCache:
 
 async def fold_into_kv(
     kv: KeyValue, task_id: str, events: list[AnyEvent], cache: StateCache | None = None
-) -> None:
-    """Fold ``events`` into the stored state of ``task_id`` with compare-and-swap."""
+) -> TaskState | None:
+    """Fold ``events`` into the stored state of ``task_id`` with compare-and-swap.
+
+    Returns the new state when this write made the task final (exactly one writer does,
+    whatever the number of replicas), else ``None``.
+    """
     cached = cache.get(task_id) if cache is not None else None
     for _ in range(_CAS_ATTEMPTS):
         if cached is not None:
@@ -77,7 +87,7 @@ async def fold_into_kv(
         assert new_state is not None
         data = encode_state(new_state)
         if state is not None and data == encode_state(state):
-            return
+            return None
         try:
             if revision == 0:
                 revision = await kv.create(task_id, data)
@@ -88,8 +98,8 @@ async def fold_into_kv(
         if cache is not None:
             cache.put(task_id, new_state, revision)
         if new_state.is_final and (state is None or not state.is_final):
-            _observe_end_to_end(new_state)  # once per task: only the CAS winner gets here
-        return
+            return new_state
+        return None
     if cache is not None:
         cache.drop(task_id)
     raise RuntimeError(f"projector: gave up on {task_id} after {_CAS_ATTEMPTS} CAS conflicts")
@@ -101,6 +111,15 @@ def _observe_end_to_end(state: TaskState) -> None:
         process_metrics().observe_duration(state.workflow or "?", "end_to_end", seconds)
 
 
+async def _task_ended(quotas: ActiveTasks, state: TaskState) -> None:
+    """What follows a task's end, once per task: its metric and its quota slot back."""
+    _observe_end_to_end(state)
+    try:
+        await quotas.release(state.owner)
+    except Exception as exc:  # a lost release only makes the quota stricter
+        log.warning("active-task slot not released", task_id=state.task_id, error=str(exc))
+
+
 class Projector:
     def __init__(self, nc: Client, *, batch: int = 512) -> None:
         self._nc = nc
@@ -108,6 +127,7 @@ class Projector:
         self._batch = batch
         self._stopping = asyncio.Event()
         self._cache = StateCache()
+        self._quotas = ActiveTasks(None, 0)
         self.projected = 0
 
     def stop(self) -> None:
@@ -115,6 +135,7 @@ class Projector:
 
     async def run(self) -> None:
         kv = await self._js.key_value(STATE_BUCKET)
+        self._quotas = ActiveTasks(await self._js.key_value(QUOTAS_BUCKET), 0)
         feed = PullFeed(self._nc, TASK_STREAM, PROJECTOR_CONSUMER)
         await feed.start()
         log.info("projector started")
@@ -152,6 +173,9 @@ class Projector:
             ),
             return_exceptions=True,
         )
+        ended = [r for r in results if isinstance(r, TaskState)]
+        if ended:
+            await asyncio.gather(*(_task_ended(self._quotas, state) for state in ended))
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             # Leave the batch unacked: it is redelivered and re-folded (idempotent).

@@ -34,6 +34,12 @@ class GatewaySettings:
     #: The probe server (``/healthz``, ``/readyz``, ``/metrics`` on its own port) runs only
     #: when ``PIXELBUS_PROBE_PORT`` is set, as the Kubernetes manifests do.
     probes: ProbeSettings | None = None
+    #: ``PIXELBUS_AUTH=open``: requests without a key act as the ``anonymous`` tenant
+    #: (the development default); ``required`` (the production default and only choice).
+    auth_open: bool = True
+    rate_limit_rps: float = 0.0
+    max_active_tasks: int = 0
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -46,6 +52,12 @@ class GatewaySettings:
                     "(shared by every gateway replica to sign consumer leases)"
                 )
             lease_secret = secrets.token_hex(32)
+        auth = env_str(environ, "PIXELBUS_AUTH", "required" if app_env == "production" else "open")
+        if auth not in ("open", "required"):
+            raise SettingsError(f"PIXELBUS_AUTH={auth!r} is not open or required")
+        if auth == "open" and app_env == "production":
+            raise SettingsError("PIXELBUS_AUTH=open is refused when APP_ENV=production")
+        required = auth == "required"
         return cls(
             bus=BusSettings.from_env(environ),
             app_env=app_env,
@@ -77,6 +89,18 @@ class GatewaySettings:
                 env_str(environ, "PIXELBUS_LOCAL_STORAGE_DIR", str(cls.local_storage_dir))
             ),
             probes=ProbeSettings.from_env(environ) if environ.get("PIXELBUS_PROBE_PORT") else None,
+            auth_open=not required,
+            rate_limit_rps=env_float(
+                environ, "PIXELBUS_RATE_LIMIT_RPS", 20.0 if required else 0.0, lo=0, hi=1e6
+            ),
+            max_active_tasks=env_int(
+                environ, "PIXELBUS_MAX_ACTIVE_TASKS", 100 if required else 0, lo=0, hi=10**7
+            ),
+            cors_origins=tuple(
+                origin.strip()
+                for origin in environ.get("PIXELBUS_CORS_ORIGINS", "").split(",")
+                if origin.strip()
+            ),
         )
 
     def redacted(self) -> dict[str, Any]:
@@ -89,6 +113,10 @@ class GatewaySettings:
             "face_swap_wait_s": self.face_swap_wait_s,
             "lease_secret": "***",
             "embedded_projector": self.embedded_projector,
+            "auth": "open" if self.auth_open else "required",
+            "rate_limit_rps": self.rate_limit_rps,
+            "max_active_tasks": self.max_active_tasks,
+            "cors_origins": list(self.cors_origins),
             "storage_provider": self.storage_provider,
             "local_storage_dir": str(self.local_storage_dir),
         }

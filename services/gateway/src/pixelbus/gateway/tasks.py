@@ -115,7 +115,9 @@ class TaskService:
         )
         is_new = True
         if idempotency_key is not None:
-            event, is_new = await self._claim_idempotency_key(idempotency_key, event)
+            # Per tenant: another tenant's identical key is another request.
+            scoped = f"{owner or ''}\x00{idempotency_key}"
+            event, is_new = await self._claim_idempotency_key(scoped, event)
         await self.publisher.publish(event, environment=event.environment, workflow=event.workflow)
         state = apply(None, event)
         try:  # read-your-writes: the projector folds the same event to the same bytes

@@ -22,6 +22,7 @@ import msgspec
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
+from pixelbus.contracts.keys import TASKS_READ, TASKS_WRITE
 from pixelbus.contracts.task import FaceSwapRequest, TaskState
 from pixelbus.contracts.validation import (
     FACE_SWAP_WORKFLOW,
@@ -30,6 +31,7 @@ from pixelbus.contracts.validation import (
     ValidationFailed,
     validate_face_swap_fields,
 )
+from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import Gateway, error_response, gateway, validation_response
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.gateway.views import task_view
@@ -66,6 +68,7 @@ EXAMPLE: dict[str, Any] = {
     status_code=201,
     summary="Create many face swaps at once (one task each)",
     responses={
+        **AUTH_RESPONSES,
         200: {"description": "an Idempotency-Key seen before: the same batch"},
         201: {"description": "the batch id and its tasks, PENDING"},
         413: {"description": "request body too large"},
@@ -75,6 +78,7 @@ EXAMPLE: dict[str, Any] = {
 async def create_batch(
     request: Request,
     gw: Annotated[Gateway, Depends(gateway)],
+    caller: Annotated[Principal, Depends(require(TASKS_WRITE))],
     body: Annotated[dict[str, Any], Body(openapi_examples={"batch": {"value": EXAMPLE}})],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
@@ -88,7 +92,8 @@ async def create_batch(
     except ValidationFailed as exc:
         return validation_response(exc.errors)
     if idempotency_key is not None:
-        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
+        scoped = f"{caller.owner}\x00{idempotency_key}"  # per tenant
+        digest = hashlib.sha256(scoped.encode()).hexdigest()[:20]
     else:
         digest = uuid.uuid4().hex[:20]
     batch_id = f"batch_{digest}_{len(fields)}"
@@ -99,9 +104,9 @@ async def create_batch(
         spec = TaskSpec(task_id, FACE_SWAP_WORKFLOW, FACE_SWAP_WORKFLOW, {"wf_json": wf_json})
         async with gate:
             try:
-                return await gw.tasks.create(spec)
+                return await gw.create_task(spec, caller)
             except TaskConflict:  # a retried batch: the task exists already
-                state = await gw.tasks.get(task_id)
+                state = await gw.visible_task(task_id, caller)
                 assert state is not None
                 return state, False
 
@@ -121,16 +126,22 @@ async def create_batch(
 @router.get(
     "/batch/{batch_id}",
     summary="The states of a batch's tasks, together",
-    responses={404: {"description": "no such batch"}},
+    responses={**AUTH_RESPONSES, 404: {"description": "no such batch (or another tenant's)"}},
 )
-async def batch_status(batch_id: str, gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
+async def batch_status(
+    batch_id: str,
+    gw: Annotated[Gateway, Depends(gateway)],
+    caller: Annotated[Principal, Depends(require(TASKS_READ))],
+) -> JSONResponse:
     """``counts`` per status, ``done`` once every task is final, and each task as
     ``GET /api/tasks/{task_id}`` shows it."""
     match = _BATCH_ID.match(batch_id)
     if match is None:
         return error_response(404, f"batch {batch_id} not found")
     count = int(match.group(1))
-    states = await asyncio.gather(*(gw.tasks.get(f"{batch_id}_{i}") for i in range(count)))
+    states = await asyncio.gather(
+        *(gw.visible_task(f"{batch_id}_{i}", caller) for i in range(count))
+    )
     if all(state is None for state in states):
         return error_response(404, f"batch {batch_id} not found")
     tasks = [

@@ -31,14 +31,21 @@ from pixelbus.contracts.events import (
     decode_event,
     event_id,
 )
+from pixelbus.contracts.keys import CONSUMER
 from pixelbus.contracts.subjects import TASK_STREAM, pool_for_environment, sanitize_token
 from pixelbus.contracts.task import OutputObject, StoredOutput
+from pixelbus.gateway.auth import AUTH_RESPONSES, require
 from pixelbus.gateway.deps import Gateway, error_response, gateway
 from pixelbus.gateway.leases import Lease, LeaseError, sign_lease, verify_lease
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.state import read_state
 
-router = APIRouter(prefix="/api/comm/task", tags=["external consumers"])
+router = APIRouter(
+    prefix="/api/comm/task",
+    tags=["external consumers"],
+    dependencies=[Depends(require(CONSUMER))],
+    responses=AUTH_RESPONSES,
+)
 
 
 class LeaseBody(BaseModel):

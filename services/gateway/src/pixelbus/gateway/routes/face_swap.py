@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from pixelbus.contracts.keys import TASKS_WRITE
 from pixelbus.contracts.validation import (
     FACE_SWAP_WORKFLOW,
     TaskSpec,
@@ -14,6 +15,7 @@ from pixelbus.contracts.validation import (
     decode_face_swap_request,
     validate_face_swap_fields,
 )
+from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import Gateway, gateway, validation_response
 from pixelbus.gateway.views import task_view
 
@@ -30,6 +32,7 @@ EXAMPLE: dict[str, Any] = {
     "/process",
     summary="Swap the source's face onto the target and wait for the result",
     responses={
+        **AUTH_RESPONSES,
         200: {"description": "the task is final (COMPLETED with result, FAILED with error)"},
         202: {"description": "still running when the wait ran out: poll GET /api/tasks/{taskId}"},
         413: {"description": "request body too large"},
@@ -39,6 +42,7 @@ EXAMPLE: dict[str, Any] = {
 async def process(
     request: Request,
     gw: Annotated[Gateway, Depends(gateway)],
+    caller: Annotated[Principal, Depends(require(TASKS_WRITE))],
     body: Annotated[dict[str, Any], Body(openapi_examples={"urls": {"value": EXAMPLE}})],
     wait: Annotated[
         float | None, Query(ge=0, description="seconds to wait for the result (bounded)")
@@ -50,7 +54,7 @@ async def process(
         fields = decode_face_swap_request(raw)
         wf_json = validate_face_swap_fields(fields.fields(), ("body",))
         spec = TaskSpec(None, FACE_SWAP_WORKFLOW, FACE_SWAP_WORKFLOW, {"wf_json": wf_json})
-        state, _ = await gw.tasks.create(spec)
+        state, _ = await gw.create_task(spec, caller)
     except ValidationFailed as exc:
         return validation_response(exc.errors)
     settings = gw.settings

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
+from pixelbus.contracts.keys import TASKS_READ, TASKS_WRITE
 from pixelbus.contracts.validation import ValidationFailed, decode_create_request, validate_create
+from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import Gateway, error_response, gateway, validation_response
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.gateway.views import task_view
@@ -29,7 +31,8 @@ CREATE_EXAMPLE: dict[str, Any] = {
 }
 
 TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"description": "no such task"},
+    **AUTH_RESPONSES,
+    404: {"description": "no such task (or another tenant's)"},
 }
 
 
@@ -38,6 +41,7 @@ TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     status_code=201,
     summary="Create a task (unified task format)",
     responses={
+        **AUTH_RESPONSES,
         200: {"description": "an Idempotency-Key seen before: the same task"},
         201: {"description": "the task, PENDING"},
         409: {"description": "a task with this taskId exists"},
@@ -48,6 +52,7 @@ TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def create_task(
     request: Request,
     gw: Annotated[Gateway, Depends(gateway)],
+    caller: Annotated[Principal, Depends(require(TASKS_WRITE))],
     body: Annotated[
         dict[str, Any], Body(openapi_examples={"face_swap": {"value": CREATE_EXAMPLE}})
     ],
@@ -60,7 +65,7 @@ async def create_task(
     raw = await request.body()
     try:
         spec = validate_create(decode_create_request(raw))
-        state, is_new = await gw.tasks.create(spec, idempotency_key=idempotency_key)
+        state, is_new = await gw.create_task(spec, caller, idempotency_key=idempotency_key)
     except ValidationFailed as exc:
         return validation_response(exc.errors)
     except TaskConflict as exc:
@@ -71,9 +76,13 @@ async def create_task(
 
 
 @router.get("/{task_id}", summary="A task's current state", responses=TASK_RESPONSES)
-async def get_task(task_id: str, gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
+async def get_task(
+    task_id: str,
+    gw: Annotated[Gateway, Depends(gateway)],
+    caller: Annotated[Principal, Depends(require(TASKS_READ))],
+) -> JSONResponse:
     """The task in the unified format, with ``status``, ``progress``, ``result`` and ``error``."""
-    state = await gw.tasks.get(task_id) if _valid_id(task_id) else None
+    state = await gw.visible_task(task_id, caller)
     if state is None:
         return error_response(404, f"task {task_id} not found")
     return JSONResponse(content=task_view(state))
@@ -88,11 +97,12 @@ async def get_task(task_id: str, gw: Annotated[Gateway, Depends(gateway)]) -> JS
 async def cancel_task(
     task_id: str,
     gw: Annotated[Gateway, Depends(gateway)],
-    reason: str | None = None,
+    caller: Annotated[Principal, Depends(require(TASKS_WRITE))],
+    reason: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JSONResponse:
     """Queued: skipped when its turn comes. Running: interrupted by its worker. Leased to
     an external consumer: the lease is revoked. Answers 202 with the task's state."""
-    if not _valid_id(task_id):
+    if await gw.visible_task(task_id, caller) is None:
         return error_response(404, f"task {task_id} not found")
     try:
         outcome = await gw.tasks.cancel(task_id, reason)
@@ -102,7 +112,3 @@ async def cancel_task(
         assert exc.state is not None
         return error_response(409, str(exc), task=task_view(exc.state))
     return JSONResponse(status_code=202, content=task_view(outcome.state))
-
-
-def _valid_id(task_id: str) -> bool:
-    return 0 < len(task_id) <= 128 and all(c.isalnum() or c in "_-" for c in task_id)

@@ -1,0 +1,109 @@
+"""Request rates and active tasks per API key, held in NATS so that every gateway
+replica enforces the same limit.
+
+- Rate: a counter per key and second in the rates bucket, raised with compare-and-swap;
+  past the limit the answer is 429 with ``Retry-After`` (the seconds until the next
+  window). The bucket's TTL drops old windows.
+- Active tasks: a counter per tenant in the quotas bucket. The gateway reserves a slot
+  (CAS increment, refused with 429 at the limit) before it publishes a new task and gives
+  it back if the publish fails; the projector releases it when the task ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import structlog
+from fastapi import HTTPException
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from pixelbus.contracts.subjects import sanitize_token
+from pixelbus.gateway.auth import ANONYMOUS, Principal
+
+__all__ = ["ActiveTasks", "RateLimiter", "add_to_counter"]
+
+log = structlog.get_logger("pixelbus.quotas")
+
+_CAS_ATTEMPTS = 50
+
+
+async def add_to_counter(
+    kv: KeyValue, key: str, delta: int, *, limit: int | None = None
+) -> int | None:
+    """Add ``delta`` to the integer at ``key`` (CAS); ``None`` (and no change) when the
+    result would pass ``limit``. Never goes below zero."""
+    for _ in range(_CAS_ATTEMPTS):
+        try:
+            entry = await kv.get(key)
+            current, revision = int(entry.value or b"0"), entry.revision or 0
+        except KeyNotFoundError:
+            current, revision = 0, 0
+        new = max(0, current + delta)
+        if limit is not None and delta > 0 and new > limit:
+            return None
+        try:
+            if revision == 0:
+                await kv.create(key, str(new).encode())
+            else:
+                await kv.update(key, str(new).encode(), last=revision)
+            return new
+        except KeyWrongLastSequenceError:
+            continue  # another replica counted first
+    raise RuntimeError(f"counter {key}: too much contention")
+
+
+class RateLimiter:
+    def __init__(
+        self, kv: KeyValue | None, default_per_s: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._kv = kv
+        self._default = default_per_s
+        self._clock = clock
+
+    async def check(self, principal: Principal) -> None:
+        """Count one request of ``principal``; ``HTTPException(429)`` past its rate."""
+        limit = principal.rate_per_s if principal.rate_per_s is not None else self._default
+        if self._kv is None or limit <= 0:
+            return
+        now = self._clock()
+        window = math.floor(now)
+        who = principal.key_id or ANONYMOUS
+        per_window = max(1, math.floor(limit))
+        if await add_to_counter(self._kv, f"{who}.{window}", 1, limit=per_window) is None:
+            retry_after = max(1, math.ceil(window + 1 - now))
+            raise HTTPException(
+                429,
+                f"rate limit: {per_window} requests per second for this API key",
+                headers={"Retry-After": str(retry_after)},
+            )
+
+
+class ActiveTasks:
+    def __init__(self, kv: KeyValue | None, default_max: int) -> None:
+        self._kv = kv
+        self._default = default_max
+
+    @staticmethod
+    def key(owner: str | None) -> str:
+        return sanitize_token(owner or ANONYMOUS)
+
+    async def reserve(self, principal: Principal) -> bool:
+        """Take a slot for a new task; ``HTTPException(429)`` at the limit. ``True`` when
+        a slot was taken (and must be given back if the task is not created)."""
+        limit = principal.max_active if principal.max_active is not None else self._default
+        if self._kv is None or limit <= 0:
+            return False
+        if await add_to_counter(self._kv, self.key(principal.owner), 1, limit=limit) is None:
+            raise HTTPException(
+                429,
+                f"quota: at most {limit} active tasks at once for this tenant; "
+                "wait for some to finish",
+            )
+        return True
+
+    async def release(self, owner: str | None) -> None:
+        if self._kv is not None:
+            await add_to_counter(self._kv, self.key(owner), -1)
