@@ -311,8 +311,12 @@ class FakeComfyUI:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        if abort:
+        if abort:  # as the kernel does for a killed process: every connection is reset
             self.drop_sockets()
+            server = runner.server
+            for connection in list(server.connections) if server is not None else []:
+                if connection.transport is not None:
+                    connection.transport.abort()
         for sock in list(self._sockets.values()):
             if not abort:
                 with contextlib.suppress(Exception):

@@ -79,6 +79,8 @@ class BackendPool:
         self.client_id = client_id or f"pixelbus-{uuid.uuid4().hex}"
         self._changed = asyncio.Condition()
         self._health_interval_s = health_interval_s
+        #: a hung health check must not hold up the next ones
+        self._check_timeout_s = max(2.0, min(10.0, 2 * health_interval_s))
         self.backends = [
             Backend(
                 url=url,
@@ -115,7 +117,7 @@ class BackendPool:
 
     async def check(self, backend: Backend) -> None:
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(self._check_timeout_s):
                 stats = await backend.client.system_stats()
         except (ComfyError, TimeoutError) as exc:
             if backend.reachable:

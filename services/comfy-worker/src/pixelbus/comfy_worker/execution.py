@@ -106,11 +106,12 @@ async def _follow(
     report: Report,
     limits: RunLimits,
 ) -> HistoryEntry:
+    wait_s = limits.poll_interval_s
     while True:
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that arrives as the message does, and a cancelled task must stop.
-            async with asyncio.timeout(limits.poll_interval_s):
+            async with asyncio.timeout(wait_s):
                 message = await queue.get()
         except TimeoutError:
             entry = await _reconcile(backend, prompt_id)
@@ -136,6 +137,8 @@ async def _follow(
             if entry is not None:
                 return _outcome(entry)
             continue
+        if kind == "execution_success":
+            wait_s = min(wait_s, 0.5)  # the final message is due; do not wait long for it
         snapshot = tracker.apply(message)
         if snapshot is not None:
             await report(snapshot)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
 
 import structlog
@@ -99,12 +98,6 @@ class PromptStream:
                     ping_timeout=20,
                 ) as ws:
                     self._ws = ws
-                    # Binary previews carry their metadata when asked (ComfyUI ≥ 0.3.4x).
-                    await ws.send(
-                        json.dumps(
-                            {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
-                        )
-                    )
                     self.connections += 1
                     self._connected.set()
                     delay = 0.05
