@@ -251,3 +251,19 @@ async def test_no_healthy_backend_leaves_tasks_queued_then_they_run(comfy: Comfy
 
 async def _none_if(flag: bool) -> bool | None:
     return None if flag else True
+
+
+async def test_many_tasks_spread_over_two_backends_each_run_once(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with comfy_stack(
+        nats_server.url, tmp_path, backends=2, PIXELBUS_COMFY_BACKEND_CAPACITY="2"
+    ) as comfy:
+        for fake in comfy.fakes:
+            fake.delays["ImageInvert"] = 0.1
+        task_ids = [await comfy.create(comm_task(invert_graph(100 + i))) for i in range(8)]
+        states = await asyncio.gather(*(comfy.final(t, timeout=30) for t in task_ids))
+        assert [s.status for s in states] == [TaskStatus.COMPLETED] * 8
+        assert all(s.attempts == 1 and len(s.outputs) == 1 for s in states)
+        runs = [len(f.calls_to("POST", "/prompt")) for f in comfy.fakes]
+        assert sum(runs) == 8 and min(runs) >= 1, runs  # every task once, both backends used

@@ -221,6 +221,25 @@ async def test_reconnect_mid_run_resends_executing_without_prompt_id(
     assert again == {"type": "executing", "data": {"node": "2", "display_node": "2"}}
 
 
+async def test_text_frames_go_to_every_socket(
+    fake_comfyui: FakeComfyUI, http: httpx.AsyncClient
+) -> None:
+    fake_comfyui.texts["ImageInvert"] = "hello"
+    async with (
+        connect(ws_url(fake_comfyui, "mine")) as mine,
+        connect(ws_url(fake_comfyui, "other")) as other,
+    ):
+        await mine.recv()
+        await other.recv()
+        await http.post("/prompt", json={"prompt": graph(40), "client_id": "mine"})
+        while True:
+            frame = await asyncio.wait_for(other.recv(), 5)
+            if isinstance(frame, bytes):
+                break
+    kind, length = struct.unpack(">II", frame[:8])
+    assert kind == 3 and frame[8 : 8 + length] == b"2" and frame[8 + length :] == b"hello"
+
+
 async def test_preview_metadata_frames_when_asked(
     fake_comfyui: FakeComfyUI, http: httpx.AsyncClient
 ) -> None:

@@ -113,6 +113,7 @@ async def test_model_free_graph_outputs_the_inverted_image_with_node_and_progres
 ) -> None:
     fake_comfyui.steps["ImageInvert"] = 4
     fake_comfyui.delays["ImageInvert"] = 0.04
+    fake_comfyui.texts["ImageInvert"] = "inverting"  # binary frames do not disturb the run
     result = await run(invert_graph(0xFF0000))
     [output] = result.outputs
     assert output.node_id == "3" and output.content_type == "image/png"

@@ -21,7 +21,9 @@ Knobs for tests (plain attributes, set before or during a run):
 - ``crash_on[class_type]`` — the server dies when such a node starts (sockets close with
   1006, queue and history are lost, and it stays down until ``start()``);
 - ``history_lag_s`` — the pause between ``execution_success`` and saving the history
-  (the history race of a real server).
+  (the history race of a real server);
+- ``texts[class_type]`` — the node sends this text as a binary text frame (event 3),
+  to every socket, as nodes that display text do.
 
 ``calls`` records every HTTP request (method, path, JSON body); ``wait_for_call`` waits
 for one. ``crash()`` kills the server as a restart would; ``start()`` brings it back on
@@ -222,6 +224,7 @@ class FakeComfyUI:
     failures: dict[str, str] = field(default_factory=dict)
     crash_on: dict[str, bool] = field(default_factory=dict)
     history_lag_s: float = 0.0
+    texts: dict[str, str] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -961,6 +964,13 @@ class FakeComfyUI:
                 await self._send_preview(prompt, nid, _tiny_jpeg(step))
         elif delay:
             await asyncio.sleep(delay)
+        if class_type in self.texts:
+            text = self.texts[class_type].encode()
+            node_bytes = nid.encode()
+            frame = struct.pack(">II", 3, len(node_bytes)) + node_bytes + text
+            for sock in list(self._sockets.values()):
+                with contextlib.suppress(Exception):
+                    await sock.ws.send_bytes(frame)
         if class_type in self.failures:
             raise NodeFailure(self.failures[class_type])
         inputs = {
