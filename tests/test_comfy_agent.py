@@ -98,37 +98,52 @@ async def test_agent_process_completes_a_task_without_nats(
     assert agent.returncode == 0
 
 
-async def test_cancelling_a_leased_task_interrupts_its_prompt(
-    gateway_only: Stack, fake_comfyui: FakeComfyUI
-) -> None:
-    stack = gateway_only
-    settings = ComfySettings.from_env(agent_env(stack, fake_comfyui))
+@contextlib.asynccontextmanager
+async def agent_in_process(stack: Stack, fake: FakeComfyUI) -> AsyncIterator[RemoteAgent]:
+    settings = ComfySettings.from_env(agent_env(stack, fake))
     assert settings.agent is not None
     pool = build_pool(settings)
     await pool.start()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
-        agent = RemoteAgent(
-            settings.agent,
-            ComfyHandler(settings, pool, builtin_templates()),
-            pool,
-            concurrency=1,
-            http=http,
-        )
+        handler = ComfyHandler(settings, pool, builtin_templates())
+        agent = RemoteAgent(settings.agent, handler, pool, concurrency=1, http=http)
         running = asyncio.create_task(agent.run())
         try:
-            fake_comfyui.delays["ImageInvert"] = 5.0
-            fake_comfyui.steps["ImageInvert"] = 50
-            task_id = (
-                await stack.http.post("/api/tasks/create", json=comm_task(invert_graph(3)))
-            ).json()["taskId"]
-            await fake_comfyui.wait_until(lambda f: f._current_node == "2", timeout=20)
-            prompt_id = fake_comfyui.running_prompt
-            assert (await stack.http.post(f"/api/tasks/{task_id}/cancel")).status_code == 202
-            final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 20)
-            assert final.status == TaskStatus.CANCELLED
-            call = await fake_comfyui.wait_for_call("POST", "/interrupt", timeout=10)
-            assert call.body == {"prompt_id": prompt_id}
+            yield agent
         finally:
             agent.stop()
             await asyncio.wait_for(running, 30)
             await pool.close()
+
+
+async def test_cancelling_a_leased_task_interrupts_its_prompt(
+    gateway_only: Stack, fake_comfyui: FakeComfyUI
+) -> None:
+    stack = gateway_only
+    async with agent_in_process(stack, fake_comfyui):
+        fake_comfyui.delays["ImageInvert"] = 5.0
+        fake_comfyui.steps["ImageInvert"] = 50
+        task = comm_task(invert_graph(3))
+        task_id = (await stack.http.post("/api/tasks/create", json=task)).json()["taskId"]
+        await fake_comfyui.wait_until(lambda f: f._current_node == "2", timeout=20)
+        prompt_id = fake_comfyui.running_prompt
+        assert (await stack.http.post(f"/api/tasks/{task_id}/cancel")).status_code == 202
+        final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 20)
+        assert final.status == TaskStatus.CANCELLED
+        call = await fake_comfyui.wait_for_call("POST", "/interrupt", timeout=10)
+        assert call.body == {"prompt_id": prompt_id}
+
+
+async def test_outputs_the_gateway_refuses_fail_the_task_saying_why(
+    gateway_only: Stack, fake_comfyui: FakeComfyUI
+) -> None:
+    stack = gateway_only
+    graph = invert_graph(5)
+    graph["1"]["inputs"].update(width=2, height=2, batch_size=65)  # the gateway takes 64
+    async with agent_in_process(stack, fake_comfyui):
+        task_id = (await stack.http.post("/api/tasks/create", json=comm_task(graph))).json()[
+            "taskId"
+        ]
+        final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 20)
+    assert final.status == TaskStatus.FAILED and final.error is not None
+    assert final.error.code == "outputs_refused" and "65 output(s)" in final.error.message

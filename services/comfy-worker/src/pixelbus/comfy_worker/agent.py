@@ -197,7 +197,19 @@ class RemoteAgent:
             }
             for f in result.outputs
         ]
-        await self._end(task_id, "complete", token, outputs=outputs, result=result.result)
+        status = await self._end(task_id, "complete", token, outputs=outputs, result=result.result)
+        if status in (413, 422):  # too many or too large outputs for the gateway: say so
+            size = sum(len(f.data) for f in result.outputs)
+            await self._end(
+                task_id,
+                "fail",
+                token,
+                code="outputs_refused",
+                message=f"the gateway refused the {len(outputs)} output(s) ({size} bytes, "
+                f"HTTP {status}); remote agents hand outputs over in one request",
+            )
+            bound.warning("outputs refused by the gateway", status=status)
+            return
         self.completed += 1
         bound.info("task completed", outputs=len(outputs))
 
@@ -232,7 +244,11 @@ class RemoteAgent:
                     return
             await asyncio.sleep(0.25)
 
-    async def _end(self, task_id: str, action: str, token: str, **body: Any) -> None:
+    async def _end(self, task_id: str, action: str, token: str, **body: Any) -> int | None:
+        """Post ``complete``/``fail`` (retrying transport trouble and 5xx); the status."""
+        if "message" in body:  # the gateway's limits on a failure
+            body["message"] = str(body["message"])[:4000]
+            body["code"] = str(body.get("code", "consumer_error"))[:100]
         for attempt in range(5):
             try:
                 response = await self._http.post(
@@ -247,4 +263,5 @@ class RemoteAgent:
                 continue
             if response.status_code != 200:
                 log.warning(f"{action} refused", task_id=task_id, answer=response.text[:300])
-            return
+            return response.status_code
+        return None
