@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS: tuple[str, ...] = ("pixelbus.cli.commands.models",)
+COMMANDS: tuple[str, ...] = ("pixelbus.cli.commands.models", "pixelbus.cli.commands.keys")
 
 
 def build_parser() -> argparse.ArgumentParser:

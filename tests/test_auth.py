@@ -1,0 +1,305 @@
+"""Who may do what: the authorisation matrix over every endpoint, and shared rate limits.
+
+Principals: the owner (tenant A, tasks:write + tasks:read), another tenant (B, the same
+scopes), a read-only key of A, a consumer key, an admin, a revoked key and no key at all.
+Every route of the app must be in the matrix, so a new endpoint cannot slip in unguarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import uvicorn
+
+from pixelbus.gateway.app import create_app
+from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.runtime.keys import create_key, revoke_key
+from pixelbus.runtime.provision import ensure
+from pixelbus.runtime.settings import BusSettings
+from pixelbus.testkit.nats_server import NatsServer, free_port
+from pixelbus.testkit.waiting import wait_for_state
+from tests.stack import Stack, running_stack
+
+pytestmark = pytest.mark.e2e
+
+PROBE = {"workflow": "probe", "environment": "face_swap"}
+SWAP = {"source_url": "https://example.com/a.jpg", "target_url": "https://example.com/b.jpg"}
+
+
+@dataclass
+class Keys:
+    tokens: dict[str, str | None]
+
+    def headers(self, who: str) -> dict[str, str]:
+        token = self.tokens[who]
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def _make_keys(url: str) -> Keys:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure(js, BusSettings.from_env({"NATS_URL": url}))
+        rw = ["tasks:write", "tasks:read"]
+        tokens: dict[str, str | None] = {"nokey": None}
+        _, tokens["owner"] = await create_key(js, name="a", owner="tenant-a", scopes=rw)
+        _, tokens["other"] = await create_key(js, name="b", owner="tenant-b", scopes=rw)
+        _, tokens["reader"] = await create_key(
+            js, name="a-ro", owner="tenant-a", scopes=["tasks:read"]
+        )
+        _, tokens["consumer"] = await create_key(js, name="gpu", owner="ops", scopes=["consumer"])
+        _, tokens["admin"] = await create_key(js, name="root", owner="ops", scopes=["admin"])
+        revoked, tokens["revoked"] = await create_key(js, name="old", owner="tenant-a", scopes=rw)
+        await revoke_key(js, revoked.key_id)
+        return Keys(tokens)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def secured(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[tuple[Stack, Keys]]:
+    keys = await _make_keys(nats_server.url)
+    async with running_stack(
+        nats_server.url,
+        tmp_path,
+        PIXELBUS_AUTH="required",
+        PIXELBUS_RATE_LIMIT_RPS="10000",
+        PIXELBUS_MAX_ACTIVE_TASKS="1000",
+    ) as stack:
+        yield stack, keys
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str  # {task} and {batch} are filled in
+    scope: str | None  # None: open to everyone
+    owned: bool = False  # another tenant's resource answers 404
+    body: Any = None
+    ok: frozenset[int] = frozenset({200})
+
+
+ENDPOINTS = [
+    Endpoint("POST", "/api/tasks/create", "tasks:write", body=PROBE, ok=frozenset({201})),
+    Endpoint("GET", "/api/tasks/{task}", "tasks:read", owned=True),
+    Endpoint("POST", "/api/tasks/{task}/cancel", "tasks:write", owned=True, ok=frozenset({202, 409})),
+    Endpoint("POST", "/api/face-swap/process?wait=0", "tasks:write", body=SWAP, ok=frozenset({202})),
+    Endpoint("POST", "/api/face-swap/batch", "tasks:write", body={"items": [SWAP]}, ok=frozenset({201})),
+    Endpoint("GET", "/api/face-swap/batch/{batch}", "tasks:read", owned=True),
+    Endpoint("GET", "/api/comm/task/fetch?wait=0", "consumer", ok=frozenset({204})),
+    Endpoint("POST", "/api/comm/task/{task}/progress", "consumer", body={"lease_token": "x" * 20}, ok=frozenset({403})),
+    Endpoint("POST", "/api/comm/task/{task}/complete", "consumer", body={"lease_token": "x" * 20}, ok=frozenset({403})),
+    Endpoint("POST", "/api/comm/task/{task}/fail", "consumer", body={"lease_token": "x" * 20, "message": "m"}, ok=frozenset({403})),
+    Endpoint("GET", "/metrics", "admin"),
+    Endpoint("GET", "/api/health", None),
+]  # fmt: skip
+#: Routes that are not about tasks or tenants: API docs, and local storage's public files.
+UNGUARDED = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/files"}
+
+SCOPES = {
+    "owner": {"tasks:write", "tasks:read"},
+    "other": {"tasks:write", "tasks:read"},
+    "reader": {"tasks:read"},
+    "consumer": {"consumer"},
+    "admin": {"tasks:write", "tasks:read", "consumer", "admin"},
+}
+
+
+def expected(who: str, endpoint: Endpoint) -> frozenset[int]:
+    if endpoint.scope is None:
+        return endpoint.ok
+    if who in ("nokey", "revoked"):
+        return frozenset({401})
+    if endpoint.scope not in SCOPES[who]:
+        return frozenset({403})
+    if endpoint.owned and who == "other":
+        return frozenset({404})
+    return endpoint.ok
+
+
+async def test_every_route_is_in_the_matrix(secured: tuple[Stack, Keys]) -> None:
+    stack, _ = secured
+    spec = (await stack.http.get("/openapi.json")).json()
+    matrix = {
+        e.path.split("?")[0].replace("{task}", "{task_id}").replace("{batch}", "{batch_id}")
+        for e in ENDPOINTS
+    }
+    routes = set(spec["paths"]) - UNGUARDED
+    assert routes <= matrix, f"routes without an authorisation row: {sorted(routes - matrix)}"
+
+
+async def test_authorisation_matrix(secured: tuple[Stack, Keys]) -> None:
+    stack, keys = secured
+    created = await stack.http.post("/api/tasks/create", json=PROBE, headers=keys.headers("owner"))
+    assert created.status_code == 201
+    task_id = created.json()["taskId"]
+    await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final)
+    assert (await stack.kv()) is not None
+    batch = await stack.http.post(
+        "/api/face-swap/batch", json={"items": [SWAP]}, headers=keys.headers("owner")
+    )
+    batch_id = batch.json()["batch_id"]
+    failures = []
+    checked = 0
+    for endpoint in ENDPOINTS:
+        path = endpoint.path.format(task=task_id, batch=batch_id)
+        for who in ("nokey", "revoked", "other", "reader", "consumer", "owner", "admin"):
+            response = await stack.http.request(
+                endpoint.method, path, json=endpoint.body, headers=keys.headers(who)
+            )
+            checked += 1
+            want = expected(who, endpoint)
+            if response.status_code not in want:
+                failures.append(
+                    f"{who} {endpoint.method} {path}: {response.status_code}, want {set(want)}: {response.text[:120]}"
+                )
+            elif response.status_code == 403 and endpoint.scope not in SCOPES.get(who, set()):
+                assert "scope" in response.json()["detail"]
+    assert not failures, "\n".join(failures)
+    assert checked == len(ENDPOINTS) * 7
+    print(f"authorisation matrix: {checked} checks over {len(ENDPOINTS)} endpoints x 7 principals")
+
+
+async def test_another_tenant_cannot_see_or_cancel_and_ids_look_missing(
+    secured: tuple[Stack, Keys],
+) -> None:
+    stack, keys = secured
+    task_id = (
+        await stack.http.post(
+            "/api/tasks/create",
+            json={
+                "workflow": "txt2img",
+                "environment": "comm",
+                "params": {"input_data": {"wf_json": {"1": {}}}},
+            },
+            headers=keys.headers("owner"),
+        )
+    ).json()["taskId"]
+    theirs = await stack.http.get(f"/api/tasks/{task_id}", headers=keys.headers("other"))
+    missing = await stack.http.get("/api/tasks/task_doesnotexist", headers=keys.headers("other"))
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["detail"].replace(task_id, "X") == missing.json()["detail"].replace(
+        "task_doesnotexist", "X"
+    )
+    cancel = await stack.http.post(f"/api/tasks/{task_id}/cancel", headers=keys.headers("other"))
+    assert cancel.status_code == 404
+    state = await stack.http.get(f"/api/tasks/{task_id}", headers=keys.headers("owner"))
+    assert state.json()["status"] == "PENDING" and state.json()["cancel_requested"] is False
+    # The same Idempotency-Key from two tenants makes two tasks.
+    a = await stack.http.post(
+        "/api/tasks/create", json=PROBE, headers={**keys.headers("owner"), "Idempotency-Key": "k1"}
+    )
+    b = await stack.http.post(
+        "/api/tasks/create", json=PROBE, headers={**keys.headers("other"), "Idempotency-Key": "k1"}
+    )
+    assert a.status_code == b.status_code == 201 and a.json()["taskId"] != b.json()["taskId"]
+
+
+async def test_a_client_cannot_set_server_fields(secured: tuple[Stack, Keys]) -> None:
+    stack, keys = secured
+    for field, value in (("owner", "tenant-b"), ("status", "COMPLETED"), ("result", {})):
+        response = await stack.http.post(
+            "/api/tasks/create", json={**PROBE, field: value}, headers=keys.headers("owner")
+        )
+        assert response.status_code == 422, field
+
+
+async def test_active_task_quota_is_per_tenant_and_freed_when_tasks_end(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    keys = await _make_keys(nats_server.url)
+    comm = {
+        "workflow": "txt2img",
+        "environment": "comm",
+        "params": {"input_data": {"wf_json": {"1": {}}}},
+    }
+    async with running_stack(
+        nats_server.url, tmp_path, PIXELBUS_AUTH="required", PIXELBUS_MAX_ACTIVE_TASKS="2"
+    ) as stack:
+        owner = keys.headers("owner")
+        ids = [
+            (await stack.http.post("/api/tasks/create", json=comm, headers=owner)).json()["taskId"]
+            for _ in range(2)
+        ]
+        third = await stack.http.post("/api/tasks/create", json=comm, headers=owner)
+        assert third.status_code == 429 and "at most 2 active tasks" in third.json()["detail"]
+        other = await stack.http.post("/api/tasks/create", json=comm, headers=keys.headers("other"))
+        assert other.status_code == 201  # another tenant has its own quota
+        await stack.http.post(f"/api/tasks/{ids[0]}/cancel", headers=owner)
+        await wait_for_state(await stack.kv(), ids[0], lambda s: s.is_final)
+
+        async def accepted() -> bool | None:
+            response = await stack.http.post("/api/tasks/create", json=comm, headers=owner)
+            return True if response.status_code == 201 else None
+
+        from pixelbus.testkit.waiting import eventually
+
+        assert await eventually(accepted, timeout=10)
+
+
+async def _serve(env: dict[str, str]) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(GatewaySettings.from_env({**env, "PIXELBUS_PORT": str(port)})),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)  # uvicorn exposes no event for "listening"
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+async def test_rate_limit_holds_across_two_gateway_replicas(nats_server: NatsServer) -> None:
+    keys = await _make_keys(nats_server.url)
+    env = {
+        "NATS_URL": nats_server.url,
+        "PIXELBUS_AUTH": "required",
+        "PIXELBUS_RATE_LIMIT_RPS": "20",
+    }
+    (one, one_task, one_url), (two, two_task, two_url) = await _serve(env), await _serve(env)
+    statuses: list[tuple[float, int]] = []
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def hit(base: str) -> None:
+                response = await http.get(f"{base}/api/tasks/task_x", headers=keys.headers("owner"))
+                statuses.append((time.time(), response.status_code))
+                if response.status_code == 429:
+                    assert int(response.headers["Retry-After"]) >= 1
+
+            start = time.monotonic()
+            while time.monotonic() - start < 3.0:  # 3 s of load, alternating replicas
+                await asyncio.gather(*(hit(one_url if i % 2 else two_url) for i in range(10)))
+            elapsed = time.monotonic() - start
+    finally:
+        one.should_exit = two.should_exit = True
+        await asyncio.wait([one_task, two_task], timeout=10)
+    allowed = sum(1 for _, status in statuses if status == 404)  # allowed through: not found
+    refused = sum(1 for _, status in statuses if status == 429)
+    assert allowed + refused == len(statuses) and refused > 0
+    rate = allowed / elapsed
+    print(
+        f"rate limit 20/s over two replicas: {allowed} allowed, {refused} refused (429) "
+        f"in {elapsed:.1f} s = {rate:.1f} allowed/s"
+    )
+    per_window: dict[int, int] = {}
+    for at, status in statuses:
+        if status == 404:
+            per_window[int(at)] = per_window.get(int(at), 0) + 1
+    print(f"allowed per one-second window (both replicas together): {sorted(per_window.values())}")
+    assert max(per_window.values()) <= 20  # never more than the limit in any window
+    full = [count for count in per_window.values() if count == 20]
+    assert len(full) >= 2  # and every whole second under load got exactly its 20
