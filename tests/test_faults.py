@@ -67,4 +67,10 @@ async def test_health_is_503_while_nats_is_down(nats_server: NatsServer, tmp_pat
             await asyncio.sleep(0.05)
         assert response.status_code == 503
         assert response.json()["nats"]["connected"] is False
+        # A create while the bus is gone is a 503 to retry, never a 500.
+        create = await stack.http.post(
+            "/api/tasks/create", json={"workflow": "probe", "environment": "face_swap"}
+        )
+        assert create.status_code == 503 and create.headers["Retry-After"] == "2"
+        assert "retry" in create.json()["detail"]
         nats_server.start()

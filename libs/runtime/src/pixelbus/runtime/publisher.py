@@ -8,7 +8,11 @@ once by JetStream within the stream's duplicate window.
 from __future__ import annotations
 
 import asyncio
+import time
 
+import nats.errors
+import nats.js.errors
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from opentelemetry.trace import SpanKind
@@ -21,16 +25,34 @@ from pixelbus.runtime.tracing import headers_with_trace, messaging_attributes, t
 __all__ = ["EventPublisher"]
 
 MSG_ID = "Nats-Msg-Id"
+log = structlog.get_logger("pixelbus.publisher")
+
+
+#: What a publish meets while the stream has no leader (an election, a node restarting)
+#: or the connection is re-established: worth retrying, it heals within seconds.
+TRANSIENT_BUS_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 
 class EventPublisher:
-    def __init__(self, js: JetStreamContext, *, timeout_s: float = 5, attempts: int = 3) -> None:
+    """Publishes events; a transient bus error is retried (same message id, so stored
+    once) with a growing pause for up to ``patience_s`` before it is raised."""
+
+    def __init__(
+        self, js: JetStreamContext, *, timeout_s: float = 5, patience_s: float = 20
+    ) -> None:
         self._js = js
         self._timeout_s = timeout_s
-        self._attempts = attempts
+        self._patience_s = patience_s
 
     async def publish(self, event: Event, *, environment: str, workflow: str) -> PubAck:
-        """Publish and wait for the stream's ack; retries (same msg id) on timeouts."""
+        """Publish and wait for the stream's ack."""
         subject = task_subject(environment, workflow, event.kind, event.task_id)
         with tracer.start_as_current_span(
             f"publish {type(event).__name__}",
@@ -42,7 +64,9 @@ class EventPublisher:
         ):
             headers = headers_with_trace({MSG_ID: event.event_id})
             payload = encode_event(event)
-            for attempt in range(1, self._attempts + 1):
+            deadline = time.monotonic() + self._patience_s
+            pause = 0.05
+            while True:
                 try:
                     ack = await self._js.publish(
                         subject,
@@ -51,15 +75,16 @@ class EventPublisher:
                         stream=TASK_STREAM,
                         headers=headers,
                     )
-                except TimeoutError:
-                    if attempt == self._attempts:
+                except TRANSIENT_BUS_ERRORS as exc:
+                    if time.monotonic() + pause > deadline:
                         raise
-                    await asyncio.sleep(0.1 * attempt)
+                    log.info("publish retried", subject=subject, error=type(exc).__name__)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 2.0)
                     continue
                 if not ack.duplicate:  # stored once: counted once
                     _count(event, workflow)
                 return ack
-        raise AssertionError("unreachable")
 
 
 def _count(event: Event, workflow: str) -> None:

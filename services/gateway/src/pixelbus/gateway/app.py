@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import nats.errors
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -138,6 +139,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(nats.errors.Error)
+    @app.exception_handler(TimeoutError)
+    async def bus_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """NATS without a stream leader (an election) or reconnecting: retry shortly."""
+        log.warning("message bus unavailable", path=request.url.path, error=repr(exc))
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the message bus is unavailable right now; retry shortly"},
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

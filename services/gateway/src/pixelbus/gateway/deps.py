@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
@@ -41,6 +42,8 @@ class Gateway:
         self, spec: TaskSpec, principal: Principal, *, idempotency_key: str | None = None
     ) -> tuple[TaskState, bool]:
         """Create a task owned by the caller, within the caller's active-task quota."""
+        if not self.nc.is_connected:  # a 503 at once, not after the publisher's patience
+            raise nats.errors.ConnectionReconnectingError
         reserved = await self.active.reserve(principal)
         try:
             state, is_new = await self.tasks.create(
