@@ -19,7 +19,7 @@ from pixelbus.comfy_worker.service import build_pool, build_runtime
 from pixelbus.comfy_worker.settings import ComfySettings
 from pixelbus.comfy_worker.templates import builtin_templates
 from pixelbus.contracts.events import TaskFailed, TaskProgress
-from pixelbus.contracts.subjects import TASK_STREAM
+from pixelbus.contracts.subjects import OUTPUTS_BUCKET, TASK_STREAM
 from pixelbus.contracts.task import TaskState, TaskStatus
 from pixelbus.runtime.worker import WorkerRuntime
 from pixelbus.testkit.fake_comfyui import FakeComfyUI
@@ -267,3 +267,37 @@ async def test_many_tasks_spread_over_two_backends_each_run_once(
         assert all(s.attempts == 1 and len(s.outputs) == 1 for s in states)
         runs = [len(f.calls_to("POST", "/prompt")) for f in comfy.fakes]
         assert sum(runs) == 8 and min(runs) >= 1, runs  # every task once, both backends used
+
+
+async def test_a_graph_cannot_read_another_tasks_stored_images(comfy: ComfyStack) -> None:
+    objects = await comfy.stack.nc.jetstream().object_store(OUTPUTS_BUCKET)
+    await objects.put("inputs/task_someone_else/source_url", b"\\x89PNG private")
+    graph = invert_graph()
+    graph["1"] = {
+        "class_type": "LoadImage",
+        "inputs": {"image": "pixelbus-object:inputs/task_someone_else/source_url"},
+    }
+    task_id = await comfy.create(comm_task(graph))
+    state = await comfy.final(task_id)
+    assert state.status == TaskStatus.FAILED and state.error is not None
+    assert state.error.code == "input_not_allowed"
+    assert comfy.fakes[0].calls_to("POST", "/upload/image") == []
+
+
+async def test_an_image_stored_for_this_task_is_uploaded_to_comfyui(comfy: ComfyStack) -> None:
+    task_id = "task_with_stored_input"
+    objects = await comfy.stack.nc.jetstream().object_store(OUTPUTS_BUCKET)
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 4), (0, 0, 0)).save(buffer, format="PNG")
+    await objects.put(f"inputs/{task_id}/image", buffer.getvalue())  # as the gateway stores them
+    graph = invert_graph()
+    graph["1"] = {
+        "class_type": "LoadImage",
+        "inputs": {"image": f"pixelbus-object:inputs/{task_id}/image"},
+    }
+    await comfy.create({"taskId": task_id, **comm_task(graph)})
+    state = await comfy.final(task_id)
+    assert state.status == TaskStatus.COMPLETED, state.error
+    image = await comfy.stack.http.get(state.outputs[0].url.removeprefix(comfy.stack.base_url))
+    with Image.open(io.BytesIO(image.content)) as png:
+        assert png.size == (6, 4) and png.convert("RGB").getpixel((0, 0)) == (255, 255, 255)

@@ -137,7 +137,9 @@ class ComfyHandler:
         )
         if prepared.images:
             await ctx.progress(0.0, message=f"fetching {len(prepared.images)} input image(s)")
-        fetched = await asyncio.gather(*(self._fetch(item) for item in prepared.images))
+        fetched = await asyncio.gather(
+            *(self._fetch(item, ctx.task_id) for item in prepared.images)
+        )
         prompt_id = str(uuid.uuid4())
         async with self._pool.acquire(timeout=self._settings.reconnect_s) as backend:
             try:
@@ -199,10 +201,18 @@ class ComfyHandler:
 
     # --- 2. inputs ---
 
-    async def _fetch(self, item: ImageInput) -> tuple[bytes, str]:
+    async def _fetch(self, item: ImageInput, task_id: str) -> tuple[bytes, str]:
         """The image's bytes and a content-addressed upload name."""
         label = f"node {item.node_id} input {item.input!r}"
         if item.value.startswith(INPUT_OBJECT_PREFIX):
+            # Only this task's own inputs (the gateway stores them under inputs/<task id>/):
+            # a graph is free-form, and must not read another task's images or outputs.
+            name = item.value.removeprefix(INPUT_OBJECT_PREFIX)
+            if not name.startswith(f"inputs/{task_id}/") or ".." in name:
+                raise WorkflowError(
+                    f"{label}: {INPUT_OBJECT_PREFIX} names only this task's own inputs",
+                    code="input_not_allowed",
+                )
             if self._objects is None:
                 raise WorkflowError(f"{label}: uploaded objects cannot be read in agent mode")
             try:
