@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import nats.errors
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from nats.js import JetStreamContext
@@ -17,6 +18,7 @@ from pixelbus.contracts.subjects import QUOTAS_BUCKET, RATES_BUCKET
 from pixelbus.gateway.auth import KeyStore
 from pixelbus.gateway.deps import Gateway
 from pixelbus.gateway.exhausted import ExhaustedWatcher
+from pixelbus.gateway.headers import SecurityHeaders
 from pixelbus.gateway.limits import BodySizeLimit
 from pixelbus.gateway.projector import Projector
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
@@ -139,6 +141,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
+    if settings.cors_origins:  # closed unless configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            max_age=600,
+        )
 
     @app.exception_handler(nats.errors.Error)
     @app.exception_handler(TimeoutError)
