@@ -231,11 +231,14 @@ async def test_text_frames_go_to_every_socket(
     ):
         await mine.recv()
         await other.recv()
-        await http.post("/prompt", json={"prompt": graph(40), "client_id": "mine"})
+        answer = (
+            await http.post("/prompt", json={"prompt": graph(40), "client_id": "mine"})
+        ).json()
         while True:
             frame = await asyncio.wait_for(other.recv(), 5)
             if isinstance(frame, bytes):
                 break
+        assert ("binary", 3) in await frames_until_done(mine, answer["prompt_id"])
     kind, length = struct.unpack(">II", frame[:8])
     assert kind == 3 and frame[8 : 8 + length] == b"2" and frame[8 + length :] == b"hello"
 
