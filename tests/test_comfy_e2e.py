@@ -301,3 +301,29 @@ async def test_an_image_stored_for_this_task_is_uploaded_to_comfyui(comfy: Comfy
     image = await comfy.stack.http.get(state.outputs[0].url.removeprefix(comfy.stack.base_url))
     with Image.open(io.BytesIO(image.content)) as png:
         assert png.size == (6, 4) and png.convert("RGB").getpixel((0, 0)) == (255, 255, 255)
+
+
+async def test_a_large_inline_image_in_a_graph_goes_through_the_object_store(
+    comfy: ComfyStack,
+) -> None:
+    """A data: URI bigger than a JetStream message is stored apart, not refused."""
+    import base64
+    import os
+
+    buffer = io.BytesIO()
+    noise = Image.frombytes("RGB", (700, 700), os.urandom(700 * 700 * 3))  # ~1.4 MB as PNG
+    noise.save(buffer, format="PNG")
+    assert len(buffer.getvalue()) > 1024 * 1024
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    graph = invert_graph()
+    graph["1"] = {"class_type": "LoadImage", "inputs": {"image": uri}}
+    task_id = await comfy.create(comm_task(graph))
+    view = await comfy.view(task_id)
+    stored = view["params"]["input_data"]["wf_json"]["1"]["inputs"]["image"]
+    assert stored == f"pixelbus-object:inputs/{task_id}/wf_json_1_inputs_image"
+    state = await comfy.final(task_id)
+    assert state.status == TaskStatus.COMPLETED, state.error
+    image = await comfy.stack.http.get(state.outputs[0].url.removeprefix(comfy.stack.base_url))
+    with Image.open(io.BytesIO(image.content)) as png:
+        assert png.size == (700, 700)
+        assert png.convert("RGB").getpixel((0, 0)) == tuple(255 - c for c in noise.getpixel((0, 0)))
