@@ -28,6 +28,7 @@ from pixelbus.faceswap_worker.handler import FaceSwapHandler
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.gateway.webhooks import WebhookSettings
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.settings import BusSettings
@@ -105,7 +106,7 @@ async def running_stack(
     await ensure(nc.jetstream(), BusSettings.from_env(env))
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(GatewaySettings.from_env(env)),
+            create_app(GatewaySettings.from_env(env), WebhookSettings.from_env(env)),
             host="127.0.0.1",
             port=port,
             log_level="warning",

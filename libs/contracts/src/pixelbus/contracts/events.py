@@ -48,6 +48,9 @@ class TaskCreated(Event, tag="TaskCreated", frozen=True):
     input_data: dict[str, Any]
     owner: str | None = None
     idempotency_key: str | None = None
+    #: Webhook of the task (see ``pixelbus.contracts.webhooks``): URL and event names.
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ()
 
 
 class TaskStarted(Event, tag="TaskStarted", frozen=True):

@@ -29,6 +29,11 @@ __all__ = [
     "SUBJECT_ROOT",
     "TASK_STREAM",
     "UPLOADER_CONSUMER",
+    "WEBHOOK_DISPATCHER_CONSUMER",
+    "WEBHOOK_LOG_BUCKET",
+    "WEBHOOK_PLANNER_CONSUMER",
+    "WEBHOOK_STREAM",
+    "WEBHOOK_SUBJECT_ROOT",
     "WORKERS_BUCKET",
     "Pool",
     "event_filter",
@@ -36,6 +41,7 @@ __all__ = [
     "pool_for_environment",
     "sanitize_token",
     "task_subject",
+    "webhook_subject",
 ]
 
 TASK_STREAM = "PIXELBUS_TASKS"
@@ -60,6 +66,18 @@ EXHAUSTED_CONSUMER = "exhausted-tasks"
 INPUT_OBJECT_PREFIX = "pixelbus-object:"
 
 ENVIRONMENTS = ("face_swap", "comm")
+
+#: Webhook deliveries to make: a work queue of their own, so that a slow receiver never
+#: holds up the task stream; the planner reads the task stream, the dispatcher the queue.
+WEBHOOK_STREAM = "PIXELBUS_WEBHOOKS"
+WEBHOOK_SUBJECT_ROOT = "pixelbus.webhooks"
+WEBHOOK_PLANNER_CONSUMER = "webhook-planner"
+WEBHOOK_DISPATCHER_CONSUMER = "webhook-dispatcher"
+WEBHOOK_LOG_BUCKET = "PIXELBUS_WEBHOOK_LOG"
+
+
+def webhook_subject(task_id: str) -> str:
+    return f"{WEBHOOK_SUBJECT_ROOT}.{sanitize_token(task_id)}"
 
 
 def input_object_names(value: object) -> tuple[str, ...]:

@@ -53,6 +53,9 @@ class CreateTaskRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     environment: str | None = None
     params: TaskParams = msgspec.field(default_factory=TaskParams)
     status: str | None = None
+    #: Where pixelbus POSTs the task's state (signed), and on which changes (ours).
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
 
 
 class FaceSwapRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

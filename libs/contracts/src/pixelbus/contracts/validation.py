@@ -14,6 +14,7 @@ import msgspec
 
 from pixelbus.contracts.subjects import ENVIRONMENTS
 from pixelbus.contracts.task import CreateTaskRequest, FaceSwapRequest
+from pixelbus.contracts.webhooks import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 
 __all__ = [
     "FACE_ENHANCERS",
@@ -78,6 +79,8 @@ class TaskSpec:
     workflow: str
     environment: str
     input_data: dict[str, Any]
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ()
 
 
 def _decode_errors(exc: msgspec.ValidationError, prefix: tuple[str, ...]) -> FieldError:
@@ -268,7 +271,42 @@ def validate_create(request: CreateTaskRequest) -> TaskSpec:
                 errors.extend(exc.errors)
     elif workflow != PROBE_WORKFLOW and environment == "comm" and not isinstance(wf_json, dict):
         errors.append(FieldError(wf_loc, "field required: the ComfyUI API-format graph", "missing"))
+    webhook_events = _check_webhook(request, errors)
     if errors:
         raise ValidationFailed(errors)
     assert workflow is not None and environment is not None
-    return TaskSpec(request.taskId, workflow, environment, input_data)
+    return TaskSpec(
+        request.taskId,
+        workflow,
+        environment,
+        input_data,
+        webhook_url=request.webhook_url,
+        webhook_events=webhook_events,
+    )
+
+
+def _check_webhook(request: CreateTaskRequest, errors: list[FieldError]) -> tuple[str, ...]:
+    """``webhook_url`` (http(s); the SSRF guard judges it again at delivery) and
+    ``webhook_events`` (default: the final states)."""
+    url = request.webhook_url
+    if url is None:
+        if request.webhook_events is not None:
+            errors.append(FieldError(("body", "webhook_events"), "needs a webhook_url"))
+        return ()
+    if not url.lower().startswith(("http://", "https://")):
+        errors.append(FieldError(("body", "webhook_url"), "must be an http(s) URL"))
+    elif len(url) > MAX_URL_LENGTH:
+        errors.append(
+            FieldError(("body", "webhook_url"), f"URL longer than {MAX_URL_LENGTH} characters")
+        )
+    if request.webhook_events is None:
+        return DEFAULT_WEBHOOK_EVENTS
+    unknown = [name for name in request.webhook_events if name not in WEBHOOK_EVENTS]
+    if unknown or not request.webhook_events:
+        errors.append(
+            FieldError(
+                ("body", "webhook_events"),
+                f"must be a non-empty list of {', '.join(WEBHOOK_EVENTS)}",
+            )
+        )
+    return tuple(dict.fromkeys(request.webhook_events))

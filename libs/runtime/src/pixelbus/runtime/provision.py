@@ -41,12 +41,24 @@ from pixelbus.contracts.subjects import (
     SUBJECT_ROOT,
     TASK_STREAM,
     UPLOADER_CONSUMER,
+    WEBHOOK_DISPATCHER_CONSUMER,
+    WEBHOOK_LOG_BUCKET,
+    WEBHOOK_PLANNER_CONSUMER,
+    WEBHOOK_STREAM,
+    WEBHOOK_SUBJECT_ROOT,
     WORKERS_BUCKET,
     event_filter,
 )
 from pixelbus.runtime.settings import BusSettings
 
-__all__ = ["PoolLimits", "advisory_stream_config", "ensure", "task_stream_config"]
+__all__ = [
+    "PoolLimits",
+    "advisory_stream_config",
+    "ensure",
+    "ensure_webhooks",
+    "task_stream_config",
+    "webhook_stream_config",
+]
 
 log = structlog.get_logger("pixelbus.provision")
 
@@ -229,3 +241,46 @@ async def ensure(
     await _ensure_kv(js, QUOTAS_BUCKET, settings, ttl=None, history=1)
     await _ensure_object_store(js, settings)
     log.info("jetstream provisioned", stream=TASK_STREAM, replicas=settings.replicas)
+
+
+def webhook_stream_config(settings: BusSettings) -> StreamConfig:
+    return StreamConfig(
+        name=WEBHOOK_STREAM,
+        description="pixelbus webhook deliveries still to make (a work queue)",
+        subjects=[f"{WEBHOOK_SUBJECT_ROOT}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=settings.stream_max_age_s,
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.replicas,
+    )
+
+
+async def ensure_webhooks(
+    js: JetStreamContext, settings: BusSettings, *, max_attempts: int, ack_wait_s: float
+) -> None:
+    """The webhook assets, provisioned by the gateway only (after ``ensure``): the
+    delivery queue, its dispatcher consumer, the planner's consumer on the task stream
+    (new events only, so a first start does not replay history into webhooks) and the
+    per-task delivery log."""
+    await _ensure_stream(js, webhook_stream_config(settings))
+    planner = _consumer(
+        WEBHOOK_PLANNER_CONSUMER,
+        f"{SUBJECT_ROOT}.>",
+        ack_wait=30,
+        max_deliver=-1,
+        max_ack_pending=1000,
+    )
+    await js.add_consumer(TASK_STREAM, planner.evolve(deliver_policy=DeliverPolicy.NEW))
+    await js.add_consumer(
+        WEBHOOK_STREAM,
+        _consumer(
+            WEBHOOK_DISPATCHER_CONSUMER,
+            f"{WEBHOOK_SUBJECT_ROOT}.>",
+            ack_wait=ack_wait_s,
+            max_deliver=max_attempts + 2,  # a crash on the last attempt still ends in the log
+            max_ack_pending=1000,
+        ),
+    )
+    await _ensure_kv(js, WEBHOOK_LOG_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)

@@ -9,6 +9,7 @@ import uvicorn
 
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.gateway.webhooks import WebhookSettings
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.logging import setup_logging
 
@@ -19,11 +20,12 @@ def main() -> int:
     )
     try:
         settings = GatewaySettings.from_env(os.environ)
+        webhooks = WebhookSettings.from_env(os.environ)
     except SettingsError as exc:
         print(f"pixelbus-gateway: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, webhooks),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

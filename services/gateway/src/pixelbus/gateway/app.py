@@ -22,9 +22,21 @@ from pixelbus.gateway.headers import SecurityHeaders
 from pixelbus.gateway.limits import BodySizeLimit
 from pixelbus.gateway.projector import Projector
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
-from pixelbus.gateway.routes import batch, comm, face_swap, health, metrics, tasks
+from pixelbus.gateway.routes import (
+    batch,
+    comm,
+    dashboard,
+    events,
+    face_swap,
+    health,
+    listing,
+    metrics,
+    tasks,
+    webhooks,
+)
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
+from pixelbus.gateway.webhooks import WebhookService, WebhookSettings
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.metrics import process_metrics, sample_consumers
@@ -66,7 +78,9 @@ async def _sample_consumer_lag(js: JetStreamContext, interval_s: float = 5.0) ->
         await asyncio.sleep(interval_s)
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(
+    settings: GatewaySettings, webhook_settings: WebhookSettings | None = None
+) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_tracing("pixelbus-gateway")
@@ -109,6 +123,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             background.append(asyncio.create_task(projector.run()))
         exhausted = ExhaustedWatcher(nc)
         background.append(asyncio.create_task(exhausted.run()))
+        deliveries = WebhookService(nc, webhook_settings or WebhookSettings())
+        gw.extras["webhook_log"] = await deliveries.start(settings.bus)
         lag_sampler = asyncio.create_task(_sample_consumer_lag(js))
         background.append(lag_sampler)
         app.state.gateway = gw
@@ -124,6 +140,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             if probes is not None:
                 await probes.stop()
             exhausted.stop()
+            await deliveries.stop()
             lag_sampler.cancel()
             if projector is not None:
                 projector.stop()
@@ -173,6 +190,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(comm.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(events.router)
+    app.include_router(webhooks.router)
+    app.include_router(listing.router)
+    app.include_router(dashboard.router)
     if settings.storage_provider == "local":
         settings.local_storage_dir.mkdir(parents=True, exist_ok=True)
         app.mount("/files", StaticFiles(directory=settings.local_storage_dir), name="files")

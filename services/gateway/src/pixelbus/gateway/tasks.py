@@ -112,6 +112,8 @@ class TaskService:
             input_data=input_data,
             owner=owner,
             idempotency_key=idempotency_key,
+            webhook_url=spec.webhook_url,
+            webhook_events=spec.webhook_events,
         )
         is_new = True
         if idempotency_key is not None:

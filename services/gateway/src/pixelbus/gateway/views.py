@@ -11,7 +11,9 @@ from pixelbus.contracts.task import TaskState
 __all__ = ["task_view"]
 
 
-def task_view(state: TaskState) -> dict[str, Any]:
+def task_view(state: TaskState, *, queue_position: int | None = None) -> dict[str, Any]:
+    """``queue_position`` (a PENDING task's place in its pool's queue, 1 = next; 0 =
+    handed to a worker) where the caller looked it up, else None."""
     progress = None
     if (
         state.progress is not None
@@ -34,6 +36,7 @@ def task_view(state: TaskState) -> dict[str, Any]:
         else None,
         "error": msgspec.to_builtins(error) if error is not None else None,
         "attempts": state.attempts,
+        "queue_position": queue_position,
         "worker": state.worker,
         "cancel_requested": state.cancel_requested,
         "created_at": _iso(state.created_at),

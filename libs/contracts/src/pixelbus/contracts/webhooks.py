@@ -1,0 +1,173 @@
+"""Webhooks: which task changes are delivered, the delivery job, its log, and signatures.
+
+Signatures follow Standard Webhooks: the headers ``webhook-id``, ``webhook-timestamp``
+(Unix seconds) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>`` of
+``"{id}.{timestamp}.{body}"``, keyed with the bytes of a ``whsec_<base64>`` secret).
+Pure: the caller passes the time in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from datetime import datetime
+
+import msgspec
+
+from pixelbus.contracts.events import (
+    AnyEvent,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskProgress,
+    TaskStarted,
+)
+
+__all__ = [
+    "DEFAULT_WEBHOOK_EVENTS",
+    "WEBHOOK_EVENTS",
+    "DeliveryAttempt",
+    "DeliveryLog",
+    "InvalidSignature",
+    "WebhookJob",
+    "backoff_s",
+    "decode_secret",
+    "sign",
+    "signature_headers",
+    "verify",
+    "webhook_event_name",
+]
+
+#: What a task may ask to be told about (``webhook_events``).
+WEBHOOK_EVENTS = ("completed", "failed", "cancelled", "started", "progress")
+#: Without ``webhook_events``: the final states only.
+DEFAULT_WEBHOOK_EVENTS = ("completed", "failed", "cancelled")
+_SECRET_PREFIX = "whsec_"  # noqa: S105 — the format, not a secret
+DEFAULT_TOLERANCE_S = 300
+
+
+def webhook_event_name(event: AnyEvent) -> str | None:
+    """The webhook event an event is, or None (a retryable failure is not one)."""
+    if isinstance(event, TaskCompleted):
+        return "completed"
+    if isinstance(event, TaskFailed):
+        return "failed" if event.final else None
+    if isinstance(event, TaskCancelled):
+        return "cancelled"
+    if isinstance(event, TaskStarted):
+        return "started"
+    if isinstance(event, TaskProgress):
+        return "progress"
+    return None
+
+
+class WebhookJob(msgspec.Struct, frozen=True, kw_only=True):
+    """One delivery to make: what the dispatcher POSTs (retried until it lands)."""
+
+    delivery_id: str
+    task_id: str
+    owner: str | None
+    url: str
+    event: str
+    body: bytes
+    created_at: datetime
+
+
+class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    delivery_id: str
+    event: str
+    attempt: int
+    at: datetime
+    outcome: str  # "delivered" | "retrying" | "failed"
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+    next_attempt_in_s: float | None = None
+
+
+class DeliveryLog(msgspec.Struct, frozen=True, kw_only=True):
+    """Every delivery attempt of one task's webhook, oldest first (capped)."""
+
+    task_id: str
+    attempts: tuple[DeliveryAttempt, ...] = ()
+
+    def status(self) -> str:
+        """``failed`` when a delivery gave up, ``pending`` while one is retrying,
+        ``delivered`` when every delivery landed, ``none`` before any attempt."""
+        last: dict[str, str] = {}
+        for attempt in self.attempts:
+            last[attempt.delivery_id] = attempt.outcome
+        if not last:
+            return "none"
+        if "failed" in last.values():
+            return "failed"
+        if "retrying" in last.values():
+            return "pending"
+        return "delivered"
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    """The wait after failed attempt ``attempt`` (1-based): doubling from base, capped."""
+    return float(min(max_s, base_s * 2 ** max(0, attempt - 1)))
+
+
+class InvalidSignature(Exception):
+    """The webhook's signature or timestamp does not verify."""
+
+
+def decode_secret(secret: str) -> bytes:
+    """The key bytes of a ``whsec_<base64>`` secret; raises ``ValueError`` when malformed."""
+    if not secret.startswith(_SECRET_PREFIX):
+        raise ValueError("a webhook secret looks like whsec_<base64>")
+    try:
+        key = base64.b64decode(secret.removeprefix(_SECRET_PREFIX), validate=True)
+    except ValueError as exc:
+        raise ValueError("a webhook secret looks like whsec_<base64>") from exc
+    if len(key) < 16:
+        raise ValueError("a webhook secret needs at least 16 bytes of key")
+    return key
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(decode_secret(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
+
+
+def verify(
+    secret: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    now: int,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
+) -> None:
+    """Check a received webhook (``headers`` with lower-case names); raises
+    ``InvalidSignature``. Several space-separated signatures may be given (secret
+    rotation): one valid ``v1`` signature is enough."""
+    msg_id = headers.get("webhook-id")
+    timestamp = headers.get("webhook-timestamp")
+    given = headers.get("webhook-signature")
+    if not msg_id or not timestamp or not given:
+        raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature")
+    try:
+        sent_at = int(timestamp)
+    except ValueError:
+        raise InvalidSignature("webhook-timestamp is not a number") from None
+    if abs(now - sent_at) > tolerance_s:
+        raise InvalidSignature("webhook-timestamp is too far from now (a replay?)")
+    expected = sign(secret, msg_id, sent_at, body)
+    for candidate in given.split():
+        if candidate.startswith("v1,") and hmac.compare_digest(candidate, expected):
+            return
+    raise InvalidSignature("no valid signature")

@@ -1,0 +1,115 @@
+"""The dispatcher: POSTs each queued delivery, signed, and leaves the retrying to
+JetStream. A failed attempt naks the job with the next backoff delay (so a restart, or
+another gateway replica, picks it up when it is due); the last attempt, or a URL the
+SSRF guard refuses, terminates it with a final ``failed`` entry in the delivery log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from pixelbus.contracts.subjects import WEBHOOK_DISPATCHER_CONSUMER, WEBHOOK_STREAM
+from pixelbus.contracts.webhooks import DeliveryAttempt, WebhookJob, backoff_s, signature_headers
+from pixelbus.gateway.webhooks.log import DeliveryLogStore
+from pixelbus.gateway.webhooks.sender import SendResult, WebhookSender
+from pixelbus.gateway.webhooks.settings import WebhookSettings
+from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.pull import consume
+
+__all__ = ["WebhookDispatcher", "decide"]
+
+log = structlog.get_logger("pixelbus.webhooks.dispatcher")
+
+_decoder = msgspec.json.Decoder(WebhookJob)
+
+
+def decide(result: SendResult, attempt: int, settings: WebhookSettings) -> tuple[str, float]:
+    """``(outcome, delay)``: ``delivered``, ``retrying`` after ``delay`` s, or ``failed``."""
+    if result.ok:
+        return "delivered", 0.0
+    if result.retryable and attempt < settings.max_attempts:
+        return "retrying", backoff_s(attempt, settings.backoff_s, settings.backoff_max_s)
+    return "failed", 0.0
+
+
+class WebhookDispatcher:
+    def __init__(self, nc: Client, settings: WebhookSettings, sender: WebhookSender) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._settings = settings
+        self._sender = sender
+        self._stopping = asyncio.Event()
+        self._log: DeliveryLogStore | None = None
+        self.delivered = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, log_store: DeliveryLogStore) -> None:
+        self._log = log_store
+        await consume(
+            self._nc,
+            WEBHOOK_STREAM,
+            WEBHOOK_DISPATCHER_CONSUMER,
+            self._handle,
+            concurrency=self._settings.concurrency,
+            stop=self._stopping,
+            grace_s=self._settings.timeout_s,
+        )
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._deliver(msg)
+        except Exception:
+            log.exception("webhook delivery not handled; will be redelivered")
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def _deliver(self, msg: Msg) -> None:
+        assert self._log is not None
+        try:
+            job = _decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            await msg.term()
+            return
+        attempt = msg.metadata.num_delivered
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "pixelbus-webhooks",
+            **signature_headers(
+                self._settings.secret_for(job.owner), job.delivery_id, int(time.time()), job.body
+            ),
+        }
+        result = await self._sender.post(job.url, job.body, headers)
+        outcome, delay = decide(result, attempt, self._settings)
+        await self._log.append(
+            job.task_id,
+            DeliveryAttempt(
+                delivery_id=job.delivery_id,
+                event=job.event,
+                attempt=attempt,
+                at=utcnow(),
+                outcome=outcome,
+                status_code=result.status_code,
+                error=result.error,
+                duration_ms=result.duration_ms,
+                next_attempt_in_s=delay if outcome == "retrying" else None,
+            ),
+        )
+        fields = {"task_id": job.task_id, "event": job.event, "attempt": attempt}
+        if outcome == "delivered":
+            await msg.ack_sync()
+            self.delivered += 1
+            log.info("webhook delivered", outcome=outcome, status=result.status_code, **fields)
+        elif outcome == "retrying":
+            await msg.nak(delay=delay)
+            log.info("webhook retrying", outcome=outcome, error=result.error, delay=delay, **fields)
+        else:
+            await msg.term()
+            log.warning("webhook failed", outcome=outcome, error=result.error, **fields)
