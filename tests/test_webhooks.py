@@ -1,0 +1,152 @@
+"""Webhooks end to end: signed deliveries to a real receiver, retried by JetStream with
+backoff across a gateway restart, refused by the SSRF guard, and marked failed once the
+attempts are spent; every attempt in the task's delivery log."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from pixelbus.contracts.subjects import WEBHOOK_LOG_BUCKET
+from pixelbus.contracts.webhooks import DeliveryLog, verify
+from pixelbus.testkit.nats_server import NatsServer
+from tests.stack import Stack, running_stack
+from tests.webhook_receiver import webhook_receiver
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "whsec_" + base64.b64encode(b"pixelbus-webhook-test-secret-32b").decode()
+HOOK_ENV = {
+    "PIXELBUS_WEBHOOK_SECRET": SECRET,
+    "PIXELBUS_WEBHOOK_BACKOFF_S": "0.2",
+    "PIXELBUS_SSRF_ALLOW_NETWORKS": "127.0.0.0/8",
+}
+
+
+def probe(url: str, **extra: Any) -> dict[str, Any]:
+    return {"workflow": "probe", "environment": "face_swap", "webhook_url": url, **extra}
+
+
+async def wait_for_log(stack: Stack, task_id: str, status: str, timeout: float = 30) -> DeliveryLog:
+    """Watch the task's entry in the delivery-log bucket until it has ``status``."""
+    kv = await stack.nc.jetstream().key_value(WEBHOOK_LOG_BUCKET)
+    watcher = await kv.watch(task_id)
+    try:
+
+        async def seen() -> DeliveryLog:
+            while True:
+                entry = await watcher.updates(timeout=timeout)
+                if entry is None or entry.value is None:
+                    continue
+                log = msgspec.json.decode(entry.value, type=DeliveryLog)
+                if log.status() == status:
+                    return log
+
+        return await asyncio.wait_for(seen(), timeout)
+    finally:
+        await watcher.stop()
+
+
+async def test_fourth_delivery_lands_signed_after_three_failures_and_a_gateway_restart(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with webhook_receiver(answers=[500, 503, 502]) as receiver:
+        async with running_stack(nats_server.url, tmp_path / "a", **HOOK_ENV) as stack:
+            created = await stack.http.post("/api/tasks/create", json=probe(receiver.url))
+            assert created.status_code == 201, created.text
+            task_id = created.json()["taskId"]
+            await receiver.wait_for(2)
+        # The gateway is gone between the second and third attempt; a new one carries on.
+        async with running_stack(nats_server.url, tmp_path / "b", **HOOK_ENV) as stack:
+            received = await receiver.wait_for(4)
+            log = await wait_for_log(stack, task_id, "delivered")
+            deliveries = (await stack.http.get(f"/api/tasks/{task_id}/webhooks")).json()
+    assert [r.answered for r in received] == [500, 503, 502, 200]
+    assert len(received) == 4  # nothing lost, nothing sent twice after the success
+    last = received[-1]
+    verify(SECRET, last.headers, last.body, now=int(time.time()))  # raises if invalid
+    assert {r.headers["webhook-id"] for r in received} == {f"{task_id}:completed"}
+    payload = json.loads(last.body)
+    assert payload["type"] == "task.completed"
+    assert payload["data"]["taskId"] == task_id and payload["data"]["status"] == "COMPLETED"
+    assert [(a.attempt, a.outcome) for a in log.attempts] == [
+        (1, "retrying"),
+        (2, "retrying"),
+        (3, "retrying"),
+        (4, "delivered"),
+    ]
+    assert deliveries["status"] == "delivered"
+    assert [a["status_code"] for a in deliveries["attempts"]] == [500, 503, 502, 200]
+
+
+async def test_progress_webhooks_when_asked_and_the_final_state_last(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        running_stack(nats_server.url, tmp_path, **HOOK_ENV) as stack,
+    ):
+        body = probe(receiver.url, webhook_events=["started", "completed"])
+        task_id = (await stack.http.post("/api/tasks/create", json=body)).json()["taskId"]
+        await wait_for_log(stack, task_id, "delivered")
+        received = await receiver.wait_for(2)
+    types = sorted(json.loads(r.body)["type"] for r in received)
+    assert types == ["task.completed", "task.started"]
+    for r in received:
+        verify(SECRET, r.headers, r.body, now=int(time.time()))
+
+
+async def test_private_address_is_refused_by_the_ssrf_guard_and_marked_failed(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in HOOK_ENV.items() if k != "PIXELBUS_SSRF_ALLOW_NETWORKS"}
+    async with (
+        webhook_receiver() as receiver,
+        running_stack(nats_server.url, tmp_path, **env) as stack,
+    ):
+        task_id = (await stack.http.post("/api/tasks/create", json=probe(receiver.url))).json()[
+            "taskId"
+        ]
+        log = await wait_for_log(stack, task_id, "failed")
+    assert receiver.received == []
+    [attempt] = log.attempts
+    assert attempt.outcome == "failed" and attempt.attempt == 1
+    assert "loopback" in (attempt.error or "")
+
+
+async def test_attempts_spent_end_in_a_final_failed_mark(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with (
+        webhook_receiver(answers=[500, 500, 500, 500]) as receiver,
+        running_stack(
+            nats_server.url, tmp_path, PIXELBUS_WEBHOOK_MAX_ATTEMPTS="2", **HOOK_ENV
+        ) as stack,
+    ):
+        task_id = (await stack.http.post("/api/tasks/create", json=probe(receiver.url))).json()[
+            "taskId"
+        ]
+        log = await wait_for_log(stack, task_id, "failed")
+        shown = (await stack.http.get(f"/api/tasks/{task_id}/webhooks")).json()
+    assert [(a.attempt, a.outcome) for a in log.attempts] == [(1, "retrying"), (2, "failed")]
+    assert len(receiver.received) == 2
+    assert shown["status"] == "failed"
+
+
+async def test_bad_webhook_fields_are_422(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with running_stack(nats_server.url, tmp_path, worker=False, uploader=False) as stack:
+        bad_url = await stack.http.post("/api/tasks/create", json=probe("ftp://example.com/x"))
+        bad_events = await stack.http.post(
+            "/api/tasks/create", json=probe("https://example.com/h", webhook_events=["nope"])
+        )
+    assert bad_url.status_code == 422
+    assert bad_url.json()["detail"][0]["loc"] == ["body", "webhook_url"]
+    assert bad_events.status_code == 422
+    assert bad_events.json()["detail"][0]["loc"] == ["body", "webhook_events"]
