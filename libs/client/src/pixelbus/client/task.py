@@ -1,0 +1,90 @@
+"""A task as the API shows it, and the request bodies the SDK sends (pure)."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FINAL", "Task", "face_swap_body", "image_ref", "workflow_body"]
+
+FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    status: str
+    progress: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    queue_position: int | None = None
+    workflow: str | None = None
+    created_at: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Task:
+        return cls(
+            task_id=data["taskId"],
+            status=data["status"],
+            progress=data.get("progress"),
+            result=data.get("result"),
+            error=data.get("error"),
+            queue_position=data.get("queue_position"),
+            workflow=data.get("workflow"),
+            created_at=data.get("created_at"),
+            raw=data,
+        )
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def fraction(self) -> float | None:
+        return (self.progress or {}).get("fraction")
+
+    @property
+    def output_urls(self) -> list[str]:
+        return [o["url"] for o in (self.result or {}).get("outputs", [])]
+
+
+def image_ref(value: str) -> str:
+    """A URL (or ``data:`` URI) as it is, a local file as a ``data:`` URI."""
+    if value.startswith(("http://", "https://", "data:")):
+        return value
+    path = Path(value)
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{media};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _webhook(body: dict[str, Any], webhook_url: str | None) -> dict[str, Any]:
+    if webhook_url:
+        body["webhook_url"] = webhook_url
+    return body
+
+
+def face_swap_body(
+    source: str, target: str, *, webhook_url: str | None = None, **options: Any
+) -> dict[str, Any]:
+    wf = {"source_url": image_ref(source), "target_url": image_ref(target), **options}
+    return _webhook(
+        {
+            "workflow": "face_swap",
+            "environment": "face_swap",
+            "params": {"input_data": {"wf_json": wf}},
+        },
+        webhook_url,
+    )
+
+
+def workflow_body(
+    graph: dict[str, Any], *, workflow: str = "comfy", webhook_url: str | None = None
+) -> dict[str, Any]:
+    return _webhook(
+        {"workflow": workflow, "environment": "comm", "params": {"input_data": {"wf_json": graph}}},
+        webhook_url,
+    )
