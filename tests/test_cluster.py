@@ -20,6 +20,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from pixelbus.contracts.subjects import STATE_BUCKET, TASK_STREAM, event_filter
+from pixelbus.contracts.task import TaskState
 from pixelbus.runtime.state import read_state
 from pixelbus.testkit.nats_cluster import NatsCluster
 from pixelbus.testkit.waiting import eventually
@@ -165,7 +166,17 @@ async def test_no_task_lost_or_duplicated_when_the_stream_leader_dies(
         created = await subject_counts(js, "created")
         outputs = await subject_counts(js, "outputs")
         kv = await js.key_value(STATE_BUCKET)
-        states = [(await read_state(kv, task_id))[0] for task_id in accepted]
+
+        async def all_projected() -> list[TaskState] | None:
+            # The projection follows the stream; after an election it may lag a moment.
+            try:
+                found = [(await read_state(kv, task_id))[0] for task_id in accepted]
+            except Exception:
+                return None
+            final = [s for s in found if s is not None and s.is_final]
+            return final if len(final) == len(accepted) else None
+
+        states = await eventually(all_projected, timeout=30)
 
         duplicate_completed = sum(count - 1 for count in completed.values())
         duplicate_created = sum(count - 1 for count in created.values())
