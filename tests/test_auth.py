@@ -90,6 +90,9 @@ class Endpoint:
 ENDPOINTS = [
     Endpoint("POST", "/api/tasks/create", "tasks:write", body=PROBE, ok=frozenset({201})),
     Endpoint("GET", "/api/tasks/{task}", "tasks:read", owned=True),
+    Endpoint("GET", "/api/tasks", "tasks:read"),
+    Endpoint("GET", "/api/tasks/{task}/events", "tasks:read", owned=True),
+    Endpoint("GET", "/api/tasks/{task}/webhooks", "tasks:read", owned=True),
     Endpoint("POST", "/api/tasks/{task}/cancel", "tasks:write", owned=True, ok=frozenset({202, 409})),
     Endpoint("POST", "/api/face-swap/process?wait=0", "tasks:write", body=SWAP, ok=frozenset({202})),
     Endpoint("POST", "/api/face-swap/batch", "tasks:write", body={"items": [SWAP]}, ok=frozenset({201})),
