@@ -16,7 +16,11 @@ from collections.abc import Sequence
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS: tuple[str, ...] = ("pixelbus.cli.commands.models", "pixelbus.cli.commands.keys")
+COMMANDS: tuple[str, ...] = (
+    "pixelbus.cli.commands.models",
+    "pixelbus.cli.commands.keys",
+    "pixelbus.cli.commands.tasks",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
