@@ -302,7 +302,9 @@ async def test_bad_data_uris(uri: str, error: type[Exception], message: str) -> 
     assert "data: URI (image/png" in str(caught.value)
 
 
-@pytest.mark.parametrize("limits", [{"max_bytes": 0}, {"timeout_s": 0}, {"max_redirects": -1}])
+@pytest.mark.parametrize(
+    "limits", [{"max_bytes": 0}, {"timeout_s": 0}, {"max_redirects": -1}, {"max_redirects": 4}]
+)
 def test_limits_must_make_sense(limits: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="invalid fetch limits"):
         FetchLimits(**limits)  # type: ignore[arg-type]

@@ -63,6 +63,7 @@ REFUSED: list[tuple[str, type[UrlRefused], str]] = [
     ("http://0xa9fea9fe/", BlockedUrl, "cloud metadata address"),
     ("http://[::ffff:a9fe:a9fe]/", BlockedUrl, "169.254.169.254 in IPv4-mapped"),
     ("http://[fd00:ec2::254]/", BlockedUrl, "cloud metadata address"),
+    ("http://[fd20:ce::254]/", BlockedUrl, "cloud metadata address"),
     ("http://100.100.100.200/", BlockedUrl, "cloud metadata address"),
     ("http://168.63.129.16/", BlockedUrl, "cloud metadata address"),
     ("http://metadata.google.internal/computeMetadata/v1/", BlockedUrl, "metadata host name"),

@@ -13,6 +13,7 @@ from pixelbus.media.errors import (
     FetchFailed,
     FetchTimeout,
     HttpStatusError,
+    InvalidFileName,
     InvalidImage,
     InvalidUrl,
     MediaError,
@@ -21,10 +22,14 @@ from pixelbus.media.errors import (
     UrlRefused,
 )
 from pixelbus.media.fetch import Fetched, FetchLimits, Resolver, fetch_bytes, system_resolver
+from pixelbus.media.file_names import check_file_name, check_relative_path
 from pixelbus.media.images import (
     ACCEPTED_FORMATS,
+    ANIMATED_INPUTS_ENV,
+    AnimatedInputs,
     EncodeFormat,
     RGBImage,
+    animated_inputs_from,
     decode_image,
     encode_image,
     fit_within,
@@ -33,6 +38,8 @@ from pixelbus.media.ssrf import SsrfPolicy, is_forbidden_address, is_forbidden_h
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "ANIMATED_INPUTS_ENV",
+    "AnimatedInputs",
     "BadDataUri",
     "BlockedUrl",
     "EncodeFormat",
@@ -42,6 +49,7 @@ __all__ = [
     "FetchTimeout",
     "Fetched",
     "HttpStatusError",
+    "InvalidFileName",
     "InvalidImage",
     "InvalidUrl",
     "MediaError",
@@ -51,6 +59,9 @@ __all__ = [
     "TooLarge",
     "TooManyRedirects",
     "UrlRefused",
+    "animated_inputs_from",
+    "check_file_name",
+    "check_relative_path",
     "decode_image",
     "encode_image",
     "fetch_bytes",

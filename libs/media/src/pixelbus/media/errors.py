@@ -17,7 +17,8 @@ stable machine-readable ``code``; messages name the URL's host, never a whole UR
     │   └── FetchFailed            fetch_failed    connection or DNS failure; retryable
     │                                              unless the host name does not exist or
     │                                              its TLS certificate does not verify
-    └── InvalidImage               invalid_image   permanent: not an acceptable image
+    ├── InvalidImage               invalid_image   permanent: not an acceptable image
+    └── InvalidFileName            invalid_file_name  permanent; also a ValueError
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "FetchFailed",
     "FetchTimeout",
     "HttpStatusError",
+    "InvalidFileName",
     "InvalidImage",
     "InvalidUrl",
     "MediaError",
@@ -127,3 +129,9 @@ class InvalidImage(MediaError):
 def is_retryable_status(status_code: int) -> bool:
     """Server errors and throttling may pass; other client errors will not."""
     return status_code >= 500 or status_code in (408, 425, 429)
+
+
+class InvalidFileName(MediaError, ValueError):
+    """A file-name input holds a path separator, ``..``, a control character or the like."""
+
+    code = "invalid_file_name"

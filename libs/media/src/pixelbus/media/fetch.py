@@ -36,7 +36,7 @@ from pixelbus.media.errors import (
 )
 from pixelbus.media.ssrf import IPAddress, SsrfPolicy, UrlTarget
 
-__all__ = ["FetchLimits", "Fetched", "Resolver", "fetch_bytes", "system_resolver"]
+__all__ = ["MAX_REDIRECTS", "FetchLimits", "Fetched", "Resolver", "fetch_bytes", "system_resolver"]
 
 #: ``(host, port) -> addresses``; called once per hop with a host name, never an IP.
 Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
@@ -54,15 +54,24 @@ _PERMANENT_DNS_ERRORS = frozenset(
 )
 
 
+#: The most redirects any fetch follows, whatever its limits say.
+MAX_REDIRECTS = 3
+
+
 @dataclass(frozen=True, kw_only=True)
 class FetchLimits:
     max_bytes: int = 25 * 1024 * 1024
     timeout_s: float = 20.0
     """For the whole fetch: resolution, every redirect and the body."""
-    max_redirects: int = 3
+    max_redirects: int = MAX_REDIRECTS
+    """0 to MAX_REDIRECTS; each hop is resolved and checked again."""
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.timeout_s <= 0 or self.max_redirects < 0:
+        if (
+            self.max_bytes < 1
+            or self.timeout_s <= 0
+            or not 0 <= self.max_redirects <= MAX_REDIRECTS
+        ):
             raise ValueError(f"invalid fetch limits: {self}")
 
 

@@ -1,14 +1,22 @@
 """Decoding untrusted image bytes into RGB arrays, resizing and encoding them.
 
-Only JPEG, PNG and WebP are opened; the pixel count is checked from the header before
-the pixels are decoded; EXIF orientation is applied so that arrays are upright.
+Only JPEG, PNG and WebP are opened (GIF, BMP, TIFF and everything else are refused);
+the byte count is checked first and the pixel count from the header before the pixels are
+decoded; Pillow's ``DecompressionBombWarning`` is an error; truncated files are refused;
+EXIF orientation is applied so that arrays are upright; CMYK, 16-bit, palette and alpha
+images become RGB (transparency composed onto white). Animated inputs (animated WebP,
+APNG) are decoded to their first frame or refused, as ``animated`` says: a service reads
+it from ``PIXELBUS_ANIMATED_INPUTS`` (``refuse`` or ``first_frame``, the default) with
+``animated_inputs_from``. Encoded outputs are written from the pixels alone, so no
+metadata of the input (EXIF, ICC, text chunks, appended data) survives.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from typing import Literal, TypeAlias
+from collections.abc import Mapping
+from typing import Literal, TypeAlias, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,8 +26,11 @@ from pixelbus.media.errors import InvalidImage
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "ANIMATED_INPUTS_ENV",
+    "AnimatedInputs",
     "EncodeFormat",
     "RGBImage",
+    "animated_inputs_from",
     "decode_image",
     "encode_image",
     "fit_within",
@@ -31,6 +42,24 @@ RGBImage: TypeAlias = NDArray[np.uint8]
 EncodeFormat: TypeAlias = Literal["png", "jpeg", "webp"]
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+
+AnimatedInputs: TypeAlias = Literal["first_frame", "refuse"]
+"""What ``decode_image`` does with an animated input: decode its first frame only
+(the default: a moving avatar still works, at the cost of one frame), or refuse it."""
+
+ANIMATED_INPUTS_ENV = "PIXELBUS_ANIMATED_INPUTS"
+
+
+def animated_inputs_from(environ: Mapping[str, str]) -> AnimatedInputs:
+    """The ``PIXELBUS_ANIMATED_INPUTS`` setting of ``environ`` (``first_frame`` when unset).
+
+    Raises ValueError for any other value, so that a service refuses to start with it."""
+    value = environ.get(ANIMATED_INPUTS_ENV, "first_frame").strip().lower() or "first_frame"
+    for choice in get_args(AnimatedInputs):
+        if value == choice:
+            return choice  # type: ignore[no-any-return]
+    raise ValueError(f"{ANIMATED_INPUTS_ENV} must be refuse or first_frame, not {value!r}")
+
 
 # Recognised only to say what a refused body is; never decoded.
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
@@ -48,12 +77,18 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 
 
 def decode_image(
-    data: bytes, *, max_bytes: int, max_pixels: int, content_type: str | None = None
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    content_type: str | None = None,
+    animated: AnimatedInputs = "first_frame",
 ) -> RGBImage:
     """Decode JPEG, PNG or WebP bytes into an upright RGB array.
 
     ``content_type`` (the server's claim) only improves error messages. Transparent
-    pixels are composed onto white. Raises InvalidImage for anything else."""
+    pixels are composed onto white; an animated image gives its first frame or is
+    refused, as ``animated`` says. Raises InvalidImage for anything else."""
     if not data:
         raise InvalidImage("not an image: the body is empty")
     if len(data) > max_bytes:
@@ -65,6 +100,7 @@ def decode_image(
         try:
             with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
                 _check_header(image, max_pixels)
+                _check_animation(image, animated)
                 image.load()
                 upright = ImageOps.exif_transpose(image)
                 return _to_rgb(upright)
@@ -85,6 +121,16 @@ def _check_header(image: Image.Image, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InvalidImage(
             f"image too large: {width}x{height} pixels exceeds {_megapixels(max_pixels)}"
+        )
+
+
+def _check_animation(image: Image.Image, animated: AnimatedInputs) -> None:
+    if animated not in get_args(AnimatedInputs):
+        raise ValueError(f"animated must be refuse or first_frame, not {animated!r}")
+    if animated == "refuse" and getattr(image, "is_animated", False):
+        frames = getattr(image, "n_frames", "several")
+        raise InvalidImage(
+            f"animated images are not accepted: this {image.format} has {frames} frames"
         )
 
 

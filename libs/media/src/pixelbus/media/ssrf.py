@@ -60,6 +60,7 @@ METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
         "168.63.129.16",  # Azure wire server (a public address)
         "fd00:ec2::254",  # AWS IPv6
         "fd00:ec2::23",  # AWS EKS pod identity IPv6
+        "fd20:ce::254",  # GCP IPv6
     )
 )
 
