@@ -89,6 +89,8 @@ def decode_image(
     ``content_type`` (the server's claim) only improves error messages. Transparent
     pixels are composed onto white; an animated image gives its first frame or is
     refused, as ``animated`` says. Raises InvalidImage for anything else."""
+    if animated not in get_args(AnimatedInputs):
+        raise ValueError(f"animated must be refuse or first_frame, not {animated!r}")
     if not data:
         raise InvalidImage("not an image: the body is empty")
     if len(data) > max_bytes:
@@ -125,8 +127,6 @@ def _check_header(image: Image.Image, max_pixels: int) -> None:
 
 
 def _check_animation(image: Image.Image, animated: AnimatedInputs) -> None:
-    if animated not in get_args(AnimatedInputs):
-        raise ValueError(f"animated must be refuse or first_frame, not {animated!r}")
     if animated == "refuse" and getattr(image, "is_animated", False):
         frames = getattr(image, "n_frames", "several")
         raise InvalidImage(
@@ -149,9 +149,20 @@ def _to_rgb(image: Image.Image) -> RGBImage:
     return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
+# The accepted formats' own signatures: a body that starts with one is a damaged image.
+_ACCEPTED_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (8, b"WEBP", "WEBP"),
+)
+
+
 def _not_an_image(data: bytes, content_type: str | None) -> str:
     claimed = f" (served as {content_type})" if content_type else ""
     head = data[:16]
+    for offset, signature, name in _ACCEPTED_SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return f"corrupt or truncated image: a {name} signature, but no valid {name} header"
     for offset, signature, kind in _SIGNATURES:
         if head[offset : offset + len(signature)] == signature:
             return f"not an accepted image: the body is {kind}{claimed} (accepted: JPEG, PNG, WEBP)"
