@@ -130,3 +130,28 @@ async def test_events_of_an_unknown_task_are_404(nats_server: NatsServer, tmp_pa
     async with running_stack(nats_server.url, tmp_path, worker=False, uploader=False) as stack:
         response = await stack.http.get("/api/tasks/task_nope/events")
         assert response.status_code == 404
+
+
+async def test_get_shows_the_queue_position_of_pending_tasks(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with running_stack(nats_server.url, tmp_path, worker=False, uploader=False) as stack:
+        ids = [
+            (
+                await stack.http.post(
+                    "/api/tasks/create", json={"workflow": "probe", "environment": "face_swap"}
+                )
+            ).json()["taskId"]
+            for _ in range(3)
+        ]
+        comfy = await stack.http.post(
+            "/api/tasks/create", json={"workflow": "probe", "environment": "comm"}
+        )
+        positions = [
+            (await stack.http.get(f"/api/tasks/{task_id}")).json()["queue_position"]
+            for task_id in [*ids, comfy.json()["taskId"]]
+        ]
+        cancelled = await stack.http.post(f"/api/tasks/{ids[0]}/cancel")
+        after = (await stack.http.get(f"/api/tasks/{ids[0]}")).json()
+    assert positions == [1, 2, 3, 1]  # each pool its own queue
+    assert cancelled.status_code == 202 and after["queue_position"] is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -16,7 +17,9 @@ from nats.js.errors import NotFoundError
 from pixelbus.contracts.subjects import TASK_STREAM, pool_for_environment, task_subject
 from pixelbus.contracts.task import TaskState, TaskStatus
 
-__all__ = ["queue_position"]
+log = structlog.get_logger("pixelbus.queue")
+
+__all__ = ["queue_position", "queue_position_or_none"]
 
 
 async def queue_position(js: JetStreamContext, state: TaskState) -> int | None:
@@ -51,3 +54,15 @@ async def queue_position(js: JetStreamContext, state: TaskState) -> int | None:
     with contextlib.suppress(Exception):
         await js.delete_consumer(TASK_STREAM, after.name)
     return max(1, (info.num_pending or 0) - (after.num_pending or 0))
+
+
+async def queue_position_or_none(js: JetStreamContext, state: TaskState) -> int | None:
+    """``queue_position``, or None when it cannot be had now: a position is a nicety,
+    never a reason to fail the request that shows it."""
+    if state.status is not TaskStatus.PENDING:
+        return None
+    try:
+        return await queue_position(js, state)
+    except Exception as exc:
+        log.warning("queue position unavailable", task_id=state.task_id, error=str(exc))
+        return None

@@ -25,14 +25,14 @@ from pixelbus.contracts.task import TaskStatus
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import Gateway, error_response, gateway
 from pixelbus.gateway.follow import Update, follow_task
-from pixelbus.gateway.queue import queue_position
+from pixelbus.gateway.queue import queue_position_or_none
 from pixelbus.gateway.sse import comment, message, parse_last_event_id
 from pixelbus.gateway.views import task_view
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 KEEPALIVE_S = 15.0
-QUEUE_REFRESH_S = 1.0
+QUEUE_REFRESH_S = 2.0
 _END = object()
 
 
@@ -81,10 +81,7 @@ async def _updates(gw: Gateway, task_id: str, after: int | None) -> AsyncIterato
 
 
 async def _position(gw: Gateway, update: Update) -> int | None:
-    try:
-        return await queue_position(gw.js, update.state)
-    except Exception:  # a position is a nicety: never end the stream for it
-        return None
+    return await queue_position_or_none(gw.js, update.state)
 
 
 @router.get(
@@ -135,7 +132,8 @@ async def task_events_ws(
     token: Annotated[str | None, Query()] = None,
 ) -> None:
     """The same states as JSON messages ``{"id", "event": "state", "data"}``, then
-    ``{"event": "end"}``. Authenticate with ``Authorization: Bearer`` or ``?token=``."""
+    ``{"event": "end"}``. Authenticate with ``Authorization: Bearer`` or ``?token=``;
+    without a valid key, or for another tenant's task, the handshake is refused (403)."""
     gw: Gateway = websocket.app.state.gateway
     authorization = websocket.headers.get("authorization") or (f"Bearer {token}" if token else None)
     try:

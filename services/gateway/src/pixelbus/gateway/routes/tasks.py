@@ -11,6 +11,7 @@ from pixelbus.contracts.keys import TASKS_READ, TASKS_WRITE
 from pixelbus.contracts.validation import ValidationFailed, decode_create_request, validate_create
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import Gateway, error_response, gateway, validation_response
+from pixelbus.gateway.queue import queue_position_or_none
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.gateway.views import task_view
 
@@ -85,7 +86,8 @@ async def get_task(
     state = await gw.visible_task(task_id, caller)
     if state is None:
         return error_response(404, f"task {task_id} not found")
-    return JSONResponse(content=task_view(state))
+    position = await queue_position_or_none(gw.js, state)
+    return JSONResponse(content=task_view(state, queue_position=position))
 
 
 @router.post(

@@ -102,7 +102,7 @@ class WebhookDispatcher:
                 next_attempt_in_s=delay if outcome == "retrying" else None,
             ),
         )
-        fields = {"task_id": job.task_id, "event": job.event, "attempt": attempt}
+        fields = {"task_id": job.task_id, "webhook_event": job.event, "attempt": attempt}
         if outcome == "delivered":
             await msg.ack_sync()
             self.delivered += 1

@@ -134,7 +134,7 @@ class WebhookPlanner:
         )
         await msg.ack()
         self.planned += 1
-        log.info("webhook queued", task_id=event.task_id, event=name, outcome="queued")
+        log.info("webhook queued", task_id=event.task_id, webhook_event=name, outcome="queued")
 
     async def _task_created(self, event: AnyEvent, subject: str) -> TaskCreated | None:
         known, created = self._created.get(event.task_id)
