@@ -19,6 +19,7 @@ from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
 
 __all__ = [
+    "BODY_RESPONSES",
     "Gateway",
     "error_response",
     "gateway",
@@ -66,8 +67,18 @@ class Gateway:
         return state
 
 
+#: What every route with a JSON body may also answer, before its own validation runs.
+BODY_RESPONSES: dict[int | str, dict[str, str]] = {
+    400: {"description": "the body cannot be parsed (e.g. it is not UTF-8 JSON)"},
+}
+
+
 def valid_task_id(task_id: str) -> bool:
-    return 0 < len(task_id) <= 128 and all(c.isalnum() or c in "_-" for c in task_id)
+    """ASCII letters, digits, ``_`` and ``-`` (``str.isalnum`` alone admits any script,
+    which the KV bucket refuses as a key)."""
+    return 0 < len(task_id) <= 128 and all(
+        (c.isascii() and c.isalnum()) or c in "_-" for c in task_id
+    )
 
 
 def gateway(request: Request) -> Gateway:

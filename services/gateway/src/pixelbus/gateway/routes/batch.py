@@ -32,7 +32,13 @@ from pixelbus.contracts.validation import (
     validate_face_swap_fields,
 )
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
-from pixelbus.gateway.deps import Gateway, error_response, gateway, validation_response
+from pixelbus.gateway.deps import (
+    BODY_RESPONSES,
+    Gateway,
+    error_response,
+    gateway,
+    validation_response,
+)
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.gateway.views import task_view
 from pixelbus.media.data_uri import decode_data_uri
@@ -69,6 +75,7 @@ EXAMPLE: dict[str, Any] = {
     summary="Create many face swaps at once (one task each)",
     responses={
         **AUTH_RESPONSES,
+        **BODY_RESPONSES,
         200: {"description": "an Idempotency-Key seen before: the same batch"},
         201: {"description": "the batch id and its tasks, PENDING"},
         413: {"description": "request body too large"},

@@ -35,7 +35,7 @@ from pixelbus.contracts.keys import CONSUMER
 from pixelbus.contracts.subjects import TASK_STREAM, pool_for_environment, sanitize_token
 from pixelbus.contracts.task import OutputObject, StoredOutput
 from pixelbus.gateway.auth import AUTH_RESPONSES, require
-from pixelbus.gateway.deps import Gateway, error_response, gateway
+from pixelbus.gateway.deps import BODY_RESPONSES, Gateway, error_response, gateway
 from pixelbus.gateway.leases import Lease, LeaseError, sign_lease, verify_lease
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.state import read_state
@@ -182,7 +182,9 @@ async def _current_lease(gw: Gateway, task_id: str, token: str) -> Lease | JSONR
     return lease
 
 
-@router.post("/{task_id}/progress", summary="Report progress; extends the lease")
+@router.post(
+    "/{task_id}/progress", summary="Report progress; extends the lease", responses=BODY_RESPONSES
+)
 async def report_progress(
     task_id: str, body: ProgressBody, gw: Annotated[Gateway, Depends(gateway)]
 ) -> JSONResponse:
@@ -207,7 +209,11 @@ async def report_progress(
     return JSONResponse(content={"lease_expires_in_s": gw.settings.bus.ack_wait_s})
 
 
-@router.post("/{task_id}/complete", summary="Complete a leased task with its outputs")
+@router.post(
+    "/{task_id}/complete",
+    summary="Complete a leased task with its outputs",
+    responses=BODY_RESPONSES,
+)
 async def complete(
     task_id: str, body: CompleteBody, gw: Annotated[Gateway, Depends(gateway)]
 ) -> JSONResponse:
@@ -286,7 +292,9 @@ async def complete(
     return JSONResponse(content={"taskId": task_id, "accepted": True})
 
 
-@router.post("/{task_id}/fail", summary="Fail a leased task (retryable or not)")
+@router.post(
+    "/{task_id}/fail", summary="Fail a leased task (retryable or not)", responses=BODY_RESPONSES
+)
 async def fail(
     task_id: str, body: FailBody, gw: Annotated[Gateway, Depends(gateway)]
 ) -> JSONResponse:

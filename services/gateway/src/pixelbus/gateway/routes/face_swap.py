@@ -16,7 +16,7 @@ from pixelbus.contracts.validation import (
     validate_face_swap_fields,
 )
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
-from pixelbus.gateway.deps import Gateway, gateway, validation_response
+from pixelbus.gateway.deps import BODY_RESPONSES, Gateway, gateway, validation_response
 from pixelbus.gateway.views import task_view
 
 router = APIRouter(prefix="/api/face-swap", tags=["face swap"])
@@ -33,6 +33,7 @@ EXAMPLE: dict[str, Any] = {
     summary="Swap the source's face onto the target and wait for the result",
     responses={
         **AUTH_RESPONSES,
+        **BODY_RESPONSES,
         200: {"description": "the task is final (COMPLETED with result, FAILED with error)"},
         202: {"description": "still running when the wait ran out: poll GET /api/tasks/{taskId}"},
         413: {"description": "request body too large"},

@@ -10,7 +10,13 @@ from fastapi.responses import JSONResponse
 from pixelbus.contracts.keys import TASKS_READ, TASKS_WRITE
 from pixelbus.contracts.validation import ValidationFailed, decode_create_request, validate_create
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
-from pixelbus.gateway.deps import Gateway, error_response, gateway, validation_response
+from pixelbus.gateway.deps import (
+    BODY_RESPONSES,
+    Gateway,
+    error_response,
+    gateway,
+    validation_response,
+)
 from pixelbus.gateway.queue import queue_position_or_none
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.gateway.views import task_view
@@ -43,6 +49,7 @@ TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Create a task (unified task format)",
     responses={
         **AUTH_RESPONSES,
+        **BODY_RESPONSES,
         200: {"description": "an Idempotency-Key seen before: the same task"},
         201: {"description": "the task, PENDING"},
         409: {"description": "a task with this taskId exists"},
