@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import websockets
 
+from pixelbus.contracts.subjects import TASK_STREAM
 from pixelbus.testkit.nats_server import NatsServer
+from pixelbus.testkit.waiting import eventually
 from tests.conftest import data_uri
 from tests.events_client import SseEvent, sse_events
 from tests.stack import running_stack, start_worker
@@ -85,6 +87,15 @@ async def test_sse_follows_a_face_swap_and_resumes_without_a_gap(
             sse_events(stack.http, path, last_event_id=0), lambda e: e.event == "end"
         )
         replay_ids = [e.id for e in replay if e.event == "state"]
+
+        # Every stream's short-lived consumer is gone once its client is.
+        js = stack.nc.jetstream()
+
+        async def only_durables() -> bool | None:
+            infos = await js.consumers_info(TASK_STREAM)
+            return True if all(c.config.durable_name for c in infos) else None
+
+        await eventually(only_durables, timeout=10)
         assert replay[0].data["status"] == "PENDING"
         after_first = [i for i in replay_ids if i > ids[0]]
         deduped = list(dict.fromkeys(ids))  # a queue-position refresh repeats its id

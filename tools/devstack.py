@@ -71,6 +71,7 @@ def main() -> int:
             f"\npixelbus is up (nats-server {nats.url}, storage {STATE / 'storage'})\n"
             f"  API:    {base}/api\n"
             f"  docs:   {base}/docs\n"
+            f"  dashboard: {base}/dashboard/\n"
             f"  health: {base}/api/health\n"
             "Ctrl-C stops everything.\n",
             flush=True,
