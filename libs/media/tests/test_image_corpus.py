@@ -104,6 +104,14 @@ def half(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
 
+def scan_bomb() -> bytes:
+    """A progressive JPEG whose last scan is repeated 500 times: every scan is a pass
+    over all blocks, so decoding time grows with scans that cost a few bytes each."""
+    data = saved(photo(size=(256, 256)), "JPEG", progressive=True)
+    last = data[data.rindex(b"\xff\xda") : -2]
+    return data[:-2] + last * 500 + data[-2:]
+
+
 def ztxt_bomb() -> bytes:
     text = b"Comment\x00\x00" + zlib.compress(b"A" * 64_000_000, 9)
     return png(8, 8, before_idat=chunk(b"zTXt", text))
@@ -201,6 +209,8 @@ CORPUS: list[Case] = [
     Case("PNG header 5000x5000", lambda: png(5000, 5000, idat=b""), "exceeds 16 megapixels"),
     Case("JPEG SOF 65000x65000", lambda: jpeg_claiming(65_000, 65_000), "image too large"),
     Case("WEBP frame 16383x16383", lambda: webp_claiming(16_383), "image too large"),
+    Case("JPEG with 510 progressive scans", scan_bomb, "a JPEG with 510 scans (at most 100)"),
+    Case("progressive JPEG", lambda: saved(photo(), "JPEG", progressive=True), None, shape(48, 64)),
     Case("PNG zTXt inflating to 64 MB", ztxt_bomb, "corrupt or truncated image"),
     Case("PNG IDAT inflating to 64 MB", idat_bomb, None, shape(256, 256)),
     Case("over the byte limit", lambda: bytes(MAX_BYTES + 1), "exceeds 10000000 bytes"),

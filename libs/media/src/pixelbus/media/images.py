@@ -43,6 +43,11 @@ EncodeFormat: TypeAlias = Literal["png", "jpeg", "webp"]
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 
+#: A progressive JPEG's decoding costs a pass over every block per scan, and a scan can
+#: take a few bytes: a small file with thousands of scans is a CPU bomb that no pixel
+#: limit sees. Encoders write about 10; libjpeg's own tools suggest a limit of 100.
+MAX_JPEG_SCANS = 100
+
 AnimatedInputs: TypeAlias = Literal["first_frame", "refuse"]
 """What ``decode_image`` does with an animated input: decode its first frame only
 (the default: a moving avatar still works, at the cost of one frame), or refuse it."""
@@ -102,6 +107,7 @@ def decode_image(
         try:
             with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
                 _check_header(image, max_pixels)
+                _check_jpeg_scans(image, data)
                 _check_animation(image, animated)
                 image.load()
                 upright = ImageOps.exif_transpose(image)
@@ -123,6 +129,16 @@ def _check_header(image: Image.Image, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InvalidImage(
             f"image too large: {width}x{height} pixels exceeds {_megapixels(max_pixels)}"
+        )
+
+
+def _check_jpeg_scans(image: Image.Image, data: bytes) -> None:
+    # Entropy-coded data stuffs every 0xFF with 0x00, so FF DA only starts a scan (or a
+    # scan of an embedded thumbnail, which makes this count err on the safe side).
+    if image.format == "JPEG" and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        raise InvalidImage(
+            f"image refused: a JPEG with {scans} scans (at most {MAX_JPEG_SCANS}), "
+            "which would take long to decode"
         )
 
 
