@@ -11,7 +11,7 @@ guard's own seam (an injected resolver), which also lets a name answer different
 time it is asked (DNS rebinding).
 
 Run with ``-s`` to see the counts line, e.g.
-``SSRF table: 44 of 44 bypass forms refused, 0 of 15 legitimate URLs refused``.
+``SSRF table: 55 of 55 bypass forms refused`` and ``0 of 15 legitimate URLs refused``.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ DNS_TABLE: dict[str, list[list[str]]] = {
     "ula.example": once("fd00::1"),
     "mixed.example": once(PUBLIC, "127.0.0.1"),
     "nat64.example": once("64:ff9b::a00:1"),
+    "169.254.169.254.nip.io": once("169.254.169.254"),
     # DNS rebinding: public when checked, internal on every later question
     "rebind.example": [[PUBLIC], ["127.0.0.1"]],
     "rebind-hop.example": [[PUBLIC], ["127.0.0.1"]],
@@ -139,6 +140,10 @@ BYPASSES: list[Bypass] = [
     Bypass("dotted octal", "http://0177.0.0.1:{internal}/secret", MediaError, "0177"),
     Bypass("short 127.1", "http://127.1:{internal}/secret", MediaError, "loopback"),
     Bypass("dotted hex", "http://0x7f.1:{internal}/secret", MediaError, "loopback"),
+    Bypass("all parts hex", "http://0x7f.0x0.0x0.0x1:{internal}/", MediaError, "loopback"),
+    Bypass(
+        "ideographic dots", "http://127\u30020\u30020\u30021:{internal}/", MediaError, "loopback"
+    ),
     Bypass("trailing dot", "http://127.0.0.1.:{internal}/secret", MediaError, "loopback"),
     Bypass("zero", "http://0:{internal}/secret", MediaError, "unspecified"),
     Bypass("0.0.0.0", "http://0.0.0.0:{internal}/secret", MediaError, "unspecified"),
@@ -180,6 +185,7 @@ BYPASSES: list[Bypass] = [
     # names that resolve inwards (every address is checked)
     Bypass("name to loopback", "http://loopback.example:{internal}/", MediaError, "127.0.0.1"),
     Bypass("name to 10/8", "http://private.example/", MediaError, "10.1.2.3"),
+    Bypass("wildcard DNS to metadata", "http://169.254.169.254.nip.io/", MediaError, "metadata"),
     Bypass("name to CGNAT", "http://cgnat.example/", MediaError, "carrier-grade"),
     Bypass("name to mapped metadata", "http://mapped.example/", MediaError, "metadata"),
     Bypass("name to ::1", "http://v6-loopback.example/", MediaError, "loopback"),
