@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -28,6 +28,7 @@ from nats.js.kv import KeyValue
 
 from pixelbus.contracts.keys import ADMIN, SCOPES, ApiKey, parse_token, secret_matches
 from pixelbus.contracts.subjects import KEYS_BUCKET
+from pixelbus.gateway.responses import error
 
 __all__ = ["ANONYMOUS", "AUTH_RESPONSES", "KeyStore", "Principal", "require"]
 
@@ -148,8 +149,8 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
 
 
 #: The answers every protected route may give, for its OpenAPI ``responses``.
-AUTH_RESPONSES: dict[int | str, dict[str, str]] = {
-    401: {"description": "no API key, an unknown one, or a revoked one"},
-    403: {"description": "the API key lacks the scope this endpoint needs"},
-    429: {"description": "over the key's request rate (`Retry-After`) or active-task quota"},
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: error("no API key, an unknown one, or a revoked one"),
+    403: error("the API key lacks the scope this endpoint needs"),
+    429: error("over the key's request rate (`Retry-After`) or active-task quota"),
 }

@@ -15,6 +15,7 @@ from pixelbus.contracts.task import TaskState
 from pixelbus.contracts.validation import FieldError, TaskSpec
 from pixelbus.gateway.auth import KeyStore, Principal
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
+from pixelbus.gateway.responses import error
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
 
@@ -68,8 +69,8 @@ class Gateway:
 
 
 #: What every route with a JSON body may also answer, before its own validation runs.
-BODY_RESPONSES: dict[int | str, dict[str, str]] = {
-    400: {"description": "the body cannot be parsed (e.g. it is not UTF-8 JSON)"},
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: error("the body cannot be parsed (e.g. it is not UTF-8 JSON)"),
 }
 
 

@@ -18,6 +18,7 @@ from pixelbus.gateway.deps import (
     validation_response,
 )
 from pixelbus.gateway.queue import queue_position_or_none
+from pixelbus.gateway.responses import error
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.gateway.views import task_view
 
@@ -39,7 +40,7 @@ CREATE_EXAMPLE: dict[str, Any] = {
 
 TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     **AUTH_RESPONSES,
-    404: {"description": "no such task (or another tenant's)"},
+    404: error("no such task (or another tenant's)"),
 }
 
 
@@ -101,7 +102,7 @@ async def get_task(
     "/{task_id}/cancel",
     status_code=202,
     summary="Cancel a task",
-    responses={**TASK_RESPONSES, 409: {"description": "the task is already final"}},
+    responses={**TASK_RESPONSES, 409: error("the task is already final")},
 )
 async def cancel_task(
     task_id: str,
