@@ -6,9 +6,48 @@ from typing import Any
 
 import msgspec
 
-from pixelbus.contracts.task import TaskState
+from pixelbus.contracts.task import TaskState, TaskStatus
 
-__all__ = ["task_view"]
+__all__ = ["TASK_VIEW_SCHEMA", "task_view"]
+
+
+_NULLABLE_TEXT: dict[str, Any] = {"type": ["string", "null"]}
+_NULLABLE_TIME: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
+_NULLABLE_OBJECT: dict[str, Any] = {"type": ["object", "null"]}
+
+#: The JSON schema of ``task_view``, for the OpenAPI ``responses`` of the routes that
+#: answer with a task (more fields may come; none of these go away).
+TASK_VIEW_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "taskId", "workflow", "workflow_name", "environment", "params", "status",
+        "progress", "result", "error", "attempts", "queue_position", "worker",
+        "cancel_requested", "created_at", "started_at", "finished_at", "updated_at",
+    ],
+    "properties": {
+        "taskId": {"type": "string", "minLength": 1},
+        "workflow": _NULLABLE_TEXT,
+        "workflow_name": _NULLABLE_TEXT,
+        "environment": _NULLABLE_TEXT,
+        "params": {
+            "type": "object",
+            "required": ["input_data"],
+            "properties": {"input_data": {"type": "object"}},
+        },
+        "status": {"type": "string", "enum": [s.value for s in TaskStatus]},
+        "progress": _NULLABLE_OBJECT,
+        "result": _NULLABLE_OBJECT,
+        "error": _NULLABLE_OBJECT,
+        "attempts": {"type": "integer", "minimum": 0},
+        "queue_position": {"type": ["integer", "null"], "minimum": 0},
+        "worker": _NULLABLE_TEXT,
+        "cancel_requested": {"type": "boolean"},
+        "created_at": _NULLABLE_TIME,
+        "started_at": _NULLABLE_TIME,
+        "finished_at": _NULLABLE_TIME,
+        "updated_at": _NULLABLE_TIME,
+    },
+}  # fmt: skip
 
 
 def task_view(state: TaskState, *, queue_position: int | None = None) -> dict[str, Any]:

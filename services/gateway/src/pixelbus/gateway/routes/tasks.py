@@ -18,9 +18,9 @@ from pixelbus.gateway.deps import (
     validation_response,
 )
 from pixelbus.gateway.queue import queue_position_or_none
-from pixelbus.gateway.responses import error
+from pixelbus.gateway.responses import error, json_body, validation_error
 from pixelbus.gateway.tasks import TaskConflict
-from pixelbus.gateway.views import task_view
+from pixelbus.gateway.views import TASK_VIEW_SCHEMA, task_view
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
@@ -51,11 +51,11 @@ TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses={
         **AUTH_RESPONSES,
         **BODY_RESPONSES,
-        200: {"description": "an Idempotency-Key seen before: the same task"},
-        201: {"description": "the task, PENDING"},
-        409: {"description": "a task with this taskId exists"},
-        413: {"description": "request body too large"},
-        422: {"description": "invalid request; `detail` names each field"},
+        200: json_body("an Idempotency-Key seen before: the same task", TASK_VIEW_SCHEMA),
+        201: json_body("the task, PENDING", TASK_VIEW_SCHEMA),
+        409: error("a task with this taskId exists"),
+        413: error("request body too large"),
+        422: validation_error("invalid request; `detail` names each field"),
     },
 )
 async def create_task(
@@ -84,7 +84,11 @@ async def create_task(
     return JSONResponse(status_code=201 if is_new else 200, content=task_view(state))
 
 
-@router.get("/{task_id}", summary="A task's current state", responses=TASK_RESPONSES)
+@router.get(
+    "/{task_id}",
+    summary="A task's current state",
+    responses={**TASK_RESPONSES, 200: json_body("the task", TASK_VIEW_SCHEMA)},
+)
 async def get_task(
     task_id: str,
     gw: Annotated[Gateway, Depends(gateway)],
@@ -102,7 +106,11 @@ async def get_task(
     "/{task_id}/cancel",
     status_code=202,
     summary="Cancel a task",
-    responses={**TASK_RESPONSES, 409: error("the task is already final")},
+    responses={
+        **TASK_RESPONSES,
+        202: json_body("the task; `cancel_requested` is set", TASK_VIEW_SCHEMA),
+        409: error("the task is already final"),
+    },
 )
 async def cancel_task(
     task_id: str,
