@@ -333,7 +333,9 @@ def measured(run: Callable[[], object]) -> tuple[object, Measured]:
     """Run ``run`` once, returning its result or the InvalidImage it raised."""
     rss_tracked = _reset_peak_rss()
     rss_before = _status_kib("VmRSS") if rss_tracked else 0
+    already_tracing = tracemalloc.is_tracing()
     tracemalloc.start()
+    tracemalloc.reset_peak()
     started = time.perf_counter()
     try:
         outcome: object = run()
@@ -342,7 +344,8 @@ def measured(run: Callable[[], object]) -> tuple[object, Measured]:
     finally:
         seconds = time.perf_counter() - started
         traced_peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        if not already_tracing:
+            tracemalloc.stop()
     growth = max(0, _status_kib("VmHWM") - rss_before) * 1024 if rss_tracked else None
     return outcome, Measured(seconds, traced_peak, growth)
 
