@@ -113,10 +113,13 @@ class AsyncClient:
                             failures = 0
                             last_event_id = event.id or last_event_id
                             yield state
+                error: httpx.HTTPError = httpx.RemoteProtocolError("the stream ended early")
             except httpx.HTTPError as exc:
-                failures += 1
-                if failures >= 3:
-                    raise unreachable(self.base_url, exc) from None
+                error = exc
+            failures += 1  # dropped, or ended without its end event: resume
+            if failures >= 3:
+                raise unreachable(self.base_url, error) from None
+            await asyncio.sleep(0.2 * failures)
 
     async def wait(
         self,

@@ -101,10 +101,13 @@ class Client:
                             failures = 0
                             last_event_id = event.id or last_event_id
                             yield state
+                error: httpx.HTTPError = httpx.RemoteProtocolError("the stream ended early")
             except httpx.HTTPError as exc:
-                failures += 1
-                if failures >= 3:
-                    raise unreachable(self.base_url, exc) from None
+                error = exc
+            failures += 1  # dropped, or ended without its end event: resume
+            if failures >= 3:
+                raise unreachable(self.base_url, error) from None
+            time.sleep(0.2 * failures)
 
     def wait(
         self,
