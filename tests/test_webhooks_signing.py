@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -111,3 +112,32 @@ def test_log_status() -> None:
     assert landed.status() == "delivered"
     lost = DeliveryLog(task_id="t", attempts=(*landed.attempts, attempt("b", 1, "failed")))
     assert lost.status() == "failed"
+
+
+def test_create_request_webhook_fields() -> None:
+    from pixelbus.contracts.validation import (
+        ValidationFailed,
+        decode_create_request,
+        validate_create,
+    )
+
+    def spec(**fields: object) -> object:
+        body = {"workflow": "probe", "environment": "face_swap", **fields}
+        return validate_create(decode_create_request(json.dumps(body).encode()))
+
+    plain = spec()
+    assert plain.webhook_url is None and plain.webhook_events == ()
+    default = spec(webhook_url="https://hooks.example.com/x")
+    assert default.webhook_events == ("completed", "failed", "cancelled")
+    chosen = spec(webhook_url="http://h.example.com", webhook_events=["progress", "progress"])
+    assert chosen.webhook_events == ("progress",)
+    for bad, field in (
+        ({"webhook_url": "file:///etc/passwd"}, "webhook_url"),
+        ({"webhook_url": "https://e.com/" + "x" * 3000}, "webhook_url"),
+        ({"webhook_url": "https://e.com", "webhook_events": []}, "webhook_events"),
+        ({"webhook_url": "https://e.com", "webhook_events": ["done"]}, "webhook_events"),
+        ({"webhook_events": ["completed"]}, "webhook_events"),
+    ):
+        with pytest.raises(ValidationFailed) as refused:
+            spec(**bad)
+        assert refused.value.errors[0].loc == ("body", field), bad
