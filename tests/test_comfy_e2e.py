@@ -327,3 +327,21 @@ async def test_a_large_inline_image_in_a_graph_goes_through_the_object_store(
     with Image.open(io.BytesIO(image.content)) as png:
         assert png.size == (700, 700)
         assert png.convert("RGB").getpixel((0, 0)) == tuple(255 - c for c in noise.getpixel((0, 0)))
+
+
+async def test_a_truncated_input_image_fails_before_it_reaches_comfyui(comfy: ComfyStack) -> None:
+    import base64
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(buffer, format="PNG")
+    truncated = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    graph = invert_graph()
+    graph["1"] = {
+        "class_type": "LoadImage",
+        "inputs": {"image": "data:image/png;base64," + base64.b64encode(truncated).decode()},
+    }
+    state = await comfy.final(await comfy.create(comm_task(graph)))
+    assert state.status == TaskStatus.FAILED and state.error is not None
+    assert state.attempts == 1  # permanent: the same bytes would fail again
+    assert any(word in state.error.message for word in ("truncated", "corrupt")), state.error
+    assert comfy.fakes[0].calls_to("POST", "/upload/image") == []

@@ -42,6 +42,7 @@ from pixelbus.comfy_worker.templates import Template
 from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
 from pixelbus.media.errors import MediaError
 from pixelbus.media.fetch import FetchLimits, fetch_bytes
+from pixelbus.media.images import decode_image
 from pixelbus.media.ssrf import SsrfPolicy
 from pixelbus.runtime.errors import Permanent, Retryable
 from pixelbus.runtime.objects import ObjectReader
@@ -249,6 +250,15 @@ class ComfyHandler:
                 f"{label}: {width}x{height} is more than {self._settings.max_image_pixels} pixels",
                 code="invalid_image",
             )
+        try:  # a full, bounded decode: bombs and truncations stop here, not in ComfyUI
+            decode_image(
+                data,
+                max_bytes=self._settings.max_image_bytes,
+                max_pixels=self._settings.max_image_pixels,
+                animated=self._settings.animated_inputs,
+            )
+        except MediaError as exc:
+            raise WorkflowError(f"{label}: {exc}", code=exc.code) from exc
         return _IMAGE_FORMATS[kind]
 
     # --- 4. outputs ---

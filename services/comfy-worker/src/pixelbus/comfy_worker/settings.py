@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from pixelbus.media.images import AnimatedInputs, animated_inputs_from
 from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.settings import BusSettings, env_bool, env_float, env_int, env_str
@@ -98,6 +99,7 @@ class ComfySettings:
     max_output_bytes: int = 512 * 1024 * 1024
     max_image_bytes: int = 15 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    animated_inputs: AnimatedInputs = "first_frame"
     fetch_timeout_s: float = 20.0
     ssrf_allow_networks: tuple[IPNetwork, ...] = ()
     agent: AgentSettings | None = None
@@ -158,6 +160,7 @@ class ComfySettings:
             max_image_pixels=env_int(
                 environ, "PIXELBUS_MAX_IMAGE_PIXELS", cls.max_image_pixels, lo=1024, hi=1 << 31
             ),
+            animated_inputs=animated_inputs_from(environ),
             fetch_timeout_s=env_float(
                 environ, "PIXELBUS_FETCH_TIMEOUT_S", cls.fetch_timeout_s, lo=0.1, hi=600
             ),

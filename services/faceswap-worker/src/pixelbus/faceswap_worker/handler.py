@@ -129,6 +129,7 @@ class FaceSwapHandler:
                 max_bytes=self._settings.max_image_bytes,
                 max_pixels=self._settings.max_image_pixels,
                 content_type=content_type,
+                animated=self._settings.animated_inputs,
             )
         except MediaError as exc:
             raise Permanent(exc.code, f"{field}: {exc}") from exc

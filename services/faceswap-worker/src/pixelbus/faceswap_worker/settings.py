@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelbus.contracts.validation import FACE_SWAP_MODELS
+from pixelbus.media.images import AnimatedInputs, animated_inputs_from
 from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.settings import BusSettings, env_float, env_int, env_str
@@ -81,6 +82,7 @@ class FaceSwapSettings:
     max_image_pixels: int = 40_000_000
     fetch_timeout_s: float = 20.0
     ssrf_allow_networks: tuple[IPNetwork, ...] = ()
+    animated_inputs: AnimatedInputs = "first_frame"
     models: ModelSettings = field(default_factory=ModelSettings)
     remote: RemoteSettings = field(default_factory=RemoteSettings)
 
@@ -122,6 +124,7 @@ class FaceSwapSettings:
                 environ, "PIXELBUS_FETCH_TIMEOUT_S", cls.fetch_timeout_s, lo=0.1, hi=600
             ),
             ssrf_allow_networks=tuple(networks),
+            animated_inputs=animated_inputs_from(environ),
             models=ModelSettings.from_env(environ),
             remote=remote,
         )
