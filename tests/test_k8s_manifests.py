@@ -302,7 +302,8 @@ def test_network_policies_deny_by_default_and_fence_the_workers(
     deny = policies["default-deny"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in deny and "egress" not in deny
-    for name in ("faceswap-worker", "comfy-worker", "storage-uploader"):
+    # the gateway's own egress is for webhooks: public 80/443 only, like the workers
+    for name in ("faceswap-worker", "comfy-worker", "storage-uploader", "gateway"):
         egress = policies[f"{name}-egress"]["egress"]
         public = [peer["ipBlock"] for rule in egress for peer in rule["to"] if "ipBlock" in peer]
         assert public, name
@@ -315,12 +316,8 @@ def test_network_policies_deny_by_default_and_fence_the_workers(
     comfy = policies["comfy-worker-egress"]["egress"]
     [to_comfyui] = [rule for rule in comfy if "namespaceSelector" in rule["to"][0]]
     assert to_comfyui["ports"] == [{"protocol": "TCP", "port": 8188}]
-    # the gateway has no egress of its own: DNS and NATS only
-    assert not any(
-        p["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "gateway"
-        and "Egress" in p["policyTypes"]
-        for p in policies.values()
-    )
+    [gateway_public] = policies["gateway-egress"]["egress"]
+    assert all("ipBlock" in peer for peer in gateway_public["to"])
 
 
 @pytest.fixture(scope="module")
