@@ -178,3 +178,41 @@ def test_main_refuses_a_bad_setting_with_one_line(
     assert main() == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("pixelbus-comfy-worker: template 'bad': graph:")
+
+
+@pytest.mark.parametrize(
+    "name", ["examples/../../etc/passwd", "/etc/passwd", "examples/a\x00.png", "examples//x.png"]
+)
+def test_an_allowed_file_pattern_never_lets_a_path_escape(name: str) -> None:
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": name}}}
+    with pytest.raises(WorkflowError) as caught:
+        image_inputs(graph, ["examples/*"])
+    assert caught.value.code == "input_file_not_allowed"
+    assert (
+        image_inputs(
+            {"1": {"class_type": "LoadImage", "inputs": {"image": "examples/a.png"}}},
+            ["examples/*"],
+        )
+        == []
+    )
+
+
+def test_production_needs_a_node_type_allowlist_for_raw_graphs() -> None:
+    with pytest.raises(SettingsError, match="PIXELBUS_COMFY_ALLOWED_NODE_TYPES"):
+        ComfySettings.from_env({"APP_ENV": "production", "COMFYUI_URL": "http://comfy:8188"})
+    allowed = ComfySettings.from_env(
+        {
+            "APP_ENV": "production",
+            "COMFYUI_URL": "http://comfy:8188",
+            "PIXELBUS_COMFY_ALLOWED_NODE_TYPES": "LoadImage,ImageInvert,SaveImage",
+        }
+    )
+    assert allowed.allowed_node_types == {"LoadImage", "ImageInvert", "SaveImage"}
+    templates_only = ComfySettings.from_env(
+        {
+            "APP_ENV": "production",
+            "COMFYUI_URL": "http://comfy:8188",
+            "PIXELBUS_COMFY_RAW_GRAPHS": "false",
+        }
+    )
+    assert templates_only.raw_graphs is False

@@ -13,6 +13,7 @@ from typing import Any
 
 from pixelbus.comfy_worker.errors import WorkflowError
 from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
+from pixelbus.media.file_names import InvalidFileName, check_relative_path
 
 __all__ = [
     "IMAGE_LOADERS",
@@ -112,7 +113,16 @@ def image_inputs(graph: Graph, allowed_files: Collection[str] = ()) -> list[Imag
         item = ImageInput(node_id, name, value.strip())
         if item.is_remote:
             found.append(item)
-        elif not any(fnmatch.fnmatchcase(item.value, p) for p in allowed_files):
+            continue
+        try:  # before matching: fnmatch's '*' would also match '../'
+            check_relative_path(item.value, what="file name")
+        except InvalidFileName as exc:
+            raise WorkflowError(
+                f"node {node_id} ({node['class_type']}): {exc}",
+                code="input_file_not_allowed",
+                node_id=node_id,
+            ) from None
+        if not any(fnmatch.fnmatchcase(item.value, p) for p in allowed_files):
             raise WorkflowError(
                 f"node {node_id} ({node['class_type']}) names a file on the ComfyUI server "
                 f"({item.value[:100]!r}); give the image as an http(s) URL or a data: URI "

@@ -123,6 +123,13 @@ class ComfySettings:
                 raise SettingsError(
                     f"PIXELBUS_SSRF_ALLOW_NETWORKS: {raw!r} is not a network"
                 ) from None
+        raw_graphs = env_bool(environ, "PIXELBUS_COMFY_RAW_GRAPHS", cls.raw_graphs)
+        if environ.get("APP_ENV") == "production" and raw_graphs and not allowed:
+            raise SettingsError(
+                "APP_ENV=production: raw ComfyUI graphs need PIXELBUS_COMFY_ALLOWED_NODE_TYPES "
+                "(the node types clients may use), or PIXELBUS_COMFY_RAW_GRAPHS=false "
+                "(stored workflows only)"
+            )
         return cls(
             bus=BusSettings.from_env(environ),
             urls=urls,
@@ -145,7 +152,7 @@ class ComfySettings:
                 environ, "PIXELBUS_COMFY_POLL_INTERVAL_S", cls.poll_interval_s, lo=0.1, hi=600
             ),
             allowed_node_types=frozenset(allowed) if allowed else None,
-            raw_graphs=env_bool(environ, "PIXELBUS_COMFY_RAW_GRAPHS", cls.raw_graphs),
+            raw_graphs=raw_graphs,
             allowed_input_files=_csv(environ, "PIXELBUS_COMFY_ALLOWED_INPUT_FILES"),
             templates_dir=Path(templates) if templates else None,
             include_previews=env_bool(
