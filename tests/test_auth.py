@@ -337,3 +337,24 @@ async def test_cors_opens_only_to_the_configured_origins(
             headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_json_nested_past_any_sense_is_a_client_error(secured: tuple[Stack, Keys]) -> None:
+    stack, keys = secured
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path, body in (
+        (
+            "/api/tasks/create",
+            b'{"workflow":"w","environment":"comm","params":{"input_data":{"wf_json":'
+            + deep
+            + b"}}}",
+        ),
+        ("/api/face-swap/batch", b'{"items":' + deep + b"}"),
+        ("/api/face-swap/process?wait=0", b'{"source_url":' + deep + b"}"),
+    ):
+        response = await stack.http.post(
+            path,
+            content=body,
+            headers={**keys.headers("owner"), "Content-Type": "application/json"},
+        )
+        assert 400 <= response.status_code < 500, (path, response.status_code, response.text[:200])

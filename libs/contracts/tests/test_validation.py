@@ -248,3 +248,28 @@ def test_the_face_swap_request_lists_only_given_fields() -> None:
         json.dumps({**FACE, "target_face_index": 2, "output_format": "webp"}).encode()
     )
     assert request.fields() == {**FACE, "target_face_index": 2, "output_format": "webp"}
+
+
+def test_comfy_graphs_are_capped_in_nodes_and_depth() -> None:
+    from pixelbus.contracts.validation import MAX_GRAPH_NODES, MAX_INPUT_DEPTH
+
+    def comm(wf_json: object) -> bytes:
+        body = {
+            "workflow": "wf",
+            "environment": "comm",
+            "params": {"input_data": {"wf_json": wf_json}},
+        }
+        return json.dumps(body).encode()
+
+    big = {str(i): {"class_type": "EmptyImage", "inputs": {}} for i in range(MAX_GRAPH_NODES + 1)}
+    with pytest.raises(ValidationFailed) as caught:
+        validate_create(decode_create_request(comm(big)))
+    assert "nodes; at most" in caught.value.errors[0].msg
+    deep: dict[str, object] = {"class_type": "X", "inputs": {}}
+    for _ in range(MAX_INPUT_DEPTH):
+        deep = {"inputs": {"x": deep}}
+    with pytest.raises(ValidationFailed) as caught:
+        validate_create(decode_create_request(comm({"1": deep})))
+    assert "deeper than" in caught.value.errors[0].msg
+    ok = {str(i): {"class_type": "EmptyImage", "inputs": {"width": 8}} for i in range(50)}
+    assert validate_create(decode_create_request(comm(ok))).environment == "comm"

@@ -101,9 +101,14 @@ def _decode_errors(exc: msgspec.ValidationError, prefix: tuple[str, ...]) -> Fie
     return FieldError(tuple(loc), message, kind)
 
 
+_TOO_DEEP = FieldError(("body",), "JSON nests too deep", "json_invalid")
+
+
 def decode_create_request(body: bytes) -> CreateTaskRequest:
     try:
         return msgspec.json.decode(body, type=CreateTaskRequest)
+    except RecursionError:
+        raise ValidationFailed([_TOO_DEEP]) from None
     except msgspec.ValidationError as exc:
         raise ValidationFailed([_decode_errors(exc, ("body",))]) from exc
     except msgspec.DecodeError as exc:
@@ -115,6 +120,8 @@ def decode_create_request(body: bytes) -> CreateTaskRequest:
 def decode_face_swap_request(body: bytes) -> FaceSwapRequest:
     try:
         return msgspec.json.decode(body, type=FaceSwapRequest)
+    except RecursionError:
+        raise ValidationFailed([_TOO_DEEP]) from None
     except msgspec.ValidationError as exc:
         raise ValidationFailed([_decode_errors(exc, ("body",))]) from exc
     except msgspec.DecodeError as exc:
@@ -225,6 +232,40 @@ def _check_face_swap_options(
     return errors
 
 
+#: Caps on a ComfyUI task's ``input_data`` (the body limit caps its bytes): real API-format
+#: graphs are a few hundred nodes at most and a handful of levels deep.
+MAX_GRAPH_NODES = 2000
+MAX_INPUT_DEPTH = 24
+
+
+def _depth(value: object, limit: int) -> int:
+    """How deep ``value`` nests (containers count one level each), stopping past ``limit``."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend(
+                (child, level) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
+
+
+def _check_graph_size(input_data: dict[str, Any], loc: tuple[str, ...]) -> list[FieldError]:
+    errors = []
+    if _depth(input_data, MAX_INPUT_DEPTH) > MAX_INPUT_DEPTH:
+        errors.append(FieldError(loc, f"nests deeper than {MAX_INPUT_DEPTH} levels"))
+    graph = input_data.get("wf_json")
+    if isinstance(graph, dict) and len(graph) > MAX_GRAPH_NODES:
+        errors.append(
+            FieldError((*loc, "wf_json"), f"has {len(graph)} nodes; at most {MAX_GRAPH_NODES}")
+        )
+    return errors
+
+
 def validate_create(request: CreateTaskRequest) -> TaskSpec:
     """Validate a create request in the unified task format."""
     errors: list[FieldError] = []
@@ -271,6 +312,8 @@ def validate_create(request: CreateTaskRequest) -> TaskSpec:
                 errors.extend(exc.errors)
     elif workflow != PROBE_WORKFLOW and environment == "comm" and not isinstance(wf_json, dict):
         errors.append(FieldError(wf_loc, "field required: the ComfyUI API-format graph", "missing"))
+    if environment == "comm":
+        errors.extend(_check_graph_size(input_data, ("body", "params", "input_data")))
     webhook_events = _check_webhook(request, errors)
     if errors:
         raise ValidationFailed(errors)

@@ -179,6 +179,11 @@ def create_app(
             headers={"Retry-After": "2"},
         )
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: Exception) -> JSONResponse:
+        """JSON nested past what a parser will follow: the client's mistake, not ours."""
+        return JSONResponse(status_code=400, content={"detail": "JSON nests too deep"})
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
