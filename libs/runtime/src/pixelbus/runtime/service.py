@@ -25,6 +25,7 @@ from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.logging import setup_logging
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.probes import NotReady, ProbeServer, ProbeSettings, ReadinessCheck
+from pixelbus.runtime.settings import with_secret_files
 from pixelbus.runtime.tracing import setup_tracing
 
 __all__ = ["consumer_ready", "run_service", "service_shell"]
@@ -42,7 +43,7 @@ def run_service(
         os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"), os.environ.get("PIXELBUS_LOG_FORMAT")
     )
     try:
-        settings = load_settings(os.environ)
+        settings = load_settings(with_secret_files(os.environ))
     except (SettingsError, ValueError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2

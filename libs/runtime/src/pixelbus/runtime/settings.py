@@ -8,7 +8,33 @@ from typing import Any
 
 from pixelbus.runtime.errors import SettingsError
 
-__all__ = ["BusSettings", "env_bool", "env_float", "env_int", "env_str"]
+__all__ = [
+    "BusSettings",
+    "env_bool",
+    "env_float",
+    "env_int",
+    "env_str",
+    "with_secret_files",
+]
+
+
+def with_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with every ``NAME_FILE=/path`` read into ``NAME`` (Kubernetes and Docker
+    secrets mounted as files), so that a secret need not sit in the environment. ``NAME``
+    set directly as well is a conflict, refused like an unreadable file."""
+    expanded = dict(environ)
+    for variable, path in environ.items():
+        if not variable.endswith("_FILE") or not path.strip():
+            continue
+        name = variable.removesuffix("_FILE")
+        if environ.get(name):
+            raise SettingsError(f"{name} and {variable} are both set; keep one")
+        try:
+            with open(path.strip(), encoding="utf-8") as secret:
+                expanded[name] = secret.read().strip()
+        except OSError as exc:
+            raise SettingsError(f"{variable}={path!r} cannot be read: {exc.strerror}") from None
+    return expanded
 
 
 def env_str(environ: Mapping[str, str], name: str, default: str) -> str:

@@ -24,6 +24,7 @@ from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.logging import setup_logging
 from pixelbus.runtime.probes import ProbeServer, ProbeSettings
 from pixelbus.runtime.provision import ensure
+from pixelbus.runtime.settings import with_secret_files
 from pixelbus.runtime.tracing import setup_tracing
 
 log = structlog.get_logger("pixelbus.comfy_worker")
@@ -74,14 +75,15 @@ async def serve(
 def main() -> int:
     setup_logging(os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"))
     try:
-        settings = ComfySettings.from_env(os.environ)
+        environ = with_secret_files(os.environ)
+        settings = ComfySettings.from_env(environ)
         templates = load_templates(settings.templates_dir)
     except (SettingsError, TemplateError) as exc:
         print(f"pixelbus-comfy-worker: {exc}", file=sys.stderr)
         return 2
     import uvloop
 
-    uvloop.run(serve(settings, templates, dict(os.environ)))
+    uvloop.run(serve(settings, templates, environ))
     return 0
 
 

@@ -12,6 +12,7 @@ from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.webhooks import WebhookSettings
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.logging import setup_logging
+from pixelbus.runtime.settings import with_secret_files
 
 
 def main() -> int:
@@ -19,8 +20,9 @@ def main() -> int:
         os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"), os.environ.get("PIXELBUS_LOG_FORMAT")
     )
     try:
-        settings = GatewaySettings.from_env(os.environ)
-        webhooks = WebhookSettings.from_env(os.environ)
+        environ = with_secret_files(os.environ)
+        settings = GatewaySettings.from_env(environ)
+        webhooks = WebhookSettings.from_env(environ)
     except SettingsError as exc:
         print(f"pixelbus-gateway: {exc}", file=sys.stderr)
         return 2
