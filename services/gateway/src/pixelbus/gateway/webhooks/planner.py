@@ -96,6 +96,10 @@ class WebhookPlanner:
                 await msg.nak(delay=1.0)
 
     async def _plan(self, msg: Msg) -> None:
+        # Subject: pixelbus.tasks.<environment>.<workflow>.<kind>.<task id>
+        if msg.subject.split(".")[4:5] in (["outputs"], ["cancel_requested"]):
+            await msg.ack()  # never a webhook: not even decoded
+            return
         try:
             event = decode_event(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError):
