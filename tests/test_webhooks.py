@@ -102,22 +102,52 @@ async def test_progress_webhooks_when_asked_and_the_final_state_last(
         verify(SECRET, r.headers, r.body, now=int(time.time()))
 
 
-async def test_private_address_is_refused_by_the_ssrf_guard_and_marked_failed(
+async def test_private_webhook_urls_are_refused_at_creation(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in HOOK_ENV.items() if k != "PIXELBUS_SSRF_ALLOW_NETWORKS"}
     async with (
         webhook_receiver() as receiver,
-        running_stack(nats_server.url, tmp_path, **env) as stack,
+        running_stack(nats_server.url, tmp_path, worker=False, uploader=False, **env) as stack,
     ):
-        task_id = (await stack.http.post("/api/tasks/create", json=probe(receiver.url))).json()[
-            "taskId"
-        ]
-        log = await wait_for_log(stack, task_id, "failed")
+        answers = {
+            url: await stack.http.post("/api/tasks/create", json=probe(url))
+            for url in (
+                receiver.url,  # loopback
+                "http://169.254.169.254/latest/meta-data/",
+                "http://localhost:8080/hook",
+                "http://user:pw@hooks.example.com/",
+                "http://0x7f.1/hook",
+            )
+        }
+    for url, answer in answers.items():
+        assert answer.status_code == 422, url
+        [error] = answer.json()["detail"]
+        assert error["loc"] == ["body", "webhook_url"] and "refused" in error["msg"], error
     assert receiver.received == []
-    [attempt] = log.attempts
-    assert attempt.outcome == "failed" and attempt.attempt == 1
-    assert "loopback" in (attempt.error or "")
+
+
+async def test_a_host_resolving_to_a_private_address_is_refused_at_delivery() -> None:
+    """DNS decides at delivery time: a public-looking name that resolves to loopback is
+    refused before any connection (the resolver is the guard's seam)."""
+    from ipaddress import ip_address
+
+    from pixelbus.gateway.webhooks.sender import WebhookSender
+    from pixelbus.media.ssrf import SsrfPolicy
+
+    async def rebinding(host: str, port: int) -> list[Any]:
+        return [ip_address("127.0.0.1")]
+
+    async with webhook_receiver() as receiver:
+        port = receiver.url.split(":")[2].split("/")[0]
+        sender = WebhookSender(SsrfPolicy(), timeout_s=5, resolver=rebinding)
+        try:
+            result = await sender.post(f"http://hooks.example.com:{port}/hook", b"{}", {})
+        finally:
+            await sender.aclose()
+    assert not result.ok and not result.retryable
+    assert "resolves to 127.0.0.1" in (result.error or "")
+    assert receiver.received == []
 
 
 async def test_attempts_spent_end_in_a_final_failed_mark(

@@ -125,6 +125,7 @@ def create_app(
         background.append(asyncio.create_task(exhausted.run()))
         deliveries = WebhookService(nc, webhook_settings or WebhookSettings())
         gw.extras["webhook_log"] = await deliveries.start(settings.bus)
+        gw.extras["webhooks"] = deliveries
         lag_sampler = asyncio.create_task(_sample_consumer_lag(js))
         background.append(lag_sampler)
         app.state.gateway = gw

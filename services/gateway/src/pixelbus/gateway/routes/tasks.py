@@ -21,6 +21,7 @@ from pixelbus.gateway.queue import queue_position_or_none
 from pixelbus.gateway.responses import error, json_body, validation_error
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.gateway.views import TASK_VIEW_SCHEMA, task_view
+from pixelbus.gateway.webhooks.admission import admit_webhook
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
@@ -74,6 +75,7 @@ async def create_task(
     raw = await request.body()
     try:
         spec = validate_create(decode_create_request(raw))
+        admit_webhook(gw.extras["webhooks"].sender.policy, spec)
         state, is_new = await gw.create_task(spec, caller, idempotency_key=idempotency_key)
     except ValidationFailed as exc:
         return validation_response(exc.errors)

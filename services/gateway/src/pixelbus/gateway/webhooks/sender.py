@@ -36,7 +36,7 @@ class WebhookSender:
         timeout_s: float,
         resolver: Resolver = system_resolver,
     ) -> None:
-        self._policy = policy
+        self.policy = policy
         self._resolver = resolver
         self._http = httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(timeout_s))
 
@@ -51,7 +51,7 @@ class WebhookSender:
             return SendResult(ok, retryable, status, error and error[:_MAX_ERROR], took)
 
         try:
-            target = self._policy.check_url(url)
+            target = self.policy.check_url(url)
         except MediaError as exc:  # refused by the guard: no retry will change that
             return result(False, False, None, str(exc))
         try:
@@ -81,7 +81,7 @@ class WebhookSender:
         if target.address is not None:
             return [target.address]
         found = list(await self._resolver(target.host, target.port))
-        return self._policy.check_resolved(target, found)
+        return self.policy.check_resolved(target, found)
 
 
 def _pinned(
