@@ -18,14 +18,20 @@ __all__ = [
 ]
 
 
+#: Only our settings are read from files; other ``*_FILE`` variables are left alone.
+SECRET_FILE_PREFIXES = ("PIXELBUS_", "R2_", "CLOUDFLARE_", "NATS_", "FACE_SWAP_", "APP_")
+
+
 def with_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` with every ``NAME_FILE=/path`` read into ``NAME`` (Kubernetes and Docker
+    """``environ`` with every ``NAME_FILE=/path`` of ours read into ``NAME`` (Kubernetes and Docker
     secrets mounted as files), so that a secret need not sit in the environment. ``NAME``
     set directly as well is a conflict, refused like an unreadable file."""
     expanded = dict(environ)
     for variable, path in environ.items():
         if not variable.endswith("_FILE") or not path.strip():
             continue
+        if not variable.startswith(SECRET_FILE_PREFIXES):
+            continue  # another program's setting (e.g. TF_CLI_CONFIG_FILE), not ours
         name = variable.removesuffix("_FILE")
         if environ.get(name):
             raise SettingsError(f"{name} and {variable} are both set; keep one")
