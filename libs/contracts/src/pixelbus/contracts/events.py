@@ -47,6 +47,8 @@ class TaskCreated(Event, tag="TaskCreated", frozen=True):
     environment: str
     input_data: dict[str, Any]
     owner: str | None = None
+    #: The gateway took an active-task slot of the owner's quota for it (freed at the end).
+    quota_reserved: bool = False
     idempotency_key: str | None = None
     #: Webhook of the task (see ``pixelbus.contracts.webhooks``): URL and event names.
     webhook_url: str | None = None

@@ -109,6 +109,7 @@ def _apply_live(state: TaskState, event: AnyEvent) -> TaskState:
             environment=event.environment,
             input_data=event.input_data,
             owner=event.owner,
+            quota_reserved=event.quota_reserved,
             created_at=event.occurred_at,
         )
     elif isinstance(event, TaskStarted):

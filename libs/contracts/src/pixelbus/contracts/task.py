@@ -138,6 +138,7 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     environment: str | None = None
     input_data: dict[str, Any] | None = None
     owner: str | None = None
+    quota_reserved: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
     started_at: datetime | None = None

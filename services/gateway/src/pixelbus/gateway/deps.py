@@ -49,7 +49,10 @@ class Gateway:
         reserved = await self.active.reserve(principal)
         try:
             state, is_new = await self.tasks.create(
-                spec, idempotency_key=idempotency_key, owner=principal.owner
+                spec,
+                idempotency_key=idempotency_key,
+                owner=principal.owner,
+                quota_reserved=reserved,
             )
         except BaseException:
             if reserved:

@@ -114,6 +114,8 @@ def _observe_end_to_end(state: TaskState) -> None:
 async def _task_ended(quotas: ActiveTasks, state: TaskState) -> None:
     """What follows a task's end, once per task: its metric and its quota slot back."""
     _observe_end_to_end(state)
+    if not state.quota_reserved:
+        return
     try:
         await quotas.release(state.owner)
     except Exception as exc:  # a lost release only makes the quota stricter

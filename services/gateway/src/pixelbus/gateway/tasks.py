@@ -89,7 +89,12 @@ class TaskService:
         return state
 
     async def create(
-        self, spec: TaskSpec, *, idempotency_key: str | None = None, owner: str | None = None
+        self,
+        spec: TaskSpec,
+        *,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        quota_reserved: bool = False,
     ) -> tuple[TaskState, bool]:
         """Publish ``TaskCreated``; returns the state and whether it is a new task.
 
@@ -111,6 +116,7 @@ class TaskService:
             environment=spec.environment,
             input_data=input_data,
             owner=owner,
+            quota_reserved=quota_reserved,
             idempotency_key=idempotency_key,
             webhook_url=spec.webhook_url,
             webhook_events=spec.webhook_events,
