@@ -8,6 +8,8 @@ again creates what is missing and updates what differs; it never deletes a consu
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -23,7 +25,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from pixelbus.contracts.subjects import (
     ADVISORY_STREAM,
@@ -184,11 +186,41 @@ def _consumer(
     )
 
 
+#: "no suitable peers for placement" and its kin: a cluster still forming, or a node
+#: restarting. Worth waiting for at start; everything in ``ensure`` is idempotent.
+_PLACEMENT_ERRORS = frozenset({10005, 10008, 10023})
+
+
 async def ensure(
-    js: JetStreamContext, settings: BusSettings, limits: PoolLimits | None = None
+    js: JetStreamContext,
+    settings: BusSettings,
+    limits: PoolLimits | None = None,
+    *,
+    patience_s: float = 60.0,
 ) -> None:
-    """Create or update every JetStream asset pixelbus uses. Safe to run concurrently."""
-    limits = limits or PoolLimits()
+    """Create or update every JetStream asset pixelbus uses. Safe to run concurrently.
+
+    While the cluster cannot place replicas yet (it is forming, or a peer is restarting)
+    the whole step is retried for up to ``patience_s``.
+    """
+    deadline = time.monotonic() + patience_s
+    pause = 0.2
+    while True:
+        try:
+            await _ensure_all(js, settings, limits or PoolLimits())
+            return
+        except (BadRequestError, ServiceUnavailableError) as exc:
+            code = getattr(exc, "err_code", None)
+            if isinstance(exc, BadRequestError) and code not in _PLACEMENT_ERRORS:
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("jetstream not ready for provisioning; retrying", error=str(exc))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+async def _ensure_all(js: JetStreamContext, settings: BusSettings, limits: PoolLimits) -> None:
     await _ensure_stream(js, task_stream_config(settings))
     for pool in POOLS:
         await js.add_consumer(
