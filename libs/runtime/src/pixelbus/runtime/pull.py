@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["PullFeed", "consume", "dispatch"]
+__all__ = ["DurableLoop", "PullFeed", "consume", "dispatch"]
 
 log = structlog.get_logger("pixelbus.pull")
 
@@ -212,3 +212,45 @@ async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> boo
     if acquire.done() and not acquire.cancelled():
         slots.release()
     return False
+
+
+class DurableLoop:
+    """A background loop over one durable consumer: ``process`` each message, at most
+    ``concurrency`` at once, until ``stop()``. Anything ``process`` lets escape is logged
+    and the message released with a short delay, so it comes back (never lost)."""
+
+    stream: str
+    durable: str
+    what: str = "message"
+
+    def __init__(self, nc: Client, *, concurrency: int = 8, grace_s: float = 5.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._concurrency = concurrency
+        self._grace_s = grace_s
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await consume(
+            self._nc,
+            self.stream,
+            self.durable,
+            self._handle,
+            concurrency=self._concurrency,
+            stop=self._stopping,
+            grace_s=self._grace_s,
+        )
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self.process(msg)
+        except Exception:
+            log.exception(f"{self.what} not handled; will be redelivered", durable=self.durable)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def process(self, msg: Msg) -> None:
+        raise NotImplementedError

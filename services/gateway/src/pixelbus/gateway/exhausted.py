@@ -11,9 +11,6 @@ has one event id per task, so it is recorded once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import msgspec
 import structlog
 from nats.aio.client import Client
@@ -30,7 +27,7 @@ from pixelbus.contracts.subjects import (
 )
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.publisher import EventPublisher
-from pixelbus.runtime.pull import consume
+from pixelbus.runtime.pull import DurableLoop
 from pixelbus.runtime.state import read_state
 
 __all__ = ["ExhaustedWatcher", "MaxDeliveriesAdvisory", "exhaustion_failure"]
@@ -66,38 +63,17 @@ def exhaustion_failure(task_event: AnyEvent, consumer: str, deliveries: int) -> 
     )
 
 
-class ExhaustedWatcher:
+class ExhaustedWatcher(DurableLoop):
+    stream = ADVISORY_STREAM
+    durable = EXHAUSTED_CONSUMER
+    what = "max-deliveries advisory"
+
     def __init__(self, nc: Client, *, concurrency: int = 8) -> None:
-        self._nc = nc
-        self._js = nc.jetstream()
+        super().__init__(nc, concurrency=concurrency)
         self._publisher = EventPublisher(self._js)
-        self._concurrency = concurrency
-        self._stopping = asyncio.Event()
         self.failed = 0
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        await consume(
-            self._nc,
-            ADVISORY_STREAM,
-            EXHAUSTED_CONSUMER,
-            self._handle,
-            concurrency=self._concurrency,
-            stop=self._stopping,
-            grace_s=5,
-        )
-
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            await self._fail_task(msg)
-        except Exception:
-            log.exception("max-deliveries advisory not handled; will be redelivered")
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
-
-    async def _fail_task(self, msg: Msg) -> None:
+    async def process(self, msg: Msg) -> None:
         try:
             advisory = msgspec.json.decode(msg.data, type=MaxDeliveriesAdvisory)
         except msgspec.DecodeError as exc:

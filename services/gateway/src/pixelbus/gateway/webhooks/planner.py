@@ -5,8 +5,6 @@ redelivered event queues nothing new (JetStream de-duplicates on ``Nats-Msg-Id``
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import OrderedDict
 
 import msgspec
@@ -27,7 +25,7 @@ from pixelbus.contracts.subjects import (
 from pixelbus.contracts.webhooks import WebhookJob, webhook_event_name
 from pixelbus.gateway.views import task_view
 from pixelbus.runtime.clock import utcnow
-from pixelbus.runtime.pull import consume
+from pixelbus.runtime.pull import DurableLoop
 from pixelbus.runtime.state import read_state
 
 __all__ = ["WebhookPlanner", "webhook_body"]
@@ -64,38 +62,17 @@ class _CreatedCache:
             self._items.popitem(last=False)
 
 
-class WebhookPlanner:
+class WebhookPlanner(DurableLoop):
+    stream = TASK_STREAM
+    durable = WEBHOOK_PLANNER_CONSUMER
+    what = "task event (webhook planning)"
+
     def __init__(self, nc: Client, *, concurrency: int = 16) -> None:
-        self._nc = nc
-        self._js = nc.jetstream()
-        self._concurrency = concurrency
-        self._stopping = asyncio.Event()
+        super().__init__(nc, concurrency=concurrency)
         self._created = _CreatedCache()
         self.planned = 0
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        await consume(
-            self._nc,
-            TASK_STREAM,
-            WEBHOOK_PLANNER_CONSUMER,
-            self._handle,
-            concurrency=self._concurrency,
-            stop=self._stopping,
-            grace_s=5,
-        )
-
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            await self._plan(msg)
-        except Exception:
-            log.exception("webhook planning failed; will be redelivered")
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
-
-    async def _plan(self, msg: Msg) -> None:
+    async def process(self, msg: Msg) -> None:
         # Subject: pixelbus.tasks.<environment>.<workflow>.<kind>.<task id>
         if msg.subject.split(".")[4:5] in (["outputs"], ["cancel_requested"]):
             await msg.ack()  # never a webhook: not even decoded
