@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from pixelbus.runtime.errors import SettingsError
@@ -13,6 +14,7 @@ __all__ = [
     "env_bool",
     "env_float",
     "env_int",
+    "env_networks",
     "env_str",
     "with_secret_files",
 ]
@@ -41,6 +43,20 @@ def with_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
         except OSError as exc:
             raise SettingsError(f"{variable}={path!r} cannot be read: {exc.strerror}") from None
     return expanded
+
+
+def env_networks(
+    environ: Mapping[str, str], name: str, *, strict: bool = True
+) -> tuple[IPv4Network | IPv6Network, ...]:
+    """A comma-separated list of CIDR networks (``PIXELBUS_SSRF_ALLOW_NETWORKS``)."""
+    networks = []
+    for raw in environ.get(name, "").split(","):
+        if raw.strip():
+            try:
+                networks.append(ip_network(raw.strip(), strict=strict))
+            except ValueError:
+                raise SettingsError(f"{name}: {raw.strip()!r} is not a network") from None
+    return tuple(networks)
 
 
 def env_str(environ: Mapping[str, str], name: str, default: str) -> str:

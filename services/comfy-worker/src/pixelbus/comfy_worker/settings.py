@@ -7,7 +7,6 @@ then takes tasks over HTTP and needs no NATS.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,14 @@ import httpx
 from pixelbus.media.images import AnimatedInputs, animated_inputs_from
 from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
-from pixelbus.runtime.settings import BusSettings, env_bool, env_float, env_int, env_str
+from pixelbus.runtime.settings import (
+    BusSettings,
+    env_bool,
+    env_float,
+    env_int,
+    env_networks,
+    env_str,
+)
 
 __all__ = ["AgentSettings", "ComfySettings", "parse_urls"]
 
@@ -115,14 +121,6 @@ class ComfySettings:
         templates = environ.get("PIXELBUS_COMFY_TEMPLATES_DIR", "").strip()
         if templates and not Path(templates).is_dir():
             raise SettingsError(f"PIXELBUS_COMFY_TEMPLATES_DIR={templates!r} is not a directory")
-        networks: list[IPNetwork] = []
-        for raw in _csv(environ, "PIXELBUS_SSRF_ALLOW_NETWORKS"):
-            try:
-                networks.append(ipaddress.ip_network(raw))
-            except ValueError:
-                raise SettingsError(
-                    f"PIXELBUS_SSRF_ALLOW_NETWORKS: {raw!r} is not a network"
-                ) from None
         raw_graphs = env_bool(environ, "PIXELBUS_COMFY_RAW_GRAPHS", cls.raw_graphs)
         if environ.get("APP_ENV") == "production" and raw_graphs and not allowed:
             raise SettingsError(
@@ -171,7 +169,7 @@ class ComfySettings:
             fetch_timeout_s=env_float(
                 environ, "PIXELBUS_FETCH_TIMEOUT_S", cls.fetch_timeout_s, lo=0.1, hi=600
             ),
-            ssrf_allow_networks=tuple(networks),
+            ssrf_allow_networks=env_networks(environ, "PIXELBUS_SSRF_ALLOW_NETWORKS"),
             agent=AgentSettings.from_env(environ),
         )
 

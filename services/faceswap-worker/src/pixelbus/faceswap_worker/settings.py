@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from pixelbus.contracts.validation import FACE_SWAP_MODELS
 from pixelbus.media.images import AnimatedInputs, animated_inputs_from
 from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
-from pixelbus.runtime.settings import BusSettings, env_float, env_int, env_str
+from pixelbus.runtime.settings import BusSettings, env_float, env_int, env_networks, env_str
 
 __all__ = ["FaceSwapSettings", "ModelSettings", "RemoteSettings"]
 
@@ -99,15 +98,6 @@ class FaceSwapSettings:
             raise SettingsError(
                 "PIXELBUS_FACESWAP_DEFAULT_MODEL=remote needs FACE_SWAP_API_URL to be set"
             )
-        networks: list[IPNetwork] = []
-        for raw in environ.get("PIXELBUS_SSRF_ALLOW_NETWORKS", "").split(","):
-            if raw.strip():
-                try:
-                    networks.append(ipaddress.ip_network(raw.strip()))
-                except ValueError:
-                    raise SettingsError(
-                        f"PIXELBUS_SSRF_ALLOW_NETWORKS: {raw.strip()!r} is not a network"
-                    ) from None
         return cls(
             bus=BusSettings.from_env(environ),
             concurrency=env_int(
@@ -123,7 +113,7 @@ class FaceSwapSettings:
             fetch_timeout_s=env_float(
                 environ, "PIXELBUS_FETCH_TIMEOUT_S", cls.fetch_timeout_s, lo=0.1, hi=600
             ),
-            ssrf_allow_networks=tuple(networks),
+            ssrf_allow_networks=env_networks(environ, "PIXELBUS_SSRF_ALLOW_NETWORKS"),
             animated_inputs=animated_inputs_from(environ),
             models=ModelSettings.from_env(environ),
             remote=remote,

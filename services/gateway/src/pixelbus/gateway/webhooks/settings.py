@@ -6,13 +6,12 @@ import base64
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import ip_network
 from typing import Any
 
 from pixelbus.contracts.webhooks import decode_secret
 from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
-from pixelbus.runtime.settings import env_float, env_int
+from pixelbus.runtime.settings import env_float, env_int, env_networks
 
 __all__ = ["WebhookSettings"]
 
@@ -62,15 +61,6 @@ class WebhookSettings:
             if not sep or not owner:
                 raise SettingsError("PIXELBUS_WEBHOOK_SECRETS: expected owner=whsec_…,…")
             owners[owner] = _checked(f"PIXELBUS_WEBHOOK_SECRETS ({owner})", value)
-        networks: list[IPNetwork] = []
-        for item in environ.get("PIXELBUS_SSRF_ALLOW_NETWORKS", "").split(","):
-            if item.strip():
-                try:
-                    networks.append(ip_network(item.strip(), strict=False))
-                except ValueError:
-                    raise SettingsError(
-                        f"PIXELBUS_SSRF_ALLOW_NETWORKS: {item.strip()!r} is not a network"
-                    ) from None
         return cls(
             secret=_checked("PIXELBUS_WEBHOOK_SECRET", raw) if raw else _random_secret(),
             owner_secrets=owners,
@@ -82,7 +72,7 @@ class WebhookSettings:
             ),
             timeout_s=env_float(environ, "PIXELBUS_WEBHOOK_TIMEOUT_S", 10.0, lo=0.1, hi=300),
             concurrency=env_int(environ, "PIXELBUS_WEBHOOK_CONCURRENCY", 16, lo=1, hi=1000),
-            allow_networks=tuple(networks),
+            allow_networks=env_networks(environ, "PIXELBUS_SSRF_ALLOW_NETWORKS", strict=False),
         )
 
     def redacted(self) -> dict[str, Any]:
