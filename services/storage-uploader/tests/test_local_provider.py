@@ -139,3 +139,25 @@ async def test_build_provider_makes_a_local_provider_from_the_environment(
     assert url == "http://127.0.0.1:8000/files/tasks/t/a.png"
     assert (root / "tasks" / "t" / "a.png").read_bytes() == b"x"
     await provider.aclose()
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+async def test_fsync_only_when_asked_for_in_memory_and_streamed_uploads(
+    root: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    from pixelbus.storage_uploader.providers.base import Upload
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    provider = LocalProvider(LocalSettings(directory=root, public_base_url="http://f", fsync=fsync))
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield b"ab"
+        yield b"cd"
+
+    await provider.store(Upload.of_bytes("tasks/t/inline.json", b"{}", "application/json"))
+    await provider.store(Upload(key="tasks/t/big.bin", content_type="x", size=4, open=chunks))
+    assert (root / "tasks" / "t" / "inline.json").read_bytes() == b"{}"
+    assert (root / "tasks" / "t" / "big.bin").read_bytes() == b"abcd"
+    assert len(synced) == (2 if fsync else 0)

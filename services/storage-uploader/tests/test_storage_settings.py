@@ -150,8 +150,17 @@ def test_redacted_local_settings_show_where_files_go() -> None:
         "STORAGE_PROVIDER": "local",
         "PIXELBUS_LOCAL_STORAGE_DIR": "/data",
         "PIXELBUS_PUBLIC_BASE_URL": DEFAULT_PUBLIC_BASE_URL,
+        "PIXELBUS_LOCAL_FSYNC": "false",
         "PIXELBUS_STORAGE_RETRY_ATTEMPTS": "3",
     }
+
+
+def test_local_fsync_is_off_by_default_and_a_bad_value_is_named() -> None:
+    assert StorageSettings.from_env({}).local.fsync is False  # type: ignore[union-attr]
+    on = StorageSettings.from_env({"PIXELBUS_LOCAL_FSYNC": "true"})
+    assert on.local is not None and on.local.fsync is True
+    with pytest.raises(SettingsError, match="PIXELBUS_LOCAL_FSYNC"):
+        StorageSettings.from_env({"PIXELBUS_LOCAL_FSYNC": "sometimes"})
 
 
 def test_r2_without_a_public_url_means_presigned_urls_with_a_bounded_lifetime() -> None:

@@ -83,13 +83,16 @@ class FaceSwapRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class OutputObject(msgspec.Struct, frozen=True, kw_only=True):
-    """An output a worker put into the Object Store, not yet in storage."""
+    """An output a worker made, not yet in storage: its bytes travel inline in ``data``
+    when they are small (up to the worker's inline limit), else they wait in the Object
+    Store under ``object_name`` (which is set either way)."""
 
     object_name: str
     filename: str
     content_type: str
     size: int
     node_id: str | None = None
+    data: bytes | None = None
 
 
 class StoredOutput(msgspec.Struct, frozen=True, kw_only=True):

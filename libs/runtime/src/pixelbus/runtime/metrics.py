@@ -22,6 +22,10 @@ Families (name: type [labels] — who moves it):
 - ``pixelbus_comfyui_backend_up``: gauge [backend] — comfy-worker: 1 healthy, 0 not
 - ``pixelbus_upload_bytes_total``: counter [provider] — uploader, bytes written
 - ``pixelbus_upload_errors_total``: counter [provider, code] — uploader, failed attempts
+- ``pixelbus_nats_requests_total``: counter — every service: NATS exchanges it waited for
+  (JetStream publishes, KV and stream API calls, double acks), from ``connection.TRAFFIC``
+- ``pixelbus_nats_messages_sent_total``: counter — every service: messages sent to NATS
+  (requests included, and acks, pull requests, core publishes)
 
 Label values come from a bounded set (workflow names are sanitised subject tokens, error
 codes are ours, ``backend`` is a configured URL without credentials): never a task id.
@@ -35,8 +39,11 @@ from collections.abc import Iterable
 import structlog
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from pixelbus.contracts.subjects import POOLS, TASK_STREAM, UPLOADER_CONSUMER
+from pixelbus.runtime.connection import TRAFFIC
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -147,6 +154,7 @@ class Metrics:
             ["provider", "code"],
             registry=reg,
         )
+        reg.register(_TrafficCollector())
 
     def _workflow(self, name: str) -> str:
         """Workflow names come from clients: past ``MAX_WORKFLOW_LABELS`` distinct ones,
@@ -190,6 +198,22 @@ class Metrics:
 
     def upload_failed(self, provider: str, code: str) -> None:
         self.upload_errors.labels(provider=provider, code=code).inc()
+
+
+class _TrafficCollector(Collector):
+    """The process's NATS traffic, read from ``TRAFFIC`` at each scrape (nothing per message)."""
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "pixelbus_nats_requests",
+            "NATS exchanges this process waited for (publish acks, API calls, double acks)",
+            value=TRAFFIC.requests,
+        )
+        yield CounterMetricFamily(
+            "pixelbus_nats_messages_sent",
+            "Messages this process sent to NATS (requests, acks, pull requests, publishes)",
+            value=TRAFFIC.sent,
+        )
 
 
 _PROCESS_METRICS: Metrics | None = None

@@ -1,15 +1,30 @@
-"""Pulling from a durable consumer, handing each message over the moment it arrives.
+"""Streaming a durable pull consumer: ``PullConsumer``, and the loops built on it.
 
-nats.py's ``fetch(n)`` holds back the messages of a long poll until ``n`` of them arrived
-or the request expired, so with ``n`` = free slots every hop of a task waited up to the
-whole expiry. ``PullFeed`` keeps one pull request outstanding at a time and yields every
-message as soon as the server delivers it.
+How the clients do it, and what we picked:
 
-Each request has its own reply subject, so the end of an older request (one given up
-after a reconnect) is not taken for the end of the current one. Messages themselves
-carry their stream subject, not the reply subject: any message delivered is handed out
-by the next ``pull``, and what is still queued when the feed closes is released (nak),
-so it goes straight to another puller instead of waiting out its ack wait.
+- nats.py's ``fetch(n, timeout)`` sends one pull request and returns when ``n`` messages
+  came or the request expired: a batch that does not fill holds its first message back
+  for the whole expiry, and nothing is asked for while a batch is being worked on.
+- nats.go's ``Consume``/``Messages`` keep a buffer of credit open on the server (several
+  pull requests may be outstanding), ask for more when what is outstanding drops below a
+  threshold (half of the buffer by default), and send ``idle_heartbeat`` with every
+  request so that a request lost with a connection is noticed within two heartbeats.
+
+``PullConsumer`` is the nats.go shape, sized by what the process can work on: ``credit``
+messages at most are asked for, delivered-but-not-taken, or held by the caller at any
+time (``release`` gives one back), so a worker with N slots never holds more than N tasks
+and an idle slot is filled the moment a message is there. Credit is topped up when at
+least ``threshold`` of it is free (or whenever nothing is outstanding), with one publish
+and no round trip. A request that ends (expiry, a leader change) says with the
+``Nats-Pending-Messages`` header how much of its credit it leaves unused; a reconnect or a
+silence past two heartbeats drops what was outstanding and asks again.
+
+Measured on this kind of machine (bare round trip: publish → consume → ack → reply, 128
+slots, one process): see ``tests/bench.py`` and the notes of the fast-path issue.
+
+``dispatch``/``consume`` run one handler task per message (bounded by the credit);
+``DurableLoop`` is a background loop over one durable consumer; ``keep_alive`` sends
+in-progress acks while long work runs.
 """
 
 from __future__ import annotations
@@ -18,7 +33,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import structlog
@@ -26,12 +42,360 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["DurableLoop", "PullFeed", "consume", "dispatch"]
+__all__ = [
+    "DurableLoop",
+    "PullConsumer",
+    "PullFeed",
+    "PullGate",
+    "consume",
+    "dispatch",
+    "keep_alive",
+]
 
 log = structlog.get_logger("pixelbus.pull")
 
+#: Waits until the process can take work (e.g. a backend is healthy and has room) and says
+#: how many messages it can take now (at least 1). Nothing is asked for while it waits.
+PullGate = Callable[[], Awaitable[int]]
+
 _HEARTBEAT = "100"
-_REQUEST_DONE = frozenset({"404", "408"})  # no messages (no_wait) / request expired
+_EXPECTED_ENDS = frozenset({"404", "408"})  # no messages / request expired
+_PENDING = "Nats-Pending-Messages"
+
+
+class PullConsumer:
+    """One durable pull consumer, streamed: ``next``/``batch`` take messages,
+    ``release`` gives their credit back, ``stop`` ends ``next``, ``close`` hands back
+    (naks) what was delivered but never taken."""
+
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        durable: str,
+        *,
+        credit: int,
+        threshold: int | None = None,
+        expires_s: float = 30.0,
+        heartbeat_s: float = 5.0,
+        gate: PullGate | None = None,
+    ) -> None:
+        self._nc = nc
+        self._durable = durable
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._credit = max(1, credit)
+        self._threshold = max(1, threshold if threshold is not None else self._credit // 4)
+        self._expires_ns = int(expires_s * 1e9)
+        self._heartbeat_s = min(heartbeat_s, expires_s / 2)  # the server's own rule
+        self._gate = gate
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._queue: deque[Msg] = deque()
+        self._asked = 0  # asked for, not delivered yet
+        self._held = 0  # taken by the caller, not released yet
+        self._waiter: asyncio.Future[None] | None = None
+        self._pulling: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._quiet_until = 0.0  # after a refused request: wait before asking again
+        self._last_heard = 0.0
+        self._reconnects = 0
+        self.requests_sent = 0
+
+    @property
+    def queued(self) -> int:
+        """Messages delivered to this process and not taken yet."""
+        return len(self._queue)
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_heard = loop.time()
+        self._reconnects = self._nc.stats.get("reconnects", 0)
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        self._watchdog = asyncio.create_task(self._watch())
+        self._top_up()
+
+    def stop(self) -> None:
+        """``next`` answers ``None`` from now on; nothing more is asked for."""
+        self._stopped = True
+        self._wake()
+
+    async def close(self) -> None:
+        """Stop, stop listening, then release (nak) what was delivered but not taken.
+
+        Unsubscribing first matters: the server drops a pull request whose reply subject
+        has no interest left, so an open request stops delivering to us (a nak while the
+        request is still open would come straight back to it).
+        """
+        self.stop()
+        for task in (self._watchdog, self._pulling):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        while self._queue:
+            with contextlib.suppress(Exception):
+                await self._queue.popleft().nak()
+
+    async def next(self) -> Msg | None:
+        """The next message (its credit held until ``release``), or ``None`` once stopped."""
+        while True:
+            if self._stopped:
+                return None
+            if self._queue and self._held < self._credit:
+                self._held += 1
+                return self._queue.popleft()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+    async def batch(self, limit: int) -> list[Msg]:
+        """At least one message and at most ``limit``: what has arrived, taken at once."""
+        first = await self.next()
+        if first is None:
+            return []
+        taken = [first]
+        while self._queue and len(taken) < limit and self._held < self._credit:
+            self._held += 1
+            taken.append(self._queue.popleft())
+        return taken
+
+    def release(self, count: int = 1) -> None:
+        """The caller is done with ``count`` taken messages: their credit may be asked again."""
+        self._held = max(0, self._held - count)
+        if self._queue:
+            self._wake()
+        self._top_up()
+
+    async def messages(self) -> AsyncIterator[Msg]:
+        """``next`` until stopped; each message is released when the loop asks for the next."""
+        while (msg := await self.next()) is not None:
+            try:
+                yield msg
+            finally:
+                self.release()
+
+    # -- credit ------------------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self._credit - self._asked - len(self._queue) - self._held
+
+    def _top_up(self) -> None:
+        if self._stopped or self._pulling is not None or self._sub is None:
+            return
+        free = self._free()
+        if free > 0 and (free >= self._threshold or self._asked == 0):
+            self._pulling = asyncio.create_task(self._pull())
+
+    async def _pull(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._stopped:
+                if loop.time() < self._quiet_until:
+                    return  # the watchdog asks again when the pause is over
+                free = self._free()
+                if free <= 0 or (free < self._threshold and self._asked > 0):
+                    return
+                if self._gate is not None:
+                    allowed = await self._gate()
+                    free = min(self._free(), max(1, allowed))
+                    if free <= 0:
+                        return
+                body = {
+                    "batch": free,
+                    "expires": self._expires_ns,
+                    "idle_heartbeat": int(self._heartbeat_s * 1e9),
+                }
+                self._asked += free
+                self.requests_sent += 1
+                try:
+                    await self._nc.publish(
+                        self._next_subject, json.dumps(body).encode(), reply=self._inbox
+                    )
+                except Exception as exc:  # not sent: the watchdog asks again shortly
+                    self._asked = max(0, self._asked - free)
+                    self._quiet_until = loop.time() + 0.5
+                    log.warning("pull request not sent", durable=self._durable, error=str(exc))
+                    return
+        finally:
+            self._pulling = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
+        headers = msg.headers
+        if not msg.reply and headers and (status := headers.get("Status")):
+            if status != _HEARTBEAT:
+                self._request_ended(status, headers)
+            return
+        self._asked = max(0, self._asked - 1)
+        self._queue.append(msg)
+        self._wake()
+
+    def _request_ended(self, status: str, headers: dict[str, str]) -> None:
+        pending = headers.get(_PENDING)
+        if pending is not None and pending.isdigit():
+            self._asked = max(0, self._asked - int(pending))
+        else:  # we cannot tell how much ended with it: assume all, ask again
+            self._asked = 0
+        if status not in _EXPECTED_ENDS:
+            # Leadership change, consumer deleted, too many waiting requests…: pause.
+            self._quiet_until = asyncio.get_running_loop().time() + 0.5
+            log.warning(
+                "pull request ended",
+                durable=self._durable,
+                status=status,
+                description=headers.get("Description"),
+            )
+        self._top_up()
+
+    async def _watch(self) -> None:
+        """Drop outstanding credit that a reconnect or a silence made void; keep asking."""
+        loop = asyncio.get_running_loop()
+        tick = min(1.0, self._heartbeat_s / 2)
+        while not self._stopped:
+            await asyncio.sleep(tick)
+            reconnects = self._nc.stats.get("reconnects", 0)
+            if reconnects != self._reconnects:
+                self._reconnects = reconnects
+                self._asked = 0  # requests die with the connection that sent them
+            elif self._asked and loop.time() - self._last_heard > 2 * self._heartbeat_s + tick:
+                log.info("pull requests went silent; asking again", durable=self._durable)
+                self._asked = 0
+                self._last_heard = loop.time()
+            self._top_up()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+async def dispatch(
+    consumer: PullConsumer, handle: Callable[[Msg], Coroutine[Any, Any, None]]
+) -> set[asyncio.Task[None]]:
+    """Run ``handle(msg)`` in a task of its own for every message until the consumer is
+    stopped; at most its credit run at once. Returns the tasks still running."""
+    running: set[asyncio.Task[None]] = set()
+
+    def finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        consumer.release()
+
+    while (msg := await consumer.next()) is not None:
+        task = asyncio.create_task(handle(msg))
+        running.add(task)
+        task.add_done_callback(finished)
+    return running
+
+
+async def consume(
+    nc: Client,
+    stream: str,
+    durable: str,
+    handle: Callable[[Msg], Coroutine[Any, Any, None]],
+    *,
+    concurrency: int,
+    stop: asyncio.Event,
+    grace_s: float = 30.0,
+    gate: PullGate | None = None,
+) -> None:
+    """``dispatch`` from a durable consumer until ``stop``; then stop asking (releasing
+    what was delivered but not started) and give running handlers ``grace_s`` to end."""
+    consumer = PullConsumer(nc, stream, durable, credit=concurrency, gate=gate)
+    await consumer.start()
+    stopper = asyncio.create_task(_stop_when_set(stop, consumer))
+    try:
+        running = await dispatch(consumer, handle)
+    finally:
+        stopper.cancel()
+        await consumer.close()
+    if running:
+        await asyncio.wait(running, timeout=grace_s)
+
+
+async def _stop_when_set(event: asyncio.Event, consumer: PullConsumer) -> None:
+    await event.wait()
+    consumer.stop()
+
+
+@contextlib.contextmanager
+def keep_alive(msg: Msg, interval_s: float) -> Iterator[None]:
+    """In-progress acks every ``interval_s`` while the body runs, so that long work is not
+    redelivered. Costs a timer, not a task, when the body is quick."""
+    loop = asyncio.get_running_loop()
+    handle: asyncio.TimerHandle | None = None
+    sending: set[asyncio.Task[None]] = set()
+
+    async def send() -> None:
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+
+    def tick() -> None:
+        nonlocal handle
+        task = loop.create_task(send())
+        sending.add(task)
+        task.add_done_callback(sending.discard)
+        handle = loop.call_later(interval_s, tick)
+
+    handle = loop.call_later(interval_s, tick)
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
+class DurableLoop:
+    """A background loop over one durable consumer: ``process`` each message, at most
+    ``concurrency`` at once, until ``stop()``. Anything ``process`` lets escape is logged
+    and the message released with a short delay, so it comes back (never lost)."""
+
+    stream: str
+    durable: str
+    what: str = "message"
+
+    def __init__(self, nc: Client, *, concurrency: int = 8, grace_s: float = 5.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._concurrency = concurrency
+        self._grace_s = grace_s
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await consume(
+            self._nc,
+            self.stream,
+            self.durable,
+            self._handle,
+            concurrency=self._concurrency,
+            stop=self._stopping,
+            grace_s=self._grace_s,
+        )
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self.process(msg)
+        except Exception:
+            log.exception(f"{self.what} not handled; will be redelivered", durable=self.durable)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def process(self, msg: Msg) -> None:
+        raise NotImplementedError
+
+
+# -- legacy: the one-request-at-a-time feed, until follow.py and the projector move to
+# PullConsumer (then it goes).
 
 
 class PullFeed:
@@ -98,7 +462,7 @@ class PullFeed:
             if status is not None:
                 if msg.subject != reply or status == _HEARTBEAT:
                     continue  # the end of an older request, or a heartbeat
-                if status not in _REQUEST_DONE:
+                if status not in _EXPECTED_ENDS:
                     log.warning("pull request ended", status=status, description=_description(msg))
                 return
             received += 1
@@ -131,126 +495,3 @@ def _status(msg: Msg) -> str | None:
 
 def _description(msg: Msg) -> str | None:
     return msg.headers.get("Description") if msg.headers else None
-
-
-async def dispatch(
-    feed: PullFeed,
-    handle: Callable[[Msg], Coroutine[Any, Any, None]],
-    *,
-    concurrency: int,
-    stop: asyncio.Event,
-) -> set[asyncio.Task[None]]:
-    """Run ``handle(msg)`` in its own task for every message, ``concurrency`` at most at
-    once, until ``stop`` is set. Each pull asks for as many messages as slots are free.
-
-    Returns the tasks still running when it stopped; the caller decides how long to wait.
-    """
-    slots = asyncio.Semaphore(concurrency)
-    running: set[asyncio.Task[None]] = set()
-
-    def finished(task: asyncio.Task[None]) -> None:
-        running.discard(task)
-        slots.release()
-
-    while not stop.is_set():
-        if not await _acquire_or_stop(slots, stop):
-            break
-        free = 1
-        while free < concurrency and not slots.locked():
-            await slots.acquire()
-            free += 1
-        try:
-            async for msg in feed.pull(free, stop):
-                free -= 1
-                task = asyncio.create_task(handle(msg))
-                running.add(task)
-                task.add_done_callback(finished)
-        except Exception as exc:  # connection trouble: back off, keep going
-            log.warning("pull failed", error=str(exc))
-            await asyncio.sleep(0.5)
-        for _ in range(free):
-            slots.release()
-    return running
-
-
-async def consume(
-    nc: Client,
-    stream: str,
-    durable: str,
-    handle: Callable[[Msg], Coroutine[Any, Any, None]],
-    *,
-    concurrency: int,
-    stop: asyncio.Event,
-    grace_s: float = 30.0,
-) -> None:
-    """``dispatch`` from a durable consumer until ``stop``; then stop pulling (releasing
-    what was delivered but not started) and give running handlers ``grace_s`` to end."""
-    feed = PullFeed(nc, stream, durable)
-    await feed.start()
-    try:
-        running = await dispatch(feed, handle, concurrency=concurrency, stop=stop)
-    finally:
-        await feed.close()
-    if running:
-        await asyncio.wait(running, timeout=grace_s)
-
-
-async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
-    """Take one slot; ``False`` (and no slot) when ``stop`` is set first."""
-    acquire = asyncio.ensure_future(slots.acquire())
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if acquire.done() and not acquire.cancelled():
-        if stop.is_set():
-            slots.release()
-            return False
-        return True
-    acquire.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await acquire
-    if acquire.done() and not acquire.cancelled():
-        slots.release()
-    return False
-
-
-class DurableLoop:
-    """A background loop over one durable consumer: ``process`` each message, at most
-    ``concurrency`` at once, until ``stop()``. Anything ``process`` lets escape is logged
-    and the message released with a short delay, so it comes back (never lost)."""
-
-    stream: str
-    durable: str
-    what: str = "message"
-
-    def __init__(self, nc: Client, *, concurrency: int = 8, grace_s: float = 5.0) -> None:
-        self._nc = nc
-        self._js = nc.jetstream()
-        self._concurrency = concurrency
-        self._grace_s = grace_s
-        self._stopping = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        await consume(
-            self._nc,
-            self.stream,
-            self.durable,
-            self._handle,
-            concurrency=self._concurrency,
-            stop=self._stopping,
-            grace_s=self._grace_s,
-        )
-
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            await self.process(msg)
-        except Exception:
-            log.exception(f"{self.what} not handled; will be redelivered", durable=self.durable)
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
-
-    async def process(self, msg: Msg) -> None:
-        raise NotImplementedError

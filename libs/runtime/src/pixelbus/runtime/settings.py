@@ -109,6 +109,9 @@ class BusSettings:
 
     Durations in seconds. ``ack_wait_s`` is also the lease of an external consumer:
     a worker or consumer silent for longer loses the task to someone else.
+    ``inline_output_bytes``: a task's outputs travel inline in ``OutputsReady`` up to this
+    many bytes in all (a probe's JSON, a thumbnail); larger ones go through the Object
+    Store. Kept well under the stream's 1 MiB message limit (base64 adds a third).
     """
 
     nats_url: str = "nats://127.0.0.1:4222"
@@ -121,6 +124,7 @@ class BusSettings:
     outputs_ttl_s: float = 24 * 3600
     idempotency_ttl_s: float = 24 * 3600
     progress_interval_s: float = 0.25
+    inline_output_bytes: int = 256 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BusSettings:
@@ -146,6 +150,13 @@ class BusSettings:
             ),
             progress_interval_s=env_float(
                 environ, "PIXELBUS_PROGRESS_INTERVAL_S", cls.progress_interval_s, lo=0, hi=60
+            ),
+            inline_output_bytes=env_int(
+                environ,
+                "PIXELBUS_INLINE_OUTPUT_BYTES",
+                cls.inline_output_bytes,
+                lo=0,
+                hi=512 * 1024,
             ),
         )
 

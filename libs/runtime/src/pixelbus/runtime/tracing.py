@@ -1,4 +1,10 @@
-"""W3C trace context in NATS headers, so one trace runs from the HTTP request to the upload."""
+"""W3C trace context in NATS headers, so one trace runs from the HTTP request to the upload.
+
+Tracing costs nothing unless it is wanted: spans are made, and ``traceparent`` headers
+sent, only while an SDK tracer provider is installed (``setup_tracing`` installs one when
+an OTLP exporter is configured; a test may install its own). Check ``tracing_on()``
+before building a span on a hot path.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from collections.abc import Mapping
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
+from opentelemetry.trace import ProxyTracerProvider
 
 __all__ = [
     "context_from_headers",
@@ -15,9 +22,15 @@ __all__ = [
     "messaging_attributes",
     "setup_tracing",
     "tracer",
+    "tracing_on",
 ]
 
 tracer = trace.get_tracer("pixelbus")
+
+
+def tracing_on() -> bool:
+    """Whether spans are recorded: an SDK tracer provider is installed in this process."""
+    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
 
 
 def headers_with_trace(headers: dict[str, str] | None = None) -> dict[str, str]:
@@ -35,28 +48,27 @@ _configured = False
 
 
 def setup_tracing(service_name: str, environ: Mapping[str, str] | None = None) -> None:
-    """Install the SDK tracer provider once per process, so spans get real trace ids.
+    """Install the SDK tracer provider once per process when spans have somewhere to go.
 
     Spans are exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, with the exporter reading the other
-    standard ``OTEL_EXPORTER_OTLP_*`` settings itself; otherwise they are recorded (the
-    ids propagate through NATS headers) and dropped.
+    standard ``OTEL_EXPORTER_OTLP_*`` settings itself; otherwise tracing stays off (no
+    spans, no ``traceparent`` headers: recording spans nobody reads cost every hop).
     """
     global _configured
-    if _configured:
+    environ = os.environ if environ is None else environ
+    exporting = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    if _configured or not exporting or tracing_on():
         return
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    environ = os.environ if environ is None else environ
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _configured = True
 

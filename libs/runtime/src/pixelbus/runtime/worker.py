@@ -1,19 +1,25 @@
 """The shared worker runtime: one consume loop for every worker pool.
 
-A pool is one durable pull consumer; every worker process pulls from it with bounded
+A pool is one durable pull consumer; every worker process streams from it with bounded
 concurrency (``concurrency`` slots, and the consumer's ``max_ack_pending`` across all
 workers). For each ``TaskCreated`` it:
 
-1. skips the task if it is already final or a cancel was requested (acks, and records
-   ``TaskCancelled`` when needed);
-2. publishes ``TaskStarted`` (attempt = the delivery count) and keeps the message alive
-   with in-progress acks while the handler runs;
-3. on success puts the outputs into the Object Store, publishes ``OutputsReady`` and
+1. reads the task's state first only where that can change the outcome: a redelivery, a
+   cancel request seen for the task, or a task created before this worker was listening
+   for cancel requests (at start, after a reconnect). A final or cancelled task is
+   acked (and ``TaskCancelled`` recorded when needed) without running;
+2. publishes ``TaskStarted`` (attempt = the delivery count) while the handler runs, and
+   keeps the message alive with in-progress acks;
+3. on success publishes ``OutputsReady`` — outputs up to ``inline_output_bytes`` in all
+   travel inline in the event, larger ones go to the Object Store (concurrently) — and
    acks; on ``Permanent`` publishes ``TaskFailed(final)`` and terms; on ``Retryable`` or
    anything unexpected naks with a delay and publishes ``TaskFailed(retryable)``, or
    ``TaskFailed(final)`` + term once the attempts are spent;
 4. on a ``TaskCancelRequested`` for a task it runs, cancels the handler and publishes
    ``TaskCancelled``.
+
+Acks are plain (not double): a lost ack redelivers the task, and a redelivery reads the
+state first and republishes events with the same ids, which JetStream de-duplicates.
 
 On shutdown it stops pulling, lets in-flight tasks finish for ``grace_s`` and releases
 (naks) the rest so another worker takes them at once.
@@ -27,7 +33,8 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +73,15 @@ from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.errors import Permanent, Retryable
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.publisher import EventPublisher
-from pixelbus.runtime.pull import PullFeed, dispatch
+from pixelbus.runtime.pull import PullConsumer, PullGate, dispatch, keep_alive
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
-from pixelbus.runtime.tracing import context_from_headers, messaging_attributes, tracer
+from pixelbus.runtime.tracing import (
+    context_from_headers,
+    messaging_attributes,
+    tracer,
+    tracing_on,
+)
 
 __all__ = [
     "Handler",
@@ -128,40 +140,18 @@ class TaskContext:
 
 
 Handler = Callable[[TaskContext], Awaitable[TaskResult]]
-#: Waits until the worker can take work (e.g. a backend is healthy and has room) and says
-#: how many tasks it can take now (at least 1). Nothing is pulled while it waits.
-PullGate = Callable[[], Awaitable[int]]
+
+#: Cancel requests remembered for tasks this worker is not running (yet).
+_CANCELS_REMEMBERED = 10_000
+#: How far the worker's clock may be from the server's when deciding whether a task was
+#: created before this worker listened for cancel requests.
+_CLOCK_MARGIN_S = 2.0
 
 
 async def probe_handler(ctx: TaskContext) -> TaskResult:
     """The synthetic end-to-end check every pool serves: no work, one tiny output."""
     body = json.dumps({"task_id": ctx.task_id, "probe": "ok", "attempt": ctx.attempt}).encode()
     return TaskResult(outputs=[OutputFile("probe.json", body, "application/json")])
-
-
-class _GatedFeed(PullFeed):
-    """A ``PullFeed`` that asks its gate before each pull, and pulls no more than it allows."""
-
-    def __init__(self, *args: Any, gate: PullGate, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._gate = gate
-
-    async def pull(self, batch: int, stop: asyncio.Event | None = None) -> AsyncIterator[Msg]:
-        opened = asyncio.ensure_future(self._gate())
-        waits: set[asyncio.Future[Any]] = {opened}
-        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
-        if stopper is not None:
-            waits.add(stopper)
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        if stopper is not None:
-            stopper.cancel()
-        if not opened.done():
-            opened.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await opened
-            return
-        async for msg in super().pull(max(1, min(batch, opened.result())), stop):
-            yield msg
 
 
 class _ProgressCoalescer:
@@ -241,7 +231,11 @@ class WorkerRuntime:
         self._publisher = EventPublisher(self.js)
         self._metrics = process_metrics()
         self._inflight: dict[str, _InFlight] = {}
-        self._stopping = asyncio.Event()
+        self._cancels_seen: OrderedDict[str, str | None] = OrderedDict()
+        self._listening_since = float("inf")  # wall clock; nothing is known before run()
+        self._reconnects = 0
+        self._consumer: PullConsumer | None = None
+        self._stopping = False
         self._kv: KeyValue | None = None
         self._objects: ObjectStore | None = None
         self._workers_kv: KeyValue | None = None
@@ -266,21 +260,25 @@ class WorkerRuntime:
         cancel_sub = await self.nc.subscribe(
             event_filter("cancel_requested", self.pool.environment), cb=self._on_cancel_request
         )
-        feed = (
-            PullFeed(self.nc, TASK_STREAM, self.pool.durable)
-            if self.gate is None
-            else _GatedFeed(self.nc, TASK_STREAM, self.pool.durable, gate=self.gate)
+        await self.nc.flush()  # the server has our interest: every later cancel reaches us
+        self._listening_since = time.time()
+        self._reconnects = self.nc.stats.get("reconnects", 0)
+        consumer = PullConsumer(
+            self.nc, TASK_STREAM, self.pool.durable, credit=self.concurrency, gate=self.gate
         )
-        await feed.start()
+        self._consumer = consumer
+        await consumer.start()
+        if self._stopping:
+            consumer.stop()
         presence = asyncio.create_task(self._presence_loop())
         self._ready.set()
         log.info(
             "worker started", pool=self.pool.name, worker=self.worker_id, slots=self.concurrency
         )
         try:
-            await dispatch(feed, self._process, concurrency=self.concurrency, stop=self._stopping)
+            await dispatch(consumer, self._process)
         finally:
-            await feed.close()  # first: nothing more is delivered while in-flight work ends
+            await consumer.close()  # first: nothing more is delivered while in-flight work ends
             presence.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await presence
@@ -293,7 +291,9 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         """Stop pulling; ``run()`` returns after in-flight work finished or was released."""
-        self._stopping.set()
+        self._stopping = True
+        if self._consumer is not None:
+            self._consumer.stop()
 
     @property
     def _presence_key(self) -> str:
@@ -324,20 +324,14 @@ class WorkerRuntime:
             return
         tasks = [entry.task for entry in self._inflight.values()]
         _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
-        for entry in list(self._inflight.values()):
+        for task_id, entry in list(self._inflight.items()):
             if entry.task in pending:
                 entry.task.cancel()
                 with contextlib.suppress(Exception):
                     await entry.msg.nak()
-                log.info("released task on shutdown", task_id=self._task_of(entry))
+                log.info("released task on shutdown", task_id=task_id)
         if pending:
             await asyncio.wait(pending, timeout=5)
-
-    def _task_of(self, entry: _InFlight) -> str | None:
-        for task_id, value in self._inflight.items():
-            if value is entry:
-                return task_id
-        return None
 
     async def _on_cancel_request(self, msg: Msg) -> None:
         try:
@@ -351,6 +345,24 @@ class WorkerRuntime:
             entry.cancelled_by_request = True
             entry.cancel_reason = event.reason
             entry.task.cancel()
+            return
+        # Not running here (yet): when its turn comes, its state is read first.
+        self._cancels_seen[event.task_id] = event.reason
+        if len(self._cancels_seen) > _CANCELS_REMEMBERED:
+            self._cancels_seen.popitem(last=False)
+
+    def _must_read_state(self, msg: Msg, event: TaskCreated, attempt: int) -> bool:
+        """Whether the task's state may say "do not run": only a redelivery, a cancel
+        request seen for it, or a task created before this worker listened for cancels
+        (at start, or since a reconnect, whose gap may have hidden one)."""
+        if attempt > 1 or event.task_id in self._cancels_seen:
+            return True
+        reconnects = self.nc.stats.get("reconnects", 0)
+        if reconnects != self._reconnects:
+            self._reconnects = reconnects
+            self._listening_since = time.time()
+        created = msg.metadata.timestamp.timestamp()
+        return created < self._listening_since + _CLOCK_MARGIN_S
 
     async def _process(self, msg: Msg) -> None:
         try:
@@ -362,63 +374,32 @@ class WorkerRuntime:
         if not isinstance(event, TaskCreated):
             await msg.term()
             return
-        attempt = msg.metadata.num_delivered
-        headers = dict(msg.headers or {})
-        ctx_otel = context_from_headers(headers)
-        bound = log.bind(
-            task_id=event.task_id, workflow=event.workflow, attempt=attempt, pool=self.pool.name
-        )
+        meta = msg.metadata
+        attempt = meta.num_delivered
+        if not tracing_on():
+            await self._process_task(msg, event, attempt)
+            return
         with tracer.start_as_current_span(
             f"process {event.workflow}",
-            context=ctx_otel,
+            context=context_from_headers(dict(msg.headers or {})),
             kind=trace.SpanKind.CONSUMER,
             attributes=messaging_attributes("process", msg.subject, event.event_id),
         ) as span:
             span.set_attribute("pixelbus.task_id", event.task_id)
             span.set_attribute("pixelbus.attempt", attempt)
-            await self._process_traced(msg, event, attempt, bound)
+            await self._process_task(msg, event, attempt)
 
-    async def _process_traced(
-        self,
-        msg: Msg,
-        event: TaskCreated,
-        attempt: int,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> None:
+    async def _process_task(self, msg: Msg, event: TaskCreated, attempt: int) -> None:
         me = asyncio.current_task()
         assert me is not None
         entry = _InFlight(task=me, msg=msg)
         self._inflight[event.task_id] = entry
         self._metrics.set_in_flight(self.pool.name, len(self._inflight))
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
         started = time.monotonic()
         outcome = "error"
         try:
-            assert self._kv is not None
-            state, _ = await read_state(self._kv, event.task_id)
-            if state is not None and state.is_final:
-                await msg.ack()
-                outcome = "skipped_final"
-                return
-            if state is not None and state.cancel_requested:
-                await self._publish_cancelled(event, state.cancel_reason)
-                await msg.ack()
-                outcome = "cancelled"
-                return
-            await self._publish(
-                event,
-                TaskStarted(
-                    event_id=event_id(event.task_id, "started", attempt),
-                    task_id=event.task_id,
-                    occurred_at=utcnow(),
-                    attempt=attempt,
-                    worker=self.worker_id,
-                ),
-            )
-            self._metrics.observe_queue_wait(
-                event.workflow, (utcnow() - event.occurred_at).total_seconds()
-            )
-            outcome = await self._run_handler(msg, event, attempt, entry)
+            with keep_alive(msg, max(0.2, self.settings.ack_wait_s / 3)):
+                outcome = await self._attempt(msg, event, attempt, entry)
         except asyncio.CancelledError:
             if entry.cancelled_by_request:
                 await self._publish_cancelled(event, entry.cancel_reason)
@@ -428,20 +409,63 @@ class WorkerRuntime:
                 outcome = "released"
                 raise
         except Exception as exc:  # publishing trouble etc.: let it come back
-            bound.exception("task processing failed; will be redelivered")
+            log.exception(
+                "task processing failed; will be redelivered",
+                task_id=event.task_id,
+                attempt=attempt,
+            )
             with contextlib.suppress(Exception):
                 await msg.nak(delay=self.settings.retry_delay_s)
             outcome = f"nak:{type(exc).__name__}"
         finally:
-            heartbeat.cancel()
             self._inflight.pop(event.task_id, None)
             self._metrics.set_in_flight(self.pool.name, len(self._inflight))
-            bound.info(
-                "task processed", outcome=outcome, seconds=round(time.monotonic() - started, 4)
+            log.debug(
+                "task processed",
+                task_id=event.task_id,
+                workflow=event.workflow,
+                attempt=attempt,
+                pool=self.pool.name,
+                outcome=outcome,
+                seconds=round(time.monotonic() - started, 4),
             )
 
+    async def _attempt(self, msg: Msg, event: TaskCreated, attempt: int, entry: _InFlight) -> str:
+        if self._must_read_state(msg, event, attempt):
+            assert self._kv is not None
+            state, _ = await read_state(self._kv, event.task_id)
+            if state is not None and state.is_final:
+                await msg.ack()
+                return "skipped_final"
+            if state is not None and state.cancel_requested:
+                await self._publish_cancelled(event, state.cancel_reason)
+                await msg.ack()
+                return "cancelled"
+        self._metrics.observe_queue_wait(
+            event.workflow, (utcnow() - event.occurred_at).total_seconds()
+        )
+        # Published while the handler runs; its ack is awaited with the outcome's event.
+        started = asyncio.ensure_future(
+            self._publish(
+                event,
+                TaskStarted(
+                    event_id=event_id(event.task_id, "started", attempt),
+                    task_id=event.task_id,
+                    occurred_at=utcnow(),
+                    attempt=attempt,
+                    worker=self.worker_id,
+                ),
+            )
+        )
+        try:
+            return await self._run_handler(msg, event, attempt, started)
+        finally:
+            if not started.done():
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(started)
+
     async def _run_handler(
-        self, msg: Msg, event: TaskCreated, attempt: int, entry: _InFlight
+        self, msg: Msg, event: TaskCreated, attempt: int, started: asyncio.Future[Any]
     ) -> str:
         handler = self._handlers.get(event.workflow, self.default_handler)
         coalescer = _ProgressCoalescer(
@@ -497,8 +521,8 @@ class WorkerRuntime:
             )
             return "retry:internal_error"
         await coalescer.close()
-        outputs = await self._store_outputs(event.task_id, result.outputs)
-        await self._publish(
+        outputs = await self._outputs(event.task_id, result.outputs)
+        ready = self._publish(
             event,
             OutputsReady(
                 event_id=event_id(event.task_id, "outputs", attempt),
@@ -510,27 +534,37 @@ class WorkerRuntime:
                 input_objects=input_object_names(event.input_data),
             ),
         )
-        await msg.ack_sync()
+        await asyncio.gather(started, ready)
+        await msg.ack()
         return "outputs_ready"
 
-    async def _store_outputs(
-        self, task_id: str, files: list[OutputFile]
-    ) -> tuple[OutputObject, ...]:
+    async def _outputs(self, task_id: str, files: list[OutputFile]) -> tuple[OutputObject, ...]:
+        """The outputs as ``OutputsReady`` carries them: inline while they fit in
+        ``inline_output_bytes`` (in all), the rest put into the Object Store together."""
         assert self._objects is not None
-        stored: list[OutputObject] = []
+        budget = self.settings.inline_output_bytes
+        outputs: list[OutputObject] = []
+        puts = []
         for index, file in enumerate(files):
             name = f"{task_id}/{index}-{sanitize_token(file.filename)}"
-            await self._objects.put(name, file.data)
-            stored.append(
+            inline = len(file.data) <= budget
+            if inline:
+                budget -= len(file.data)
+            else:
+                puts.append(self._objects.put(name, file.data))
+            outputs.append(
                 OutputObject(
                     object_name=name,
                     filename=file.filename,
                     content_type=file.content_type,
                     size=len(file.data),
                     node_id=file.node_id,
+                    data=file.data if inline else None,
                 )
             )
-        return tuple(stored)
+        if puts:
+            await asyncio.gather(*puts)
+        return tuple(outputs)
 
     async def _fail(
         self,
@@ -581,10 +615,3 @@ class WorkerRuntime:
         await self._publisher.publish(
             event, environment=created.environment, workflow=created.workflow
         )
-
-    async def _heartbeat(self, msg: Msg) -> None:
-        interval = max(0.2, self.settings.ack_wait_s / 3)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()

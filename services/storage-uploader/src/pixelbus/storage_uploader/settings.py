@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from pixelbus.runtime import errors as runtime_errors
+from pixelbus.runtime.settings import env_bool
 from pixelbus.storage_uploader.errors import SettingsError
 
 __all__ = [
@@ -60,10 +62,17 @@ _VARIANT = re.compile(r"^[A-Za-z0-9_-]{1,99}$")
 
 @dataclass(frozen=True, kw_only=True)
 class LocalSettings:
-    """Files under ``directory``, served by the gateway at ``public_base_url/files/<key>``."""
+    """Files under ``directory``, served by the gateway at ``public_base_url/files/<key>``.
+
+    ``fsync`` (``PIXELBUS_LOCAL_FSYNC``): flush each file to the disk before the task is
+    completed, so a completed task's file survives a power loss or a kernel crash. Off by
+    default: a file is still written whole and renamed into place (never half a file), and
+    it survives the uploader's own crash; the page cache reaches the disk within seconds.
+    """
 
     directory: Path
     public_base_url: str
+    fsync: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +178,7 @@ class StorageSettings:
         if self.local is not None:
             out["PIXELBUS_LOCAL_STORAGE_DIR"] = str(self.local.directory)
             out["PIXELBUS_PUBLIC_BASE_URL"] = self.local.public_base_url
+            out["PIXELBUS_LOCAL_FSYNC"] = str(self.local.fsync).lower()
         if self.r2 is not None:
             out["R2_ACCOUNT_ID"] = self.r2.account_id or ""
             out["R2_ACCESS_KEY_ID"] = _mask(self.r2.access_key_id)
@@ -213,6 +223,7 @@ def _local(env: _Reader, cache_control: str) -> LocalSettings:
     return LocalSettings(
         directory=Path(env.get("PIXELBUS_LOCAL_STORAGE_DIR") or DEFAULT_LOCAL_STORAGE_DIR),
         public_base_url=env.url("PIXELBUS_PUBLIC_BASE_URL", default=DEFAULT_PUBLIC_BASE_URL),
+        fsync=env.boolean("PIXELBUS_LOCAL_FSYNC", default=False),
     )
 
 
@@ -379,6 +390,13 @@ class _Reader:
             self.invalid(name, f"{name}={value!r} is not a positive number")
             return default
         return number
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        try:
+            return env_bool(self._environ, name, default)
+        except runtime_errors.SettingsError as exc:
+            self.invalid(name, str(exc))
+            return default
 
     def integer(self, name: str, default: int, *, lo: int, hi: int) -> int:
         value = self.get(name)

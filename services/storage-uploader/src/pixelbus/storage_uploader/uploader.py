@@ -1,15 +1,17 @@
 """The storage uploader: ``OutputsReady`` → provider → ``TaskCompleted`` with public URLs.
 
-The only service that writes to external storage. Outputs are streamed from the Object
-Store to the provider chunk by chunk (``ObjectReader.chunks``), so a large output never
-sits in memory whole; the message is kept alive with in-progress acks meanwhile. Keys
-are deterministic (``output_key``, by the event's date and the task id), so a redelivered
-``OutputsReady`` overwrites instead of duplicating, and ``TaskCompleted`` has one id per
-task, so it is stored once. A retryable failure is retried in-process with backoff
-(``retry``), then by redelivery with a growing delay; a permanent one fails the task at
-once. The Object Store entries are removed once the completion is recorded (their bucket
-TTL is the backstop). The provider's reachability is published for ``/api/health``
-(``presence``).
+The only service that writes to external storage. Small outputs come inline in the event;
+larger ones are streamed from the Object Store to the provider chunk by chunk
+(``ObjectReader.chunks``), so a large output never sits in memory whole. A task's outputs
+are stored concurrently, and the message is kept alive with in-progress acks meanwhile.
+Keys are deterministic (``output_key``, by the event's date and the task id), so a
+redelivered ``OutputsReady`` overwrites instead of duplicating, and ``TaskCompleted`` has
+one id per task, so it is stored once: that is why a plain ack is enough, and why the
+task's state is read first only on a redelivery (to skip a task already final). A
+retryable failure is retried in-process with backoff (``retry``), then by redelivery with
+a growing delay; a permanent one fails the task at once. The Object Store entries a task
+used are removed once the completion is recorded (their bucket TTL is the backstop). The
+provider's reachability is published for ``/api/health`` (``presence``).
 """
 
 from __future__ import annotations
@@ -48,10 +50,15 @@ from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.publisher import EventPublisher
-from pixelbus.runtime.pull import PullFeed, dispatch
+from pixelbus.runtime.pull import PullConsumer, dispatch, keep_alive
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
-from pixelbus.runtime.tracing import context_from_headers, messaging_attributes, tracer
+from pixelbus.runtime.tracing import (
+    context_from_headers,
+    messaging_attributes,
+    tracer,
+    tracing_on,
+)
 from pixelbus.storage_uploader.errors import StorageError
 from pixelbus.storage_uploader.presence import ProviderHealth, presence_key, presence_value
 from pixelbus.storage_uploader.providers.base import StorageProvider, Upload, output_key
@@ -147,8 +154,9 @@ class Uploader:
         self._kv = await self._js.key_value(STATE_BUCKET)
         self._objects = await self._js.object_store(OUTPUTS_BUCKET)
         health = await self.check_provider()  # before the first upload: a known order
-        feed = PullFeed(self._nc, TASK_STREAM, UPLOADER_CONSUMER)
-        await feed.start()
+        consumer = PullConsumer(self._nc, TASK_STREAM, UPLOADER_CONSUMER, credit=self._concurrency)
+        await consumer.start()
+        stopper = asyncio.create_task(self._stop_consumer_when_stopping(consumer))
         presence = asyncio.create_task(self._presence_loop())
         log.info(
             "storage-uploader started",
@@ -158,17 +166,20 @@ class Uploader:
             error=health.error,
         )
         try:
-            running = await dispatch(
-                feed, self._handle, concurrency=self._concurrency, stop=self._stopping
-            )
-            await feed.close()
+            running = await dispatch(consumer, self._handle)
+            await consumer.close()
             if running:
                 await asyncio.wait(running, timeout=30)
         finally:
-            await feed.close()
+            stopper.cancel()
+            await consumer.close()
             self._stopping.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(presence, 5)
+
+    async def _stop_consumer_when_stopping(self, consumer: PullConsumer) -> None:
+        await self._stopping.wait()
+        consumer.stop()
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -180,53 +191,48 @@ class Uploader:
         if not isinstance(event, OutputsReady):
             await msg.term()
             return
-        # Subject: pixelbus.tasks.<environment>.<workflow>.outputs.<task id>
-        _, _, environment, workflow, *_ = msg.subject.split(".")
-        context = context_from_headers(dict(msg.headers or {}))
+        if not tracing_on():
+            await self._handle_outputs(msg, event)
+            return
         with tracer.start_as_current_span(
             "upload outputs",
-            context=context,
+            context=context_from_headers(dict(msg.headers or {})),
             kind=trace.SpanKind.CONSUMER,
             attributes=messaging_attributes("process", msg.subject, event.event_id),
         ) as span:
             span.set_attribute("pixelbus.task_id", event.task_id)
-            self._in_flight += 1
-            self._metrics.set_in_flight(UPLOADER_CONSUMER, self._in_flight)
-            keepalive = asyncio.create_task(self._keep_alive(msg))
-            try:
-                await self._upload(msg, event, environment, workflow)
-            except Exception:  # the bus itself failed us: let the message come back
-                log.exception("upload step failed; will be redelivered", task_id=event.task_id)
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=self._settings.retry_delay_s)
-            finally:
-                self._in_flight -= 1
-                self._metrics.set_in_flight(UPLOADER_CONSUMER, self._in_flight)
-                keepalive.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keepalive
+            await self._handle_outputs(msg, event)
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """In-progress acks while a (large) upload runs, so the message is not redelivered."""
-        interval = max(0.5, self._settings.ack_wait_s / 3)
-        while True:
-            await asyncio.sleep(interval)
+    async def _handle_outputs(self, msg: Msg, event: OutputsReady) -> None:
+        # Subject: pixelbus.tasks.<environment>.<workflow>.outputs.<task id>
+        _, _, environment, workflow, *_ = msg.subject.split(".")
+        self._in_flight += 1
+        self._metrics.set_in_flight(UPLOADER_CONSUMER, self._in_flight)
+        try:
+            with keep_alive(msg, max(0.5, self._settings.ack_wait_s / 3)):
+                await self._upload(msg, event, environment, workflow)
+        except Exception:  # the bus itself failed us: let the message come back
+            log.exception("upload step failed; will be redelivered", task_id=event.task_id)
             with contextlib.suppress(Exception):
-                await msg.in_progress()
+                await msg.nak(delay=self._settings.retry_delay_s)
+        finally:
+            self._in_flight -= 1
+            self._metrics.set_in_flight(UPLOADER_CONSUMER, self._in_flight)
 
     async def _upload(self, msg: Msg, event: OutputsReady, environment: str, workflow: str) -> None:
         assert self._kv is not None and self._objects is not None
         attempt = msg.metadata.num_delivered
         bound = log.bind(task_id=event.task_id, attempt=attempt, provider=self._provider.name)
         started = time.monotonic()
-        state, _ = await read_state(self._kv, event.task_id)
-        if state is not None and state.is_final:
-            await msg.ack()
-            await self._cleanup(event)
-            bound.info("outputs skipped: task already final", outcome="skipped")
-            return
+        if attempt > 1:  # a redelivery: the task may have ended meanwhile
+            state, _ = await read_state(self._kv, event.task_id)
+            if state is not None and state.is_final:
+                await msg.ack()
+                await self._cleanup(event)
+                bound.info("outputs skipped: task already final", outcome="skipped")
+                return
         try:
-            stored = [await self._store(event, out) for out in event.outputs]
+            stored = list(await asyncio.gather(*(self._store(event, o) for o in event.outputs)))
         except StorageError as exc:
             self._health = self._health.verdict(str(exc), utcnow())
             self._metrics.upload_failed(self._provider.name, exc.code)
@@ -280,12 +286,12 @@ class Uploader:
             environment=environment,
             workflow=workflow,
         )
-        await msg.ack_sync()
+        await msg.ack()
         await self._cleanup(event)
         for output in stored:
             self._metrics.uploaded(output.provider, output.size)
         self._metrics.observe_duration(workflow, "upload", time.monotonic() - started)
-        bound.info(
+        bound.debug(
             "outputs stored",
             outcome="completed",
             outputs=len(stored),
@@ -293,17 +299,21 @@ class Uploader:
         )
 
     async def _store(self, event: OutputsReady, output: OutputObject) -> StoredOutput:
+        key = output_key(event.task_id, output.filename, event.occurred_at.date())
         missing = f"output {output.filename} is no longer in the Object Store (expired?)"
-        try:
-            info = await self._reader.info(output.object_name)
-        except NotFoundError:
-            raise _MissingObject(missing) from None
-        upload = Upload(
-            key=output_key(event.task_id, output.filename, event.occurred_at.date()),
-            content_type=output.content_type,
-            size=info.size or output.size,
-            open=lambda: self._reader.chunks(output.object_name),
-        )
+        if output.data is not None:
+            upload = Upload.of_bytes(key, output.data, output.content_type)
+        else:
+            try:
+                info = await self._reader.info(output.object_name)
+            except NotFoundError:
+                raise _MissingObject(missing) from None
+            upload = Upload(
+                key=key,
+                content_type=output.content_type,
+                size=info.size or output.size,
+                open=lambda: self._reader.chunks(output.object_name),
+            )
         try:
             stored = await store_with_retries(self._provider, upload, self._retry)
         except NotFoundError:  # removed while we read it
@@ -320,7 +330,16 @@ class Uploader:
         )
 
     async def _cleanup(self, event: OutputsReady) -> None:
+        """Remove the Object Store entries the task used (none for inline outputs)."""
         assert self._objects is not None
-        for name in [*(o.object_name for o in event.outputs), *event.input_objects]:
+        objects = self._objects
+        names = [o.object_name for o in event.outputs if o.data is None]
+        names.extend(event.input_objects)
+        if not names:
+            return
+
+        async def delete(name: str) -> None:
             with contextlib.suppress(Exception):
-                await self._objects.delete(name)
+                await objects.delete(name)
+
+        await asyncio.gather(*(delete(name) for name in names))

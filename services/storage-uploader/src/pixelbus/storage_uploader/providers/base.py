@@ -46,24 +46,29 @@ _HASHED = re.compile(rf"-[0-9a-f]{{{_DIGEST}}}(?:\.[A-Za-z0-9_-]{{1,10}})?$")
 
 @dataclass(frozen=True, kw_only=True)
 class Upload:
-    """One object to store: ``open()`` yields its bytes chunk by chunk, from the start."""
+    """One object to store: ``open()`` yields its bytes chunk by chunk, from the start;
+    ``data`` holds them whole when they are in memory already (an inline output), so a
+    provider may skip the streaming."""
 
     key: str
     content_type: str
     size: int
     open: Callable[[], AsyncIterator[bytes]]
+    data: bytes | None = None
 
     @classmethod
     def of_bytes(cls, key: str, data: bytes, content_type: str) -> Upload:
-        """An upload of bytes already in memory (small outputs, tests)."""
+        """An upload of bytes already in memory (inline outputs, tests)."""
 
         async def single() -> AsyncIterator[bytes]:
             yield data
 
-        return cls(key=key, content_type=content_type, size=len(data), open=single)
+        return cls(key=key, content_type=content_type, size=len(data), open=single, data=data)
 
     async def read(self) -> bytes:
         """All the bytes at once: only for providers whose API takes a whole body."""
+        if self.data is not None:
+            return self.data
         return b"".join([chunk async for chunk in self.open()])
 
 
