@@ -143,9 +143,6 @@ Handler = Callable[[TaskContext], Awaitable[TaskResult]]
 
 #: Cancel requests remembered for tasks this worker is not running (yet).
 _CANCELS_REMEMBERED = 10_000
-#: How far the worker's clock may be from the server's when deciding whether a task was
-#: created before this worker listened for cancel requests.
-_CLOCK_MARGIN_S = 2.0
 
 
 async def probe_handler(ctx: TaskContext) -> TaskResult:
@@ -232,8 +229,11 @@ class WorkerRuntime:
         self._metrics = process_metrics()
         self._inflight: dict[str, _InFlight] = {}
         self._cancels_seen: OrderedDict[str, str | None] = OrderedDict()
-        self._listening_since = float("inf")  # wall clock; nothing is known before run()
+        #: Tasks stored after this stream sequence were created while this worker heard
+        #: every cancel request (``None``: not known, e.g. just after a reconnect).
+        self._heard_after_seq: int | None = None
         self._reconnects = 0
+        self._refreshing: asyncio.Task[None] | None = None
         self._consumer: PullConsumer | None = None
         self._stopping = False
         self._kv: KeyValue | None = None
@@ -260,9 +260,8 @@ class WorkerRuntime:
         cancel_sub = await self.nc.subscribe(
             event_filter("cancel_requested", self.pool.environment), cb=self._on_cancel_request
         )
-        await self.nc.flush()  # the server has our interest: every later cancel reaches us
-        self._listening_since = time.time()
         self._reconnects = self.nc.stats.get("reconnects", 0)
+        await self._note_listening()
         consumer = PullConsumer(
             self.nc, TASK_STREAM, self.pool.durable, credit=self.concurrency, gate=self.gate
         )
@@ -351,18 +350,32 @@ class WorkerRuntime:
         if len(self._cancels_seen) > _CANCELS_REMEMBERED:
             self._cancels_seen.popitem(last=False)
 
+    async def _note_listening(self) -> None:
+        """From now on every cancel request reaches us: remember the stream's position."""
+        await self.nc.flush()  # the server has our subscription
+        info = await self.js.stream_info(TASK_STREAM)
+        self._heard_after_seq = info.state.last_seq
+
+    async def _refresh_listening(self) -> None:
+        try:
+            await self._note_listening()
+        except Exception as exc:  # until it works, every task's state is read first
+            log.warning("stream position unknown after a reconnect", error=str(exc))
+
     def _must_read_state(self, msg: Msg, event: TaskCreated, attempt: int) -> bool:
         """Whether the task's state may say "do not run": only a redelivery, a cancel
-        request seen for it, or a task created before this worker listened for cancels
-        (at start, or since a reconnect, whose gap may have hidden one)."""
+        request seen for it, or a task stored before this worker listened for cancel
+        requests (at start, or before a reconnect, whose gap may have hidden one)."""
         if attempt > 1 or event.task_id in self._cancels_seen:
             return True
         reconnects = self.nc.stats.get("reconnects", 0)
         if reconnects != self._reconnects:
             self._reconnects = reconnects
-            self._listening_since = time.time()
-        created = msg.metadata.timestamp.timestamp()
-        return created < self._listening_since + _CLOCK_MARGIN_S
+            self._heard_after_seq = None
+        heard_after = self._heard_after_seq
+        if heard_after is None and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._refresh_listening())
+        return heard_after is None or msg.metadata.sequence.stream <= heard_after
 
     async def _process(self, msg: Msg) -> None:
         try:
