@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from pixelbus.runtime.tracing import tracing_on
+from pixelbus.runtime.tracing import tracing_on, use_tracer_provider
 from pixelbus.testkit.waiting import eventually, wait_for_state
 from tests.stack import Stack
 
@@ -33,7 +33,7 @@ def _ancestry(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[Readab
 async def test_one_task_is_one_trace_across_every_service(stack: Stack) -> None:
     # Tracing is off until an SDK provider is installed (as an exporter setting does).
     if not tracing_on():
-        trace.set_tracer_provider(TracerProvider())
+        use_tracer_provider(TracerProvider())
     assert tracing_on()
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)

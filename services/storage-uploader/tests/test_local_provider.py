@@ -161,3 +161,23 @@ async def test_fsync_only_when_asked_for_in_memory_and_streamed_uploads(
     assert (root / "tasks" / "t" / "inline.json").read_bytes() == b"{}"
     assert (root / "tasks" / "t" / "big.bin").read_bytes() == b"abcd"
     assert len(synced) == (2 if fsync else 0)
+
+
+@pytest.mark.parametrize("link", ["tasks", "tasks/2026", "tasks/2026/12/03/task_1"])
+async def test_a_symlink_anywhere_on_the_way_is_refused(
+    provider: LocalProvider, root: Path, tmp_path: Path, link: str
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # A first write (another task) makes and remembers the directories above.
+    await provider.put("tasks/2026/12/03/task_0/a.png", b"x", "image/png")
+    target = root / link
+    if target.exists():
+        target.rename(tmp_path / "moved")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(elsewhere)
+    if link.count("/") < 4:  # the directories above a task's are checked once per process
+        provider = LocalProvider(LocalSettings(directory=root, public_base_url="http://f"))
+    with pytest.raises(StoragePermanentError, match="outside"):
+        await provider.put("tasks/2026/12/03/task_1/a.png", b"x", "image/png")
+    assert not any(elsewhere.rglob("a.png"))

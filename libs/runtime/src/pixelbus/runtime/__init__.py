@@ -7,4 +7,6 @@
 - ``tracing``: OpenTelemetry context in and out of NATS headers.
 - ``worker``: the shared worker runtime (consume loop, heartbeats, retries, cancel).
 - ``state``: reading the projected task state from the KV bucket.
+- ``quotas``: counters in a KV bucket and the active-task slots (gateway takes, projector frees).
+- ``webhook_log``: the per-task webhook delivery log (webhooks service writes, gateway reads).
 """

@@ -2,8 +2,9 @@
 
 Every setting is explicit (file storage, limits retention, duplicate window, max age,
 replicas), so a cluster never runs on a library default by accident. Running ``ensure``
-again creates what is missing and updates what differs; it never deletes a consumer
-(that would lose its position and pending acks).
+again creates what is missing and updates what differs; it never deletes a consumer in
+use (that would lose its position and pending acks): only ``remove_legacy_consumers``
+deletes, and only consumers that nothing pulls any more.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ __all__ = [
     "PoolLimits",
     "advisory_stream_config",
     "ensure",
+    "ensure_webhook_dispatcher",
+    "ensure_webhook_queue",
     "ensure_webhooks",
+    "remove_legacy_consumers",
     "task_stream_config",
     "webhook_stream_config",
 ]
@@ -289,22 +293,25 @@ def webhook_stream_config(settings: BusSettings) -> StreamConfig:
     )
 
 
-async def ensure_webhooks(
-    js: JetStreamContext, settings: BusSettings, *, max_attempts: int, ack_wait_s: float
-) -> None:
-    """The webhook assets, provisioned by the gateway only (after ``ensure``): the
-    delivery queue, its dispatcher consumer, the planner's consumer on the task stream
-    (new events only, so a first start does not replay history into webhooks) and the
-    per-task delivery log."""
+async def ensure_webhook_queue(js: JetStreamContext, settings: BusSettings) -> None:
+    """The webhook delivery queue alone: the projector's step (it queues the jobs; a
+    missing queue would hold up its batches, the state with them)."""
     await _ensure_stream(js, webhook_stream_config(settings))
-    planner = _consumer(
-        WEBHOOK_PLANNER_CONSUMER,
-        f"{SUBJECT_ROOT}.>",
-        ack_wait=30,
-        max_deliver=-1,
-        max_ack_pending=1000,
-    )
-    await js.add_consumer(TASK_STREAM, planner.evolve(deliver_policy=DeliverPolicy.NEW))
+
+
+async def ensure_webhooks(js: JetStreamContext, settings: BusSettings) -> None:
+    """The webhook delivery queue and the per-task delivery log: run by the gateway (it
+    reads the log) and the webhooks service (it delivers and writes the log). The
+    dispatcher's consumer is the webhooks service's own step
+    (``ensure_webhook_dispatcher``): its limits are webhook settings."""
+    await ensure_webhook_queue(js, settings)
+    await _ensure_kv(js, WEBHOOK_LOG_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
+
+
+async def ensure_webhook_dispatcher(
+    js: JetStreamContext, *, max_attempts: int, ack_wait_s: float
+) -> None:
+    """The dispatcher's durable consumer of the delivery queue (webhooks service)."""
     await js.add_consumer(
         WEBHOOK_STREAM,
         _consumer(
@@ -315,4 +322,22 @@ async def ensure_webhooks(
             max_ack_pending=1000,
         ),
     )
-    await _ensure_kv(js, WEBHOOK_LOG_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
+
+
+#: Consumers of earlier versions that nothing pulls any more. Round 1's gateway planned
+#: webhooks from a second full-stream consumer; the projector now plans them inside its
+#: own batches, so that consumer would only pile up pending messages.
+LEGACY_CONSUMERS: tuple[tuple[str, str], ...] = ((TASK_STREAM, WEBHOOK_PLANNER_CONSUMER),)
+
+
+async def remove_legacy_consumers(js: JetStreamContext) -> list[str]:
+    """Delete the ``LEGACY_CONSUMERS`` still there (the projector, at start); their names."""
+    removed = []
+    for stream, durable in LEGACY_CONSUMERS:
+        try:
+            await js.delete_consumer(stream, durable)
+        except NotFoundError:
+            continue
+        removed.append(durable)
+        log.info("legacy consumer removed", stream=stream, consumer=durable)
+    return removed

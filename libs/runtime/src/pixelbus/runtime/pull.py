@@ -34,7 +34,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -326,30 +326,36 @@ async def _stop_when_set(event: asyncio.Event, consumer: PullConsumer) -> None:
     consumer.stop()
 
 
-@contextlib.contextmanager
-def keep_alive(msg: Msg, interval_s: float) -> Iterator[None]:
+class keep_alive:  # a lowercase name: it reads as a function in ``with keep_alive(msg, 10):``
     """In-progress acks every ``interval_s`` while the body runs, so that long work is not
     redelivered. Costs a timer, not a task, when the body is quick."""
-    loop = asyncio.get_running_loop()
-    handle: asyncio.TimerHandle | None = None
-    sending: set[asyncio.Task[None]] = set()
 
-    async def send() -> None:
+    __slots__ = ("_handle", "_interval_s", "_msg", "_sending")
+
+    def __init__(self, msg: Msg, interval_s: float) -> None:
+        self._msg = msg
+        self._interval_s = interval_s
+        self._handle: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def __enter__(self) -> None:
+        self._handle = asyncio.get_running_loop().call_later(self._interval_s, self._tick)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._send())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        self._handle = loop.call_later(self._interval_s, self._tick)
+
+    async def _send(self) -> None:
         with contextlib.suppress(Exception):
-            await msg.in_progress()
-
-    def tick() -> None:
-        nonlocal handle
-        task = loop.create_task(send())
-        sending.add(task)
-        task.add_done_callback(sending.discard)
-        handle = loop.call_later(interval_s, tick)
-
-    handle = loop.call_later(interval_s, tick)
-    try:
-        yield
-    finally:
-        handle.cancel()
+            await self._msg.in_progress()
 
 
 class DurableLoop:

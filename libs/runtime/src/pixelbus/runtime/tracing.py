@@ -1,9 +1,10 @@
 """W3C trace context in NATS headers, so one trace runs from the HTTP request to the upload.
 
 Tracing costs nothing unless it is wanted: spans are made, and ``traceparent`` headers
-sent, only while an SDK tracer provider is installed (``setup_tracing`` installs one when
-an OTLP exporter is configured; a test may install its own). Check ``tracing_on()``
-before building a span on a hot path.
+sent, only once a tracer provider is installed through this module (``setup_tracing``
+installs the SDK's when an OTLP exporter is configured, or takes one installed by
+``OTEL_PYTHON_TRACER_PROVIDER``; a test passes its own to ``use_tracer_provider``).
+``tracing_on()`` is a flag read: check it before building a span on a hot path.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
-from opentelemetry.trace import ProxyTracerProvider
+from opentelemetry.trace import ProxyTracerProvider, TracerProvider
 
 __all__ = [
     "context_from_headers",
@@ -23,14 +24,25 @@ __all__ = [
     "setup_tracing",
     "tracer",
     "tracing_on",
+    "use_tracer_provider",
 ]
 
 tracer = trace.get_tracer("pixelbus")
 
 
+_enabled = False
+
+
 def tracing_on() -> bool:
-    """Whether spans are recorded: an SDK tracer provider is installed in this process."""
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+    """Whether spans are recorded in this process (a provider was installed here)."""
+    return _enabled
+
+
+def use_tracer_provider(provider: TracerProvider) -> None:
+    """Install ``provider`` as the process's tracer provider and turn tracing on."""
+    global _enabled
+    trace.set_tracer_provider(provider)
+    _enabled = True
 
 
 def headers_with_trace(headers: dict[str, str] | None = None) -> dict[str, str]:
@@ -55,22 +67,27 @@ def setup_tracing(service_name: str, environ: Mapping[str, str] | None = None) -
     standard ``OTEL_EXPORTER_OTLP_*`` settings itself; otherwise tracing stays off (no
     spans, no ``traceparent`` headers: recording spans nobody reads cost every hop).
     """
-    global _configured
+    global _configured, _enabled
+    if _configured:
+        return
+    _configured = True
     environ = os.environ if environ is None else environ
-    exporting = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    )
-    if _configured or not exporting or tracing_on():
+    if not isinstance(trace.get_tracer_provider(), ProxyTracerProvider):
+        _enabled = True  # installed by OTEL_PYTHON_TRACER_PROVIDER or the host program
+        return
+    if not (
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
         return
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = SdkTracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    _configured = True
+    use_tracer_provider(provider)
 
 
 def messaging_attributes(operation: str, subject: str, message_id: str) -> dict[str, str]:

@@ -1,0 +1,56 @@
+"""Counters in a KV bucket, raised and lowered with compare-and-swap, and the active-task
+slots kept with them (one counter per tenant in the quotas bucket).
+
+Two processes share the slots: the gateway takes one (``add_to_counter(..., +1,
+limit=...)``) before it publishes a new task, and the projector gives it back
+(``release_slot``) when the task ends. Both key a tenant the same way (``quota_key``).
+"""
+
+from __future__ import annotations
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from pixelbus.contracts.subjects import sanitize_token
+
+__all__ = ["ANONYMOUS", "add_to_counter", "quota_key", "release_slot"]
+
+#: The tenant of requests made without an API key (``PIXELBUS_AUTH=open``).
+ANONYMOUS = "anonymous"
+
+_CAS_ATTEMPTS = 50
+
+
+async def add_to_counter(
+    kv: KeyValue, key: str, delta: int, *, limit: int | None = None
+) -> int | None:
+    """Add ``delta`` to the integer at ``key`` (CAS); ``None`` (and no change) when the
+    result would pass ``limit``. Never goes below zero."""
+    for _ in range(_CAS_ATTEMPTS):
+        try:
+            entry = await kv.get(key)
+            current, revision = int(entry.value or b"0"), entry.revision or 0
+        except KeyNotFoundError:
+            current, revision = 0, 0
+        new = max(0, current + delta)
+        if limit is not None and delta > 0 and new > limit:
+            return None
+        try:
+            if revision == 0:
+                await kv.create(key, str(new).encode())
+            else:
+                await kv.update(key, str(new).encode(), last=revision)
+            return new
+        except KeyWrongLastSequenceError:
+            continue  # another replica counted first
+    raise RuntimeError(f"counter {key}: too much contention")
+
+
+def quota_key(owner: str | None) -> str:
+    """The tenant's counter in the quotas bucket."""
+    return sanitize_token(owner or ANONYMOUS)
+
+
+async def release_slot(kv: KeyValue, owner: str | None) -> None:
+    """Give one of the tenant's active-task slots back."""
+    await add_to_counter(kv, quota_key(owner), -1)
