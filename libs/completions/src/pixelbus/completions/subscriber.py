@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pixelbus.completions.completion import Completion, completion_from
 from pixelbus.contracts.events import decode_event
 from pixelbus.contracts.subjects import TASK_STREAM, event_filter, sanitize_token
-from pixelbus.runtime.pull import consume
+from pixelbus.runtime.pull import consume, keep_alive
 
 __all__ = ["CompletionHandler", "CompletionSubscriber", "completion_subject"]
 
@@ -122,9 +122,9 @@ class CompletionSubscriber:
         if completion is None:
             await msg.ack()
             return
-        keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
-            await self._handler(completion)
+            with keep_alive(msg, self._ack_wait_s / 3):  # a long callback keeps its message
+                await self._handler(completion)
         except Exception as exc:
             log.warning(
                 "completion callback failed; will be redelivered",
@@ -136,14 +136,5 @@ class CompletionSubscriber:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=self._retry_delay_s)
             return
-        finally:
-            keepalive.cancel()
         await msg.ack_sync()
         self.handled += 1
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        """A long callback keeps its message: in-progress acks reset the ack wait."""
-        while True:
-            await asyncio.sleep(self._ack_wait_s / 3)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
