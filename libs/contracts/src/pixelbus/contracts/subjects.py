@@ -57,7 +57,7 @@ QUOTAS_BUCKET = "PIXELBUS_QUOTAS"
 PROJECTOR_CONSUMER = "projector"
 UPLOADER_CONSUMER = "storage-uploader"
 #: The server's "a message ran out of deliveries" advisories for the task stream, kept in
-#: a stream of their own so that none is lost while no gateway is running.
+#: a stream of their own so that none is lost while no projector is running.
 ADVISORY_STREAM = "PIXELBUS_ADVISORIES"
 MAX_DELIVERIES_ADVISORIES = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASK_STREAM}.*"
 EXHAUSTED_CONSUMER = "exhausted-tasks"
@@ -68,9 +68,11 @@ INPUT_OBJECT_PREFIX = "pixelbus-object:"
 ENVIRONMENTS = ("face_swap", "comm")
 
 #: Webhook deliveries to make: a work queue of their own, so that a slow receiver never
-#: holds up the task stream; the planner reads the task stream, the dispatcher the queue.
+#: holds up the task stream; the projector queues them (planned inside its batches), the
+#: webhooks service's dispatcher delivers them.
 WEBHOOK_STREAM = "PIXELBUS_WEBHOOKS"
 WEBHOOK_SUBJECT_ROOT = "pixelbus.webhooks"
+#: Round 1's planner consumer on the task stream: gone (the projector removes it at start).
 WEBHOOK_PLANNER_CONSUMER = "webhook-planner"
 WEBHOOK_DISPATCHER_CONSUMER = "webhook-dispatcher"
 WEBHOOK_LOG_BUCKET = "PIXELBUS_WEBHOOK_LOG"

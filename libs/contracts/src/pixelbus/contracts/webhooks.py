@@ -1,5 +1,11 @@
 """Webhooks: which task changes are delivered, the delivery job, its log, and signatures.
 
+Planning is pure: ``webhook_target`` reads what a task asked for from its ``TaskCreated``,
+and ``plan_job`` turns one event of such a task, with the task's state after that event,
+into the ``WebhookJob`` the dispatcher POSTs (``webhook_body``: the task as
+``GET /api/tasks/{id}`` shows it). The job's id is the event's id, so planning the same
+event twice makes the same job (JetStream de-duplicates it on ``Nats-Msg-Id``).
+
 Signatures follow Standard Webhooks: the headers ``webhook-id``, ``webhook-timestamp``
 (Unix seconds) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>`` of
 ``"{id}.{timestamp}.{body}"``, keyed with the bytes of a ``whsec_<base64>`` secret).
@@ -19,10 +25,13 @@ from pixelbus.contracts.events import (
     AnyEvent,
     TaskCancelled,
     TaskCompleted,
+    TaskCreated,
     TaskFailed,
     TaskProgress,
     TaskStarted,
 )
+from pixelbus.contracts.task import TaskState
+from pixelbus.contracts.views import task_view
 
 __all__ = [
     "DEFAULT_WEBHOOK_EVENTS",
@@ -31,12 +40,16 @@ __all__ = [
     "DeliveryLog",
     "InvalidSignature",
     "WebhookJob",
+    "WebhookTarget",
     "backoff_s",
     "decode_secret",
+    "plan_job",
     "sign",
     "signature_headers",
     "verify",
+    "webhook_body",
     "webhook_event_name",
+    "webhook_target",
 ]
 
 #: What a task may ask to be told about (``webhook_events``).
@@ -72,6 +85,52 @@ class WebhookJob(msgspec.Struct, frozen=True, kw_only=True):
     event: str
     body: bytes
     created_at: datetime
+
+
+class WebhookTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """What a task's ``TaskCreated`` asked for: where, on which changes, and whose secret."""
+
+    url: str
+    events: tuple[str, ...]
+    owner: str | None = None
+
+
+def webhook_target(created: TaskCreated) -> WebhookTarget | None:
+    """The task's webhook, or None when it has none."""
+    if not created.webhook_url:
+        return None
+    return WebhookTarget(
+        url=created.webhook_url, events=created.webhook_events, owner=created.owner
+    )
+
+
+_body_encoder = msgspec.json.Encoder()
+
+
+def webhook_body(name: str, event: AnyEvent, view: dict[str, object]) -> bytes:
+    """The JSON a receiver gets: Standard Webhooks' ``type``, ``timestamp``, ``data``."""
+    return _body_encoder.encode(
+        {"type": f"task.{name}", "timestamp": event.occurred_at.isoformat(), "data": view}
+    )
+
+
+def plan_job(
+    target: WebhookTarget, event: AnyEvent, state: TaskState, *, now: datetime
+) -> WebhookJob | None:
+    """The delivery ``event`` makes for a task with ``target``, or None when the task did
+    not ask for that kind of change. ``state``: the task's state once ``event`` is folded."""
+    name = webhook_event_name(event)
+    if name is None or name not in target.events:
+        return None
+    return WebhookJob(
+        delivery_id=event.event_id,
+        task_id=event.task_id,
+        owner=target.owner,
+        url=target.url,
+        event=name,
+        body=webhook_body(name, event, task_view(state)),
+        created_at=now,
+    )
 
 
 class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):

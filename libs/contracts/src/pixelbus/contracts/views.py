@@ -1,4 +1,8 @@
-"""Task state → the unified task format clients read (``taskId`` kept camelCase)."""
+"""Task state → the unified task format clients read (``taskId`` kept camelCase).
+
+Pure: the gateway answers with it, and the projector puts it in webhook bodies, so a
+receiver gets the task exactly as ``GET /api/tasks/{id}`` shows it.
+"""
 
 from __future__ import annotations
 
