@@ -9,7 +9,6 @@ import uvicorn
 
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.settings import GatewaySettings
-from pixelbus.gateway.webhooks import WebhookSettings
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.logging import setup_logging
 from pixelbus.runtime.settings import with_secret_files
@@ -22,12 +21,11 @@ def main() -> int:
     try:
         environ = with_secret_files(os.environ)
         settings = GatewaySettings.from_env(environ)
-        webhooks = WebhookSettings.from_env(environ)
     except SettingsError as exc:
         print(f"pixelbus-gateway: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(
-        create_app(settings, webhooks),
+        create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

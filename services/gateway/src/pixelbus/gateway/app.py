@@ -1,4 +1,11 @@
-"""The FastAPI application: wiring of settings, NATS, the projector and the routes."""
+"""The FastAPI application: wiring of settings, NATS and the routes.
+
+The gateway is HTTP + publish + read: it validates requests, publishes events, and reads
+the task state that the projector (``pixelbus.projector``, a service of its own and the
+only writer of the state bucket) folds from them. Webhooks are planned by the projector
+and delivered by ``pixelbus.webhooks``; the gateway only admits a task's ``webhook_url``
+(the SSRF guard) and reads the delivery log.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +21,19 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from nats.js import JetStreamContext
 
-from pixelbus.contracts.subjects import QUOTAS_BUCKET, RATES_BUCKET
+from pixelbus.contracts.subjects import (
+    PROJECTOR_CONSUMER,
+    QUOTAS_BUCKET,
+    RATES_BUCKET,
+    TASK_STREAM,
+    WEBHOOK_DISPATCHER_CONSUMER,
+    WEBHOOK_LOG_BUCKET,
+    WEBHOOK_STREAM,
+)
 from pixelbus.gateway.auth import KeyStore
 from pixelbus.gateway.deps import Gateway
-from pixelbus.gateway.exhausted import ExhaustedWatcher
 from pixelbus.gateway.headers import SecurityHeaders
 from pixelbus.gateway.limits import BodySizeLimit
-from pixelbus.gateway.projector import Projector
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
 from pixelbus.gateway.routes import (
     batch,
@@ -36,13 +49,14 @@ from pixelbus.gateway.routes import (
 )
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
-from pixelbus.gateway.webhooks import WebhookService, WebhookSettings
+from pixelbus.media.ssrf import SsrfPolicy
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.errors import SettingsError
-from pixelbus.runtime.metrics import process_metrics, sample_consumers
+from pixelbus.runtime.metrics import DEFAULT_CONSUMERS, process_metrics, sample_consumers
 from pixelbus.runtime.probes import NotReady, ProbeServer, ReadinessCheck
-from pixelbus.runtime.provision import ensure
+from pixelbus.runtime.provision import ensure, ensure_webhooks
 from pixelbus.runtime.tracing import setup_tracing
+from pixelbus.runtime.webhook_log import DeliveryLogStore
 
 __all__ = ["create_app"]
 
@@ -70,17 +84,24 @@ def _ready(gw: Gateway) -> ReadinessCheck:
     return check
 
 
+#: The consumers whose lag ``/metrics`` shows: the pools (what KEDA scales on), the
+#: uploader, the projector and the webhook dispatcher (the alerts watch them all).
+SAMPLED_CONSUMERS = (
+    *DEFAULT_CONSUMERS,
+    (TASK_STREAM, PROJECTOR_CONSUMER),
+    (WEBHOOK_STREAM, WEBHOOK_DISPATCHER_CONSUMER),
+)
+
+
 async def _sample_consumer_lag(js: JetStreamContext, interval_s: float = 5.0) -> None:
-    """Consumer lag for ``/metrics`` (what KEDA scales the worker pools on)."""
+    """Consumer lag for ``/metrics``."""
     metrics = process_metrics()
     while True:
-        await sample_consumers(js, metrics)
+        await sample_consumers(js, metrics, SAMPLED_CONSUMERS)
         await asyncio.sleep(interval_s)
 
 
-def create_app(
-    settings: GatewaySettings, webhook_settings: WebhookSettings | None = None
-) -> FastAPI:
+def create_app(settings: GatewaySettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_tracing("pixelbus-gateway")
@@ -88,6 +109,7 @@ def create_app(
         nc = await connect(settings.bus.nats_url, "pixelbus-gateway")
         js = nc.jetstream()
         await ensure(js, settings.bus)
+        await ensure_webhooks(js, settings.bus)  # the delivery log this gateway reads
         service = TaskService(nc, js, max_input_image_bytes=settings.max_input_image_bytes)
         await service.open()
         keys = KeyStore()
@@ -114,20 +136,10 @@ def create_app(
             keys=keys,
             rates=RateLimiter(await js.key_value(RATES_BUCKET), settings.rate_limit_rps),
             active=ActiveTasks(await js.key_value(QUOTAS_BUCKET), settings.max_active_tasks),
+            webhook_policy=SsrfPolicy(allow_networks=settings.ssrf_allow_networks),
+            webhook_log=DeliveryLogStore(await js.key_value(WEBHOOK_LOG_BUCKET)),
         )
-        background: list[asyncio.Task[None]] = []
-        projector: Projector | None = None
-        if settings.embedded_projector:
-            projector = Projector(nc)
-            gw.extras["projector"] = projector
-            background.append(asyncio.create_task(projector.run()))
-        exhausted = ExhaustedWatcher(nc)
-        background.append(asyncio.create_task(exhausted.run()))
-        deliveries = WebhookService(nc, webhook_settings or WebhookSettings())
-        gw.extras["webhook_log"] = await deliveries.start(settings.bus)
-        gw.extras["webhooks"] = deliveries
         lag_sampler = asyncio.create_task(_sample_consumer_lag(js))
-        background.append(lag_sampler)
         app.state.gateway = gw
         probes = None
         if settings.probes is not None:
@@ -140,14 +152,9 @@ def create_app(
         finally:
             if probes is not None:
                 await probes.stop()
-            exhausted.stop()
-            await deliveries.stop()
             lag_sampler.cancel()
-            if projector is not None:
-                projector.stop()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(task, timeout=5)
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_sampler
             await keys.stop()
             await nc.close()
             log.info("gateway stopped")

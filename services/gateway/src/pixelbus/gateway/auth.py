@@ -29,12 +29,11 @@ from nats.js.kv import KeyValue
 from pixelbus.contracts.keys import ADMIN, SCOPES, ApiKey, parse_token, secret_matches
 from pixelbus.contracts.subjects import KEYS_BUCKET
 from pixelbus.gateway.responses import error
+from pixelbus.runtime.quotas import ANONYMOUS
 
 __all__ = ["ANONYMOUS", "AUTH_RESPONSES", "KeyStore", "Principal", "require"]
 
 log = structlog.get_logger("pixelbus.auth")
-
-ANONYMOUS = "anonymous"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
 from pixelbus.gateway.responses import error
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
+from pixelbus.media.ssrf import SsrfPolicy
+from pixelbus.runtime.webhook_log import DeliveryLogStore
 
 __all__ = [
     "BODY_RESPONSES",
@@ -38,6 +40,10 @@ class Gateway:
     keys: KeyStore
     rates: RateLimiter
     active: ActiveTasks
+    #: The SSRF guard a task's ``webhook_url`` must pass at creation.
+    webhook_policy: SsrfPolicy
+    #: The webhooks service's delivery log, read by ``GET /api/tasks/{id}/webhooks``.
+    webhook_log: DeliveryLogStore
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def create_task(

@@ -1,5 +1,5 @@
 """Request rates and active tasks per API key, held in NATS so that every gateway
-replica enforces the same limit.
+replica enforces the same limit (the counters: ``pixelbus.runtime.quotas``).
 
 - Rate: a counter per key and second in the rates bucket, raised with compare-and-swap;
   past the limit the answer is 429 with ``Retry-After`` (the seconds until the next
@@ -17,42 +17,14 @@ from collections.abc import Callable
 
 import structlog
 from fastapi import HTTPException
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from pixelbus.contracts.subjects import sanitize_token
-from pixelbus.gateway.auth import ANONYMOUS, Principal
+from pixelbus.gateway.auth import Principal
+from pixelbus.runtime.quotas import ANONYMOUS, add_to_counter, quota_key, release_slot
 
-__all__ = ["ActiveTasks", "RateLimiter", "add_to_counter"]
+__all__ = ["ActiveTasks", "RateLimiter"]
 
 log = structlog.get_logger("pixelbus.quotas")
-
-_CAS_ATTEMPTS = 50
-
-
-async def add_to_counter(
-    kv: KeyValue, key: str, delta: int, *, limit: int | None = None
-) -> int | None:
-    """Add ``delta`` to the integer at ``key`` (CAS); ``None`` (and no change) when the
-    result would pass ``limit``. Never goes below zero."""
-    for _ in range(_CAS_ATTEMPTS):
-        try:
-            entry = await kv.get(key)
-            current, revision = int(entry.value or b"0"), entry.revision or 0
-        except KeyNotFoundError:
-            current, revision = 0, 0
-        new = max(0, current + delta)
-        if limit is not None and delta > 0 and new > limit:
-            return None
-        try:
-            if revision == 0:
-                await kv.create(key, str(new).encode())
-            else:
-                await kv.update(key, str(new).encode(), last=revision)
-            return new
-        except KeyWrongLastSequenceError:
-            continue  # another replica counted first
-    raise RuntimeError(f"counter {key}: too much contention")
 
 
 class RateLimiter:
@@ -86,17 +58,13 @@ class ActiveTasks:
         self._kv = kv
         self._default = default_max
 
-    @staticmethod
-    def key(owner: str | None) -> str:
-        return sanitize_token(owner or ANONYMOUS)
-
     async def reserve(self, principal: Principal) -> bool:
         """Take a slot for a new task; ``HTTPException(429)`` at the limit. ``True`` when
         a slot was taken (and must be given back if the task is not created)."""
         limit = principal.max_active if principal.max_active is not None else self._default
         if self._kv is None or limit <= 0:
             return False
-        if await add_to_counter(self._kv, self.key(principal.owner), 1, limit=limit) is None:
+        if await add_to_counter(self._kv, quota_key(principal.owner), 1, limit=limit) is None:
             raise HTTPException(
                 429,
                 f"quota: at most {limit} active tasks at once for this tenant; "
@@ -106,4 +74,4 @@ class ActiveTasks:
 
     async def release(self, owner: str | None) -> None:
         if self._kv is not None:
-            await add_to_counter(self._kv, self.key(owner), -1)
+            await release_slot(self._kv, owner)

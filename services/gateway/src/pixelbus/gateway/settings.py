@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.probes import ProbeSettings
-from pixelbus.runtime.settings import BusSettings, env_bool, env_float, env_int, env_str
+from pixelbus.runtime.settings import BusSettings, env_float, env_int, env_networks, env_str
 
 __all__ = ["GatewaySettings"]
 
@@ -27,7 +28,6 @@ class GatewaySettings:
     face_swap_max_wait_s: float = 300.0
     fetch_max_wait_s: float = 30.0
     lease_secret: str = ""
-    embedded_projector: bool = True
     storage_provider: str = "local"
     local_storage_dir: Path = Path(".pixelbus/storage")
     workers_seen_s: float = 30.0
@@ -40,6 +40,10 @@ class GatewaySettings:
     rate_limit_rps: float = 0.0
     max_active_tasks: int = 0
     cors_origins: tuple[str, ...] = ()
+    #: Networks the SSRF guard admits in a task's ``webhook_url`` at creation
+    #: (``PIXELBUS_SSRF_ALLOW_NETWORKS``, development and tests; the webhooks service
+    #: reads the same setting for its deliveries).
+    ssrf_allow_networks: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -83,7 +87,6 @@ class GatewaySettings:
                 environ, "PIXELBUS_FETCH_MAX_WAIT_S", cls.fetch_max_wait_s, lo=0, hi=300
             ),
             lease_secret=lease_secret,
-            embedded_projector=env_bool(environ, "PIXELBUS_EMBEDDED_PROJECTOR", True),
             storage_provider=env_str(environ, "STORAGE_PROVIDER", "local"),
             local_storage_dir=Path(
                 env_str(environ, "PIXELBUS_LOCAL_STORAGE_DIR", str(cls.local_storage_dir))
@@ -101,6 +104,7 @@ class GatewaySettings:
                 for origin in environ.get("PIXELBUS_CORS_ORIGINS", "").split(",")
                 if origin.strip()
             ),
+            ssrf_allow_networks=env_networks(environ, "PIXELBUS_SSRF_ALLOW_NETWORKS", strict=False),
         )
 
     def redacted(self) -> dict[str, Any]:
@@ -112,11 +116,11 @@ class GatewaySettings:
             "max_body_bytes": self.max_body_bytes,
             "face_swap_wait_s": self.face_swap_wait_s,
             "lease_secret": "***",
-            "embedded_projector": self.embedded_projector,
             "auth": "open" if self.auth_open else "required",
             "rate_limit_rps": self.rate_limit_rps,
             "max_active_tasks": self.max_active_tasks,
             "cors_origins": list(self.cors_origins),
             "storage_provider": self.storage_provider,
             "local_storage_dir": str(self.local_storage_dir),
+            "ssrf_allow_networks": [str(n) for n in self.ssrf_allow_networks],
         }

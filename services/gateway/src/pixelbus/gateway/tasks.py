@@ -1,4 +1,14 @@
-"""Creating, reading, waiting on and cancelling tasks: the gateway's use of the bus."""
+"""Creating, reading, waiting on and cancelling tasks: the gateway's use of the bus.
+
+The gateway never writes the task state: the projector (its own service) is the only
+writer of ``PIXELBUS_TASK_STATE``. Read-your-writes still holds across replicas:
+``create`` answers with the state folded from its own ``TaskCreated``, and ``get`` (every
+read: ``GET /api/tasks/{id}``, cancel, the 409 of an existing ``taskId``, live progress,
+batch status) falls back, when the bucket has no entry yet, to the task's ``TaskCreated``
+in the stream — one request, the last message on ``pixelbus.tasks.*.*.created.<id>`` —
+folded into the ``PENDING`` state the projector is about to write. A task that exists is
+never answered 404, whichever replica is asked and however far the projector lags.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +20,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -28,13 +38,16 @@ from pixelbus.contracts.subjects import (
     LEASES_BUCKET,
     OUTPUTS_BUCKET,
     STATE_BUCKET,
+    SUBJECT_ROOT,
+    TASK_STREAM,
+    sanitize_token,
 )
 from pixelbus.contracts.task import TaskState, TaskStatus
 from pixelbus.contracts.validation import FieldError, TaskSpec, ValidationFailed
 from pixelbus.gateway.inputs import store_inline_images
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.publisher import EventPublisher
-from pixelbus.runtime.state import decode_state, encode_state, read_state
+from pixelbus.runtime.state import decode_state, read_state
 
 __all__ = ["CancelOutcome", "TaskConflict", "TaskService"]
 
@@ -85,8 +98,26 @@ class TaskService:
         return self._objects
 
     async def get(self, task_id: str) -> TaskState | None:
+        """The projected state; for a task not projected yet, its ``TaskCreated`` from the
+        stream folded into ``PENDING``; ``None`` when the task does not exist."""
         state, _ = await read_state(self.kv, task_id)
-        return state
+        if state is not None:
+            return state
+        created = await self.created_event(task_id)
+        return apply(None, created) if created is not None else None
+
+    async def created_event(self, task_id: str) -> TaskCreated | None:
+        """The task's ``TaskCreated`` from the stream (one request: the last message on
+        its ``created`` subject, whatever its environment and workflow)."""
+        subject = f"{SUBJECT_ROOT}.*.*.created.{sanitize_token(task_id)}"
+        try:
+            raw = await self.js.get_last_msg(TASK_STREAM, subject)
+        except NotFoundError:
+            return None
+        event = decode_event(raw.data or b"")
+        if not isinstance(event, TaskCreated) or event.task_id != task_id:
+            return None
+        return event
 
     async def create(
         self,
@@ -127,13 +158,8 @@ class TaskService:
             scoped = f"{owner or ''}\x00{idempotency_key}"
             event, is_new = await self._claim_idempotency_key(scoped, event)
         await self.publisher.publish(event, environment=event.environment, workflow=event.workflow)
-        state = apply(None, event)
-        try:  # read-your-writes: the projector folds the same event to the same bytes
-            await self.kv.create(event.task_id, encode_state(state))
-        except KeyWrongLastSequenceError:
-            stored = await self.get(event.task_id)
-            state = stored or state
-        return state, is_new
+        # The answer is the state the projector folds from this same event (it writes it).
+        return apply(None, event), is_new
 
     async def _claim_idempotency_key(
         self, key: str, event: TaskCreated

@@ -31,6 +31,7 @@ from pixelbus.contracts.validation import (
     ValidationFailed,
     validate_face_swap_fields,
 )
+from pixelbus.contracts.views import task_view
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import (
     BODY_RESPONSES,
@@ -40,7 +41,6 @@ from pixelbus.gateway.deps import (
     validation_response,
 )
 from pixelbus.gateway.tasks import TaskConflict
-from pixelbus.gateway.views import task_view
 from pixelbus.media.data_uri import decode_data_uri
 from pixelbus.media.errors import MediaError
 

@@ -22,12 +22,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from pixelbus.contracts.keys import TASKS_READ
 from pixelbus.contracts.task import TaskStatus
+from pixelbus.contracts.views import task_view
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import Gateway, error_response, gateway
 from pixelbus.gateway.follow import Update, follow_task
 from pixelbus.gateway.queue import queue_position_or_none
 from pixelbus.gateway.sse import comment, message, parse_last_event_id
-from pixelbus.gateway.views import task_view
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 

@@ -15,9 +15,9 @@ from pixelbus.contracts.validation import (
     decode_face_swap_request,
     validate_face_swap_fields,
 )
+from pixelbus.contracts.views import task_view
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import BODY_RESPONSES, Gateway, gateway, validation_response
-from pixelbus.gateway.views import task_view
 
 router = APIRouter(prefix="/api/face-swap", tags=["face swap"])
 

@@ -4,6 +4,14 @@ Workers and storage uploaders publish their presence in the ``PIXELBUS_WORKERS``
 bucket (entries expire when they stop); the uploaders' entries (pool ``storage``) carry
 their provider and its last verdict (checked now and then by the uploader, and updated by
 every upload), so the storage section costs one KV read, never a call to the provider.
+
+The ``projector`` section is the projector service as the bus sees it (one consumer info
+request): its durable consumer's backlog (``pending``: events not yet handed to a
+projector; ``ack_pending``: handed out, not yet folded), whether a projector is pulling
+right now (``pulling``: an open pull request; a running projector keeps one open almost
+all the time) and when it was last handed events (``last_active``). ``ok`` is false when
+there is a backlog and no projector pulls: reads then come from the stream (``PENDING``)
+and states stop moving; ``status`` is then ``degraded``.
 """
 
 from __future__ import annotations
@@ -15,7 +23,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from pixelbus.contracts.subjects import STATE_BUCKET, TASK_STREAM, WORKERS_BUCKET
+from pixelbus.contracts.subjects import (
+    PROJECTOR_CONSUMER,
+    STATE_BUCKET,
+    TASK_STREAM,
+    WORKERS_BUCKET,
+)
 from pixelbus.gateway.deps import Gateway, gateway
 
 router = APIRouter(tags=["health"])
@@ -46,7 +59,7 @@ async def _workers(gw: Gateway) -> list[dict[str, Any]]:
 
 @router.get(
     "/api/health",
-    summary="Health of the gateway, NATS, JetStream, the KV bucket and the workers",
+    summary="Health of the gateway, NATS, JetStream, the KV bucket, the projector and the workers",
     responses={503: {"description": "NATS or JetStream unreachable"}},
 )
 async def health(gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
@@ -75,12 +88,29 @@ async def health(gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
     for worker in body["workers"]:
         pools[worker.get("pool", "?")] = pools.get(worker.get("pool", "?"), 0) + 1
     body["pools"] = pools
-    projector = gw.extras.get("projector")
-    body["projector"] = {"embedded": projector is not None}
+    body["projector"] = await _projector(gw)
     healthy = js_ok and kv_ok
-    degraded = body["storage"]["reachable"] is False
+    degraded = body["storage"]["reachable"] is False or body["projector"]["ok"] is False
     body["status"] = ("degraded" if degraded else "ok") if healthy else "down"
     return JSONResponse(status_code=200 if healthy else 503, content=body)
+
+
+async def _projector(gw: Gateway) -> dict[str, Any]:
+    """The projector's durable consumer: its backlog and whether anyone pulls it."""
+    ok, info = await _check(gw.js.consumer_info(TASK_STREAM, PROJECTOR_CONSUMER))
+    if not ok:
+        return {"consumer": PROJECTOR_CONSUMER, "ok": None, "error": info}
+    pending, ack_pending = info.num_pending or 0, info.num_ack_pending or 0
+    pulling = (info.num_waiting or 0) > 0
+    last = info.delivered.last_active if info.delivered is not None else None
+    return {
+        "consumer": PROJECTOR_CONSUMER,
+        "ok": pulling or pending == 0,
+        "pulling": pulling,
+        "pending": pending,
+        "ack_pending": ack_pending,
+        "last_active": last.isoformat() if last is not None else None,
+    }
 
 
 def _storage(uploaders: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse
 
 from pixelbus.contracts.keys import TASKS_READ
 from pixelbus.contracts.task import TaskState
+from pixelbus.contracts.views import task_view
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import Gateway, gateway
-from pixelbus.gateway.views import task_view
 from pixelbus.runtime.state import decode_state
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])

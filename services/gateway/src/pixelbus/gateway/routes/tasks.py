@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from pixelbus.contracts.keys import TASKS_READ, TASKS_WRITE
 from pixelbus.contracts.validation import ValidationFailed, decode_create_request, validate_create
+from pixelbus.contracts.views import TASK_VIEW_SCHEMA, task_view
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import (
     BODY_RESPONSES,
@@ -20,8 +21,7 @@ from pixelbus.gateway.deps import (
 from pixelbus.gateway.queue import queue_position_or_none
 from pixelbus.gateway.responses import error, json_body, validation_error
 from pixelbus.gateway.tasks import TaskConflict
-from pixelbus.gateway.views import TASK_VIEW_SCHEMA, task_view
-from pixelbus.gateway.webhooks.admission import admit_webhook
+from pixelbus.gateway.webhook_admission import admit_webhook
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
@@ -75,7 +75,7 @@ async def create_task(
     raw = await request.body()
     try:
         spec = validate_create(decode_create_request(raw))
-        admit_webhook(gw.extras["webhooks"].sender.policy, spec)
+        admit_webhook(gw.webhook_policy, spec)
         state, is_new = await gw.create_task(spec, caller, idempotency_key=idempotency_key)
     except ValidationFailed as exc:
         return validation_response(exc.errors)

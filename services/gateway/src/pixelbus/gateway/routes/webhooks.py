@@ -1,4 +1,5 @@
-"""``GET /api/tasks/{id}/webhooks``: every delivery attempt of a task's webhook."""
+"""``GET /api/tasks/{id}/webhooks``: every delivery attempt of a task's webhook (the log
+the webhooks service appends to; the gateway only reads it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from fastapi.responses import JSONResponse
 from pixelbus.contracts.keys import TASKS_READ
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import Gateway, error_response, gateway
-from pixelbus.gateway.webhooks.log import DeliveryLogStore
 
 router = APIRouter(prefix="/api/tasks", tags=["webhooks"])
 
@@ -31,8 +31,7 @@ async def task_webhooks(
     each try with its HTTP status or error, oldest first."""
     if await gw.visible_task(task_id, caller) is None:
         return error_response(404, f"task {task_id} not found")
-    store: DeliveryLogStore = gw.extras["webhook_log"]
-    log = await store.read(task_id)
+    log = await gw.webhook_log.read(task_id)
     return JSONResponse(
         content={
             "taskId": task_id,

@@ -1,61 +1,83 @@
 """``rebuild``: replay the whole task stream into an empty KV bucket.
 
 The fold is a pure join, so the rebuilt bucket holds exactly the bytes the live projector
-wrote. Usage: ``python -m pixelbus.gateway.rebuild [--bucket NAME] [--replace]``; without
-``--replace`` it writes a new bucket (``<live>_REBUILT``) for comparison, with it the live
-bucket is purged and refilled.
+wrote. Usage: ``python -m pixelbus.projector.rebuild [--bucket NAME] [--replace]``;
+without ``--replace`` it writes a new bucket (``<live>_REBUILT``) for comparison, with it
+the live bucket is purged and refilled (run it with the projector's NATS user, the only
+one allowed to write the state; the live projectors may keep running: both fold with
+compare-and-swap, and the fold is a join). A rebuild only writes states: it never plans
+webhooks and never frees quota slots (those follow the live projector's batches alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections import defaultdict
 
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 
 from pixelbus.contracts.events import AnyEvent, decode_event
-from pixelbus.contracts.fold import fold
 from pixelbus.contracts.subjects import STATE_BUCKET, SUBJECT_ROOT, TASK_STREAM
+from pixelbus.projector.projector import fold_into_kv
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.settings import BusSettings
-from pixelbus.runtime.state import encode_state
 
-__all__ = ["read_all_events", "rebuild"]
+__all__ = ["REBUILD_CONSUMER", "read_all_events", "rebuild"]
 
 log = structlog.get_logger("pixelbus.rebuild")
 
 
+#: The rebuild's own reader of the stream (no acks, gone a minute after it stops): one
+#: name, so that the projector's NATS user needs no right on any other consumer.
+REBUILD_CONSUMER = "rebuild"
+
+
 async def read_all_events(js: JetStreamContext) -> dict[str, list[AnyEvent]]:
-    """Every event in the stream right now, grouped by task, in stream order."""
+    """Every event in the stream right now, grouped by task, in stream order.
+
+    One rebuild at a time: a second one finds the reader in use and is refused.
+    """
     info = await js.stream_info(TASK_STREAM)
     last = info.state.last_seq
     events: dict[str, list[AnyEvent]] = defaultdict(list)
     if info.state.messages == 0:
         return events
-    sub = await js.pull_subscribe(
-        f"{SUBJECT_ROOT}.>",
-        stream=TASK_STREAM,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=60),
+    try:
+        await js.consumer_info(TASK_STREAM, REBUILD_CONSUMER)
+    except NotFoundError:
+        pass
+    else:
+        raise RuntimeError("another rebuild is reading the stream (or stopped < 1 min ago)")
+    await js.add_consumer(
+        TASK_STREAM,
+        ConsumerConfig(
+            name=REBUILD_CONSUMER,
+            filter_subject=f"{SUBJECT_ROOT}.>",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60,
+        ),
     )
+    sub = await js.pull_subscribe_bind(stream=TASK_STREAM, name=REBUILD_CONSUMER)
     try:
         while True:
             msgs = await sub.fetch(1000, timeout=5)
-            done = False
             for msg in msgs:
                 event = decode_event(msg.data)
                 events[event.task_id].append(event)
-                done = msg.metadata.sequence.stream >= last
-            await asyncio.gather(*(m.ack() for m in msgs))
-            if done:
-                return events
+                if msg.metadata.sequence.stream >= last:
+                    return events
     finally:
         await sub.unsubscribe()
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(TASK_STREAM, REBUILD_CONSUMER)
 
 
 async def rebuild(js: JetStreamContext, bucket: str, *, replace: bool = False) -> int:
@@ -75,10 +97,11 @@ async def rebuild(js: JetStreamContext, bucket: str, *, replace: bool = False) -
     semaphore = asyncio.Semaphore(256)
 
     async def write(task_id: str, events: list[AnyEvent]) -> None:
-        state = fold(events)
-        assert state is not None
         async with semaphore:
-            await kv.put(task_id, encode_state(state))
+            # A join with compare-and-swap, like the live projector's: a state it wrote
+            # since the purge is folded in, never overwritten (so --replace is safe while
+            # projectors run); into an empty bucket it writes exactly fold(events).
+            await fold_into_kv(kv, task_id, events)
 
     await asyncio.gather(*(write(t, e) for t, e in by_task.items()))
     log.info("rebuilt", bucket=bucket, tasks=len(by_task))

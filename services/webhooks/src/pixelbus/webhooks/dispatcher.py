@@ -1,6 +1,6 @@
 """The dispatcher: POSTs each queued delivery, signed, and leaves the retrying to
 JetStream. A failed attempt naks the job with the next backoff delay (so a restart, or
-another gateway replica, picks it up when it is due); the last attempt, or a URL the
+another webhooks replica, picks it up when it is due); the last attempt, or a URL the
 SSRF guard refuses, terminates it with a final ``failed`` entry in the delivery log."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from nats.aio.msg import Msg
 
 from pixelbus.contracts.subjects import WEBHOOK_DISPATCHER_CONSUMER, WEBHOOK_STREAM
 from pixelbus.contracts.webhooks import DeliveryAttempt, WebhookJob, backoff_s, signature_headers
-from pixelbus.gateway.webhooks.log import DeliveryLogStore
-from pixelbus.gateway.webhooks.sender import SendResult, WebhookSender
-from pixelbus.gateway.webhooks.settings import WebhookSettings
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.pull import consume
+from pixelbus.runtime.webhook_log import DeliveryLogStore
+from pixelbus.webhooks.sender import SendResult, WebhookSender
+from pixelbus.webhooks.settings import WebhookSettings
 
 __all__ = ["WebhookDispatcher", "decide"]
 

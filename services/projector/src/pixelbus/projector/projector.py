@@ -1,10 +1,17 @@
 """The projector: folds the task event stream into the KV bucket (task id → state).
 
-Correct with several replicas at once (they share one durable consumer and write with
-compare-and-swap: a stale revision re-reads and re-folds), after restarts (the fold is
-idempotent, so a redelivered batch changes nothing) and from nothing (``rebuild``).
-Writes are batched per task: one KV read and at most one write per task per batch, and
-none at all when the folded state is unchanged.
+It is the only writer of ``PIXELBUS_TASK_STATE`` (one writer per view: the gateway only
+reads it, and its NATS user may not write it). Correct with several replicas at once
+(they share one durable consumer and write with compare-and-swap: a stale revision
+re-reads and re-folds), after restarts (the fold is idempotent, so a redelivered batch
+changes nothing) and from nothing (``rebuild``). Writes are batched per task: one KV read
+and at most one write per task per batch, and none at all when the folded state is
+unchanged.
+
+Each batch, once folded, also frees the quota slots of the tasks it ended and queues the
+webhook deliveries its events call for (``planner``), before it is acked: a batch whose
+writes, slot releases or webhook jobs failed is redelivered whole and folded again (a
+no-op) and planned again (the same jobs, de-duplicated by JetStream).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client
@@ -28,12 +36,13 @@ from pixelbus.contracts.subjects import (
     TASK_STREAM,
 )
 from pixelbus.contracts.task import TaskState
-from pixelbus.gateway.quotas import ActiveTasks
+from pixelbus.projector.planner import Candidate, WebhookPlanner
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.pull import PullFeed
+from pixelbus.runtime.quotas import release_slot
 from pixelbus.runtime.state import encode_state, read_state
 
-__all__ = ["Projector", "StateCache", "fold_into_kv"]
+__all__ = ["Folded", "Projector", "StateCache", "fold_into_kv"]
 
 log = structlog.get_logger("pixelbus.projector")
 
@@ -67,14 +76,21 @@ class StateCache:
         self._entries.pop(task_id, None)
 
 
+@dataclass(frozen=True, slots=True)
+class Folded:
+    """One task's fold in a batch: the stored state it started from (``None``: the task
+    was not in the bucket), the state now stored, and whether this write ended the task
+    (exactly one writer sees ``ended``, whatever the number of replicas)."""
+
+    before: TaskState | None
+    after: TaskState
+    ended: bool
+
+
 async def fold_into_kv(
     kv: KeyValue, task_id: str, events: list[AnyEvent], cache: StateCache | None = None
-) -> TaskState | None:
-    """Fold ``events`` into the stored state of ``task_id`` with compare-and-swap.
-
-    Returns the new state when this write made the task final (exactly one writer does,
-    whatever the number of replicas), else ``None``.
-    """
+) -> Folded:
+    """Fold ``events`` into the stored state of ``task_id`` with compare-and-swap."""
     cached = cache.get(task_id) if cache is not None else None
     for _ in range(_CAS_ATTEMPTS):
         if cached is not None:
@@ -87,7 +103,7 @@ async def fold_into_kv(
         assert new_state is not None
         data = encode_state(new_state)
         if state is not None and data == encode_state(state):
-            return None
+            return Folded(state, state, ended=False)
         try:
             if revision == 0:
                 revision = await kv.create(task_id, data)
@@ -97,9 +113,8 @@ async def fold_into_kv(
             continue  # another replica wrote first: re-read and re-fold
         if cache is not None:
             cache.put(task_id, new_state, revision)
-        if new_state.is_final and (state is None or not state.is_final):
-            return new_state
-        return None
+        ended = new_state.is_final and (state is None or not state.is_final)
+        return Folded(state, new_state, ended=ended)
     if cache is not None:
         cache.drop(task_id)
     raise RuntimeError(f"projector: gave up on {task_id} after {_CAS_ATTEMPTS} CAS conflicts")
@@ -111,25 +126,23 @@ def _observe_end_to_end(state: TaskState) -> None:
         process_metrics().observe_duration(state.workflow or "?", "end_to_end", seconds)
 
 
-async def _task_ended(quotas: ActiveTasks, state: TaskState) -> None:
-    """What follows a task's end, once per task: its metric and its quota slot back."""
-    _observe_end_to_end(state)
-    if not state.quota_reserved:
-        return
-    try:
-        await quotas.release(state.owner)
-    except Exception as exc:  # a lost release only makes the quota stricter
-        log.warning("active-task slot not released", task_id=state.task_id, error=str(exc))
-
-
 class Projector:
-    def __init__(self, nc: Client, *, batch: int = 512) -> None:
+    """The fold loop over the durable consumer ``projector`` (all task events).
+
+    ``planner``: the webhook planning of each batch (``None``: none, e.g. a second
+    projector in a test). ``rebuild`` never runs this loop, so it never plans webhooks.
+    """
+
+    def __init__(
+        self, nc: Client, *, batch: int = 512, planner: WebhookPlanner | None = None
+    ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._batch = batch
+        self._planner = planner
         self._stopping = asyncio.Event()
         self._cache = StateCache()
-        self._quotas = ActiveTasks(None, 0)
+        self._quotas: KeyValue | None = None
         self.projected = 0
 
     def stop(self) -> None:
@@ -137,10 +150,10 @@ class Projector:
 
     async def run(self) -> None:
         kv = await self._js.key_value(STATE_BUCKET)
-        self._quotas = ActiveTasks(await self._js.key_value(QUOTAS_BUCKET), 0)
+        self._quotas = await self._js.key_value(QUOTAS_BUCKET)
         feed = PullFeed(self._nc, TASK_STREAM, PROJECTOR_CONSUMER)
         await feed.start()
-        log.info("projector started")
+        log.info("projector started", webhooks=self._planner is not None)
         try:
             while not self._stopping.is_set():
                 pending: list[Msg] = []
@@ -160,7 +173,9 @@ class Projector:
             await feed.close()
 
     async def project(self, kv: KeyValue, msgs: list[Msg]) -> None:
+        """Fold, free slots, plan webhooks, then ack the batch (or nak it whole)."""
         by_task: dict[str, list[AnyEvent]] = defaultdict(list)
+        candidates: list[Candidate] = []
         for msg in msgs:
             try:
                 event = decode_event(msg.data)
@@ -168,6 +183,8 @@ class Projector:
                 log.error("undecodable event skipped", subject=msg.subject, error=str(exc))
                 continue
             by_task[event.task_id].append(event)
+            if self._planner is not None:
+                candidates.append(Candidate(event, msg.subject, msg.metadata.timestamp))
         results = await asyncio.gather(
             *(
                 fold_into_kv(kv, task_id, events, self._cache)
@@ -175,13 +192,22 @@ class Projector:
             ),
             return_exceptions=True,
         )
-        ended = [r for r in results if isinstance(r, TaskState)]
-        if ended:
-            await asyncio.gather(*(_task_ended(self._quotas, state) for state in ended))
         failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            # Leave the batch unacked: it is redelivered and re-folded (idempotent).
-            log.warning("projector batch failed; will be redelivered", error=str(failed[0]))
+        folded = {
+            task_id: r for task_id, r in zip(by_task, results, strict=True) if isinstance(r, Folded)
+        }
+        try:
+            ended = [f.after for f in folded.values() if f.ended]
+            if ended:
+                await asyncio.gather(*(self._task_ended(state) for state in ended))
+            if failed:
+                raise failed[0]
+            if self._planner is not None:
+                await self._planner.plan(candidates, {t: f.before for t, f in folded.items()})
+        except Exception as exc:
+            # Leave the batch unacked: it is redelivered, re-folded (idempotent) and
+            # planned again (the jobs keep their message ids).
+            log.warning("projector batch failed; will be redelivered", error=str(exc))
             for msg in msgs:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=0.5)
@@ -189,3 +215,13 @@ class Projector:
         for msg in msgs:
             await msg.ack()
         self.projected += len(msgs)
+
+    async def _task_ended(self, state: TaskState) -> None:
+        """What follows a task's end, once per task: its metric and its quota slot back."""
+        _observe_end_to_end(state)
+        if not state.quota_reserved or self._quotas is None:
+            return
+        try:
+            await release_slot(self._quotas, state.owner)
+        except Exception as exc:  # a lost release only makes the quota stricter
+            log.warning("active-task slot not released", task_id=state.task_id, error=str(exc))

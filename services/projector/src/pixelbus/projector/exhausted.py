@@ -4,9 +4,11 @@ JetStream stops redelivering a message after the consumer's ``max_deliver`` atte
 emits a MAX_DELIVERIES advisory; nothing else tells the task. A worker publishes its own
 final ``TaskFailed`` when a handler fails on the last attempt, but not when it died
 (kill -9, a lost connection, a lease that lapsed) during that attempt. The advisories are
-captured in a stream of their own (see ``provision``), so one raised while no gateway runs
-is handled when one starts; several gateways share the durable consumer, and the failure
-has one event id per task, so it is recorded once.
+captured in a stream of their own (see ``provision``), so one raised while no projector
+runs is handled when one starts; several projector replicas share the durable consumer,
+and the failure has one event id per task, so it is recorded once. It runs beside the
+projector because it reads the state the projector writes (a task already final is left
+alone) and the final ``failed`` it publishes is folded there like any other event.
 """
 
 from __future__ import annotations

@@ -1,0 +1,51 @@
+"""``python -m pixelbus.webhooks`` (or ``pixelbus-webhooks``): deliver the queued
+webhooks until SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from pixelbus.contracts.subjects import WEBHOOK_DISPATCHER_CONSUMER, WEBHOOK_STREAM
+from pixelbus.runtime.connection import connect
+from pixelbus.runtime.service import consumer_ready, run_service, service_shell
+from pixelbus.runtime.settings import BusSettings
+from pixelbus.webhooks.service import WebhookService
+from pixelbus.webhooks.settings import WebhookSettings
+
+NAME = "pixelbus-webhooks"
+log = structlog.get_logger("pixelbus.webhooks")
+
+
+@dataclass(frozen=True)
+class WebhooksProcessSettings:
+    bus: BusSettings
+    webhooks: WebhookSettings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WebhooksProcessSettings:
+        return cls(bus=BusSettings.from_env(environ), webhooks=WebhookSettings.from_env(environ))
+
+
+async def serve(settings: WebhooksProcessSettings) -> None:
+    log.info("webhooks starting", bus=settings.bus.redacted())
+    nc = await connect(settings.bus.nats_url, NAME)
+    service = WebhookService(nc, settings.bus, settings.webhooks)
+    ready = consumer_ready(nc, WEBHOOK_STREAM, WEBHOOK_DISPATCHER_CONSUMER)
+    try:
+        async with service_shell(NAME, stop=service.stop, ready=ready):
+            await service.run()
+    finally:
+        await nc.close()
+    log.info("webhooks stopped")
+
+
+def main() -> int:
+    return run_service(NAME, WebhooksProcessSettings.from_env, serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

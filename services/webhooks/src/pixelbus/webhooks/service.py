@@ -1,0 +1,75 @@
+"""What one webhooks process runs: provisioning of the delivery queue and its consumer,
+then the dispatcher until ``stop``. ``__main__`` serves it; the tests' in-process stack
+runs the same object beside the other services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from nats.aio.client import Client
+
+from pixelbus.contracts.subjects import WEBHOOK_LOG_BUCKET
+from pixelbus.media.fetch import Resolver, system_resolver
+from pixelbus.media.ssrf import SsrfPolicy
+from pixelbus.runtime.provision import ensure_webhook_dispatcher, ensure_webhooks
+from pixelbus.runtime.settings import BusSettings
+from pixelbus.runtime.webhook_log import DeliveryLogStore
+from pixelbus.webhooks.dispatcher import WebhookDispatcher
+from pixelbus.webhooks.sender import WebhookSender
+from pixelbus.webhooks.settings import WebhookSettings
+
+__all__ = ["WebhookService"]
+
+log = structlog.get_logger("pixelbus.webhooks")
+
+
+class WebhookService:
+    def __init__(
+        self,
+        nc: Client,
+        bus: BusSettings,
+        settings: WebhookSettings,
+        *,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self._nc = nc
+        self._bus = bus
+        self.settings = settings
+        self.sender = WebhookSender(
+            SsrfPolicy(allow_networks=settings.allow_networks),
+            timeout_s=settings.timeout_s,
+            resolver=resolver,
+        )
+        self.dispatcher = WebhookDispatcher(nc, settings, self.sender)
+        self._stopping = asyncio.Event()
+
+    async def prepare(self) -> DeliveryLogStore:
+        js = self._nc.jetstream()
+        await ensure_webhooks(js, self._bus)
+        await ensure_webhook_dispatcher(
+            js, max_attempts=self.settings.max_attempts, ack_wait_s=self.settings.timeout_s + 5
+        )
+        if self.settings.secret_generated:
+            log.warning(
+                "PIXELBUS_WEBHOOK_SECRET is not set: webhooks are signed with a random "
+                "secret of this process, which receivers cannot know (development only)"
+            )
+        return DeliveryLogStore(await js.key_value(WEBHOOK_LOG_BUCKET))
+
+    async def run(self) -> None:
+        """Deliver until ``stop``; a delivery under way when it comes gets its timeout."""
+        try:
+            store = await self.prepare()
+            if self._stopping.is_set():
+                return
+            log.info("webhooks started", settings=self.settings.redacted())
+            await self.dispatcher.run(store)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.sender.aclose()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.dispatcher.stop()
