@@ -6,7 +6,7 @@ set positional-arguments
 default:
     @just --list
 
-# the whole stack on embedded defaults: own nats-server, local storage, built-in engine
+# the whole stack on embedded defaults: own nats-server, gateway, projector, webhooks, worker, uploader
 up *args:
     python tools/devstack.py "$@"
 
@@ -41,9 +41,9 @@ bench-faceswap *args:
 bench-comfy *args:
     python -m tests.bench_comfy "$@"
 
-# rebuild the task-state KV bucket from the event stream
+# rebuild the task-state KV bucket from the event stream (the projector's command)
 rebuild *args:
-    python -m pixelbus.gateway.rebuild "$@"
+    python -m pixelbus.projector.rebuild "$@"
 
 # re-pin every dependency into constraints.txt (names and versions only)
 lock:

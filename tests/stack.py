@@ -1,8 +1,10 @@
 """The whole pixelbus stack in one test process, against a real nats-server.
 
 The gateway is served by uvicorn on a random loopback port (real HTTP); the face-swap
-worker, the storage uploader and the projector run as asyncio tasks. A fault test runs
-the worker as a subprocess instead, so that it can be killed for real.
+worker, the storage uploader, the projector (with its webhook planning and the
+exhausted-task watcher) and the webhook dispatcher run as asyncio tasks, each the same
+object its service's ``__main__`` runs. A fault test runs the worker as a subprocess
+instead, so that it can be killed for real; ``serve_gateway`` adds gateway replicas.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pixelbus.faceswap_worker.handler import FaceSwapHandler
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.settings import GatewaySettings
-from pixelbus.gateway.webhooks import WebhookSettings
+from pixelbus.projector.service import ProjectorService
+from pixelbus.projector.settings import ProjectorSettings
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.settings import BusSettings
@@ -37,6 +40,8 @@ from pixelbus.storage_uploader.providers import build_provider
 from pixelbus.storage_uploader.settings import StorageSettings
 from pixelbus.storage_uploader.uploader import Uploader
 from pixelbus.testkit.nats_server import free_port
+from pixelbus.webhooks.service import WebhookService
+from pixelbus.webhooks.settings import WebhookSettings
 
 _ENGINE: LandmarkEngine | None = None
 
@@ -97,31 +102,65 @@ async def start_worker(env: dict[str, str], nc: Client) -> WorkerRuntime:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(
-    nats_url: str, tmp: Path, *, worker: bool = True, uploader: bool = True, **extra: str
-) -> AsyncIterator[Stack]:
-    port = free_port()
-    env = stack_env(nats_url, tmp / "storage", port, **extra)
-    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-    await ensure(nc.jetstream(), BusSettings.from_env(env))
+async def serve_gateway(env: dict[str, str], port: int | None = None) -> AsyncIterator[str]:
+    """One gateway replica (uvicorn, real HTTP) until the block ends; its base URL."""
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(GatewaySettings.from_env(env), WebhookSettings.from_env(env)),
+            create_app(GatewaySettings.from_env({**env, "PIXELBUS_PORT": str(port)})),
             host="127.0.0.1",
             port=port,
             log_level="warning",
             lifespan="on",
         )
     )
-    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(server.serve())]
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()  # a failed start raises here
+                raise RuntimeError("the gateway stopped while starting")
+            await asyncio.sleep(0.01)  # uvicorn exposes no event for "listening"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait({serving}, timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    nats_url: str,
+    tmp: Path,
+    *,
+    worker: bool = True,
+    uploader: bool = True,
+    projector: bool = True,
+    webhooks: bool = True,
+    **extra: str,
+) -> AsyncIterator[Stack]:
+    port = free_port()
+    env = stack_env(nats_url, tmp / "storage", port, **extra)
+    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    bus = BusSettings.from_env(env)
+    await ensure(nc.jetstream(), bus)
+    tasks: list[asyncio.Task[Any]] = []
     stoppers: list[Any] = []
     storage = StorageSettings.from_env(env)  # STORAGE_PROVIDER and its settings choose
     provider = build_provider(storage)
+    if projector:
+        projection = ProjectorService(nc, ProjectorSettings.from_env(env))
+        await projection.prepare()
+        tasks.append(asyncio.create_task(projection.run()))
+        stoppers.append(projection.stop)
+    if webhooks:
+        deliveries = WebhookService(nc, bus, WebhookSettings.from_env(env))
+        tasks.append(asyncio.create_task(deliveries.run()))
+        stoppers.append(deliveries.stop)
     if uploader:
         in_process_uploader = Uploader(
             nc,
             provider,
-            BusSettings.from_env(env),
+            bus,
             retry=storage.retry,
             health_interval_s=storage.health_interval_s,
         )
@@ -132,19 +171,19 @@ async def running_stack(
         tasks.append(asyncio.create_task(runtime.run()))
         stoppers.append(runtime.stop)
         await asyncio.wait_for(runtime.wait_ready(), 10)
-    while not server.started:
-        await asyncio.sleep(0.01)  # uvicorn exposes no event for "listening"
-    base_url = f"http://127.0.0.1:{port}"
-    http = httpx.AsyncClient(base_url=base_url, timeout=30)
-    stack = Stack(env, http, nc, base_url, tmp / "storage", tasks, stoppers)
     try:
-        yield stack
+        async with serve_gateway(env, port) as base_url:
+            http = httpx.AsyncClient(base_url=base_url, timeout=30)
+            stack = Stack(env, http, nc, base_url, tmp / "storage", tasks, stoppers)
+            try:
+                yield stack
+            finally:
+                await http.aclose()
     finally:
-        await http.aclose()
         for stop in stoppers:
             stop()
-        server.should_exit = True
-        await asyncio.wait(tasks, timeout=10)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
         await provider.aclose()
         await nc.close()
 

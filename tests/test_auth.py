@@ -361,22 +361,20 @@ async def test_json_nested_past_any_sense_is_a_client_error(secured: tuple[Stack
 
 
 async def test_production_refuses_to_start_without_an_api_key(nats_server: NatsServer) -> None:
-    from pixelbus.gateway.webhooks.settings import WebhookSettings
     from pixelbus.runtime.errors import SettingsError
 
     env = {
         "NATS_URL": nats_server.url,
         "APP_ENV": "production",
         "PIXELBUS_LEASE_SECRET": "x" * 40,
-        "PIXELBUS_WEBHOOK_SECRET": "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=",
     }
     with pytest.raises(SettingsError, match="PIXELBUS_AUTH=open is refused"):
         GatewaySettings.from_env({**env, "PIXELBUS_AUTH": "open"})
-    app = create_app(GatewaySettings.from_env(env), WebhookSettings.from_env(env))
+    app = create_app(GatewaySettings.from_env(env))
     with pytest.raises(SettingsError, match="no active API key"):
         async with app.router.lifespan_context(app):
             pass
     await _make_keys(nats_server.url)  # now there are keys: it starts
-    app = create_app(GatewaySettings.from_env(env), WebhookSettings.from_env(env))
+    app = create_app(GatewaySettings.from_env(env))
     async with app.router.lifespan_context(app):
         assert app.state.gateway.keys.active_keys == 5

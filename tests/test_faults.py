@@ -10,7 +10,7 @@ import pytest
 
 from pixelbus.contracts.events import TaskCompleted, TaskStarted
 from pixelbus.contracts.task import TaskStatus
-from pixelbus.gateway.rebuild import read_all_events
+from pixelbus.projector.rebuild import read_all_events
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import EventLog, wait_for_state
 from tests.conftest import data_uri

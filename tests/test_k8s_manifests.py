@@ -150,6 +150,8 @@ def test_every_container_is_hardened_and_probed(
     deployments = of_kind(rendered[overlay], "Deployment")
     assert {d["metadata"]["name"] for d in deployments} == {
         "gateway",
+        "projector",
+        "webhooks",
         "faceswap-worker",
         "comfy-worker",
         "storage-uploader",
@@ -302,8 +304,10 @@ def test_network_policies_deny_by_default_and_fence_the_workers(
     deny = policies["default-deny"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in deny and "egress" not in deny
-    # the gateway's own egress is for webhooks: public 80/443 only, like the workers
-    for name in ("faceswap-worker", "comfy-worker", "storage-uploader", "gateway"):
+    # webhooks go out from the webhooks service alone: public 80/443 only, like the workers;
+    # the gateway (HTTP + publish + read) and the projector reach nothing but DNS and NATS
+    assert "gateway-egress" not in policies and "projector-egress" not in policies
+    for name in ("faceswap-worker", "comfy-worker", "storage-uploader", "webhooks"):
         egress = policies[f"{name}-egress"]["egress"]
         public = [peer["ipBlock"] for rule in egress for peer in rule["to"] if "ipBlock" in peer]
         assert public, name
@@ -316,8 +320,22 @@ def test_network_policies_deny_by_default_and_fence_the_workers(
     comfy = policies["comfy-worker-egress"]["egress"]
     [to_comfyui] = [rule for rule in comfy if "namespaceSelector" in rule["to"][0]]
     assert to_comfyui["ports"] == [{"protocol": "TCP", "port": 8188}]
-    [gateway_public] = policies["gateway-egress"]["egress"]
-    assert all("ipBlock" in peer for peer in gateway_public["to"])
+    [webhooks_public] = policies["webhooks-egress"]["egress"]
+    assert all("ipBlock" in peer for peer in webhooks_public["to"])
+    selected = {
+        name: spec["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+        for name, spec in policies.items()
+        if "Egress" in spec.get("policyTypes", []) and "egress" in spec
+    }
+    public = {
+        selected[name]
+        for name, spec in policies.items()
+        if name in selected
+        for rule in spec["egress"]
+        for peer in rule["to"]
+        if "ipBlock" in peer
+    }
+    assert public == {"faceswap-worker", "comfy-worker", "storage-uploader", "webhooks"}
 
 
 @pytest.fixture(scope="module")
@@ -367,26 +385,60 @@ def test_nats_values_are_durable_clustered_and_monitored() -> None:
     version = values["container"]["image"]["tag"].split("-")[0]
     assert tuple(int(part) for part in version.split(".")) >= (2, 12, 3)
     users = {u["user"] for u in config["merge"]["accounts"]["PIXELBUS"]["users"]}
-    assert users == {"gateway", "faceswap-worker", "comfy-worker", "storage-uploader"}
+    assert users == {
+        "gateway",
+        "projector",
+        "webhooks",
+        "faceswap-worker",
+        "comfy-worker",
+        "storage-uploader",
+    }
+    passwords = set(values["container"]["env"])
+    assert {f"NATS_{u.upper().replace('-', '_')}_PASSWORD" for u in users} <= passwords
     for user in config["merge"]["accounts"]["PIXELBUS"]["users"]:
         assert user["password"].startswith("<< $"), "passwords only by reference"
 
 
-def test_the_gateway_may_write_every_kv_bucket_but_the_workers_presence() -> None:
+#: The one service that writes each KV bucket besides the gateway's own (one writer per
+#: view): the task state is the projector's, the delivery log the webhooks service's,
+#: worker presence the workers' (the quota counters are shared: the gateway takes a slot,
+#: the projector gives it back).
+OWNED_BUCKETS = {
+    subjects.STATE_BUCKET: "projector",
+    subjects.WEBHOOK_LOG_BUCKET: "webhooks",
+    subjects.WORKERS_BUCKET: None,
+}
+
+
+def test_every_kv_bucket_has_its_writers_and_the_state_only_one() -> None:
     """A new bucket in contracts.subjects needs its line in nats/values.yaml."""
     values = yaml.safe_load((K8S / "nats" / "values.yaml").read_text())
     users = {u["user"]: u for u in values["config"]["merge"]["accounts"]["PIXELBUS"]["users"]}
-    allowed = set(users["gateway"]["permissions"]["publish"]["allow"])
+
+    def allowed(user: str) -> set[str]:
+        return set(users[user]["permissions"]["publish"]["allow"])
+
+    def denied(user: str) -> set[str]:
+        return set(users[user]["permissions"]["publish"].get("deny", []))
+
     buckets = {
         value
         for name, value in vars(subjects).items()
-        if name.endswith("_BUCKET") and name not in ("OUTPUTS_BUCKET", "WORKERS_BUCKET")
+        if name.endswith("_BUCKET") and name != "OUTPUTS_BUCKET"
     }
-    missing = {bucket for bucket in buckets if f"$KV.{bucket}.>" not in allowed}
-    assert not missing, f"add $KV.<bucket>.> for {missing} to the gateway in nats/values.yaml"
-    assert f"$O.{subjects.OUTPUTS_BUCKET}.>" in allowed
-    for worker in ("faceswap-worker", "comfy-worker", "storage-uploader"):
-        assert f"$KV.{subjects.STATE_BUCKET}.>" in users[worker]["permissions"]["publish"]["deny"]
+    for bucket in buckets - set(OWNED_BUCKETS):
+        assert f"$KV.{bucket}.>" in allowed("gateway"), f"add $KV.{bucket}.> to the gateway"
+    assert f"$O.{subjects.OUTPUTS_BUCKET}.>" in allowed("gateway")
+    for bucket, owner in OWNED_BUCKETS.items():
+        grant = f"$KV.{bucket}.>"
+        assert grant not in allowed("gateway") and grant in denied("gateway"), bucket
+        if owner is not None:
+            writers = {user for user in users if grant in allowed(user)}
+            assert writers == {owner}, (bucket, writers)
+    state = f"$KV.{subjects.STATE_BUCKET}.>"
+    for user in ("webhooks", "faceswap-worker", "comfy-worker", "storage-uploader"):
+        assert state in denied(user), user
+    assert f"$KV.{subjects.QUOTAS_BUCKET}.>" in allowed("projector")  # frees the slots
 
 
 def test_alerts_use_the_metrics_the_services_export(rendered: dict[str, list[Doc]]) -> None:

@@ -3,11 +3,14 @@
 The accounts, users and permissions are taken from the Helm values as they are (the
 ``config.merge`` block, ``<< $VAR >>`` passwords resolved from the environment as the
 chart does) and served by a real nats-server. Each service then starts with its own user,
-exactly as in a cluster: it runs its ``ensure`` and its loop; probe tasks of both pools
-and a face swap go through the gateway, the workers and the uploader with no permission
-violation. Then each user tries what it must not do (the uploader creating a task, a
-worker writing the task state or completing a task, deleting the stream) and is refused,
-and nothing of it lands.
+exactly as in a cluster: it runs its ``ensure`` and its loop; probe tasks of both pools,
+a face swap and a task with a webhook go through the gateway, the projector (the only
+writer of the task state, which also plans the webhook), the workers, the uploader and
+the webhooks service with no permission violation, and the operator's rebuild runs with
+the projector's user. Then each user tries what it must not do (the gateway writing the
+task state or queueing a webhook, the uploader creating a task, a worker writing the task
+state or completing a task, the webhooks service publishing a task event, deleting the
+stream) and is refused, and nothing of it lands.
 """
 
 from __future__ import annotations
@@ -34,13 +37,18 @@ from nats.js.errors import KeyNotFoundError
 from pixelbus.contracts.subjects import (
     STATE_BUCKET,
     TASK_STREAM,
+    WEBHOOK_LOG_BUCKET,
+    WEBHOOK_STREAM,
     pool_for_environment,
     task_subject,
+    webhook_subject,
 )
 from pixelbus.gateway.app import create_app
-from pixelbus.gateway.rebuild import rebuild
 from pixelbus.gateway.settings import GatewaySettings
-from pixelbus.runtime.provision import ensure
+from pixelbus.projector.rebuild import rebuild
+from pixelbus.projector.service import ProjectorService
+from pixelbus.projector.settings import ProjectorSettings
+from pixelbus.runtime.provision import ensure, ensure_webhooks
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
 from pixelbus.runtime.worker import WorkerRuntime
@@ -48,12 +56,22 @@ from pixelbus.storage_uploader.providers import build_provider
 from pixelbus.storage_uploader.settings import StorageSettings
 from pixelbus.storage_uploader.uploader import Uploader
 from pixelbus.testkit.nats_server import find_nats_server, free_port
-from pixelbus.testkit.waiting import wait_for_state
+from pixelbus.testkit.waiting import eventually, wait_for_state
+from pixelbus.webhooks.service import WebhookService
+from pixelbus.webhooks.settings import WebhookSettings
 from tests.conftest import data_uri
 from tests.stack import stack_env, start_worker
+from tests.webhook_receiver import Receiver, webhook_receiver
 
 VALUES = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "nats" / "values.yaml"
-USERS = ("gateway", "faceswap-worker", "comfy-worker", "storage-uploader")
+USERS = (
+    "gateway",
+    "projector",
+    "webhooks",
+    "faceswap-worker",
+    "comfy-worker",
+    "storage-uploader",
+)
 
 
 def password_env(user: str) -> str:
@@ -135,16 +153,30 @@ def auth_server(tmp_path: Path) -> Iterator[AuthServer]:
 class Services:
     clients: dict[str, Client]
     http: httpx.AsyncClient
+    receiver: Receiver
 
 
 @pytest.fixture
 async def services(auth_server: AuthServer, tmp_path: Path) -> AsyncIterator[Services]:
-    """Gateway, face-swap worker and uploader, each with its own NATS user."""
+    """Every service, each with its own NATS user, and a webhook receiver."""
     port = free_port()
     clients = {user: await auth_server.connect(user) for user in USERS}
-    envs = {user: stack_env(auth_server.url(user), tmp_path / "storage", port) for user in USERS}
-    # Like each service's main(): the gateway first (it owns the buckets), then the others.
-    for user in ("gateway", "faceswap-worker", "comfy-worker", "storage-uploader"):
+    envs = {
+        user: stack_env(
+            auth_server.url(user),
+            tmp_path / "storage",
+            port,
+            PIXELBUS_SSRF_ALLOW_NETWORKS="127.0.0.0/8",
+            PIXELBUS_WEBHOOK_BACKOFF_S="0.2",
+        )
+        for user in USERS
+    }
+    # Like each service's main(): the gateway first (it owns the buckets), then the others
+    # (the webhooks service provisions only its queue, its consumer and its log).
+    gateway_js = clients["gateway"].jetstream()
+    await ensure(gateway_js, BusSettings.from_env(envs["gateway"]))
+    await ensure_webhooks(gateway_js, BusSettings.from_env(envs["gateway"]))
+    for user in ("projector", "faceswap-worker", "comfy-worker", "storage-uploader"):
         await ensure(clients[user].jetstream(), BusSettings.from_env(envs[user]))
     server = uvicorn.Server(
         uvicorn.Config(
@@ -155,6 +187,18 @@ async def services(auth_server: AuthServer, tmp_path: Path) -> AsyncIterator[Ser
         )
     )
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(server.serve())]
+    projector = ProjectorService(
+        clients["projector"], ProjectorSettings.from_env(envs["projector"])
+    )
+    tasks.append(asyncio.create_task(projector.run()))
+    deliveries = WebhookService(
+        clients["webhooks"],
+        BusSettings.from_env(envs["webhooks"]),
+        WebhookSettings.from_env(envs["webhooks"]),
+    )
+    tasks.append(asyncio.create_task(deliveries.run()))
+    receiver_context = webhook_receiver()
+    receiver = await receiver_context.__aenter__()
     provider = build_provider(StorageSettings.from_env(envs["storage-uploader"]))
     uploader = Uploader(
         clients["storage-uploader"], provider, BusSettings.from_env(envs["storage-uploader"])
@@ -180,14 +224,17 @@ async def services(auth_server: AuthServer, tmp_path: Path) -> AsyncIterator[Ser
         await asyncio.sleep(0.01)  # uvicorn exposes no event for "listening"
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
-        yield Services(clients, http)
+        yield Services(clients, http, receiver)
     finally:
         await http.aclose()
         worker.stop()
         comfy.stop()
         uploader.stop()
+        projector.stop()
+        deliveries.stop()
         server.should_exit = True
         await asyncio.wait(tasks, timeout=10)
+        await receiver_context.__aexit__(None, None, None)
         await provider.aclose()
         for client in clients.values():
             await client.close()
@@ -219,17 +266,32 @@ async def test_each_service_runs_with_only_its_own_permissions(
         "environment": "face_swap",
         "params": {"input_data": {"wf_json": wf}},
     }
+    hooked = {**probe, "webhook_url": services.receiver.url}
     kv = await services.clients["gateway"].jetstream().key_value(STATE_BUCKET)
-    for body in (probe, comm_probe, swap):
+    ids = []
+    for body in (probe, comm_probe, swap, hooked):
         created = await services.http.post("/api/tasks/create", json=body)
         assert created.status_code == 201, created.text
         task_id = created.json()["taskId"]
+        ids.append(task_id)
         state = await wait_for_state(kv, task_id, lambda s: s.is_final, timeout=60)
         assert state.status.value == "COMPLETED", state
+    # the webhook: planned by the projector, delivered by the webhooks service, its log
+    # written by the webhooks service and read by the gateway
+    [delivery] = await services.receiver.wait_for(1)
+    assert delivery.headers["webhook-id"] == f"{ids[-1]}:completed"
+
+    async def delivered() -> dict[str, Any] | None:
+        answer = (await services.http.get(f"/api/tasks/{ids[-1]}/webhooks")).json()
+        return answer if answer["status"] == "delivered" else None
+
+    await eventually(delivered, timeout=15)
     health = await services.http.get("/api/health")
     assert health.status_code == 200, health.text
-    # the operator's KV rebuild runs with the gateway's user (deploy/k8s/README.md)
-    assert await rebuild(services.clients["gateway"].jetstream(), f"{STATE_BUCKET}_REBUILT") == 3
+    assert health.json()["projector"]["ok"] is True
+    # the operator's KV rebuild runs with the projector's user (deploy/k8s/README.md)
+    rebuilt = await rebuild(services.clients["projector"].jetstream(), f"{STATE_BUCKET}_REBUILT")
+    assert rebuilt == 4
     violations = {user: found for user, found in auth_server.violations.items() if found}
     assert violations == {}, violations
     assert "Violation" not in auth_server.log_file.read_text()
@@ -240,6 +302,8 @@ async def test_what_each_service_must_not_do_is_refused(
 ) -> None:
     uploader = services.clients["storage-uploader"].jetstream(timeout=1)
     worker = services.clients["faceswap-worker"].jetstream(timeout=1)
+    webhooks = services.clients["webhooks"].jetstream(timeout=1)
+    gateway_quick = services.clients["gateway"].jetstream(timeout=1)
     gateway = services.clients["gateway"].jetstream()
     forged = task_subject("face_swap", "probe", "created", "task_forged")
     # the uploader cannot create a task, nor cancel one
@@ -257,21 +321,38 @@ async def test_what_each_service_must_not_do_is_refused(
     assert await refused(worker.consumer_info(TASK_STREAM, "pool-comfy"))
     started = task_subject("comm", "wf", "started", "task_forged")
     assert await refused(worker.publish(started, b"{}", stream=TASK_STREAM))
-    # nobody but the gateway touches the KV buckets' streams; not even it deletes the stream
+    # one writer per view: the gateway cannot write, purge or trim the task state, nor
+    # write the delivery log, nor queue a webhook (the projector's and webhooks' jobs)
+    gateway_state = await gateway_quick.key_value(STATE_BUCKET)
+    assert await refused(gateway_state.put("task_forged", b'{"status": "COMPLETED"}'))
+    assert await refused(gateway_state.create("task_forged_too", b"{}"))
+    assert await refused(gateway_quick.purge_stream(f"KV_{STATE_BUCKET}"))
+    gateway_log = await gateway_quick.key_value(WEBHOOK_LOG_BUCKET)
+    assert await refused(gateway_log.put("task_forged", b"{}"))
+    assert await refused(gateway_quick.publish(webhook_subject("task_forged"), b"{}"))
+    # the webhooks service cannot publish task events nor write the state
+    assert await refused(webhooks.publish(completed, b"{}", stream=TASK_STREAM))
+    webhooks_state = await webhooks.key_value(STATE_BUCKET)
+    assert await refused(webhooks_state.put("task_forged", b"{}"))
+    # no service purges the state bucket (only the projector's rebuild --replace may);
+    # not even the gateway deletes the stream
     assert await refused(uploader.purge_stream(f"KV_{STATE_BUCKET}"))
     assert await refused(worker.delete_stream(TASK_STREAM))
     assert await refused(gateway.delete_stream(TASK_STREAM))
     # and nothing of it landed
     info = await gateway.stream_info(TASK_STREAM, subjects_filter="pixelbus.tasks.>")
     assert not [s for s in (info.state.subjects or {}) if "task_forged" in s or s.endswith(".t")]
-    gateway_state = await gateway.key_value(STATE_BUCKET)
+    state_kv = await gateway.key_value(STATE_BUCKET)
     with pytest.raises(KeyNotFoundError):
-        await gateway_state.get("task_forged")
-    assert (await read_state(gateway_state, "task_forged"))[0] is None
+        await state_kv.get("task_forged")
+    with pytest.raises(KeyNotFoundError):
+        await state_kv.get("task_forged_too")
+    assert (await read_state(state_kv, "task_forged"))[0] is None
+    queue = await gateway.stream_info(WEBHOOK_STREAM, subjects_filter="pixelbus.webhooks.>")
+    assert webhook_subject("task_forged") not in (queue.state.subjects or {})
     assert "Publish Violation" in auth_server.log_file.read_text()
-    assert any(
-        "permissions violation" in v.lower() for v in auth_server.violations["faceswap-worker"]
-    )
+    for user in ("faceswap-worker", "gateway", "webhooks"):
+        assert any("permissions violation" in v.lower() for v in auth_server.violations[user])
 
 
 async def test_only_the_gateway_provisions_the_buckets(auth_server: AuthServer) -> None:

@@ -1,24 +1,20 @@
-"""The projection: rebuild equals live; two projectors equal one."""
+"""The projection (the projector service, run in-process by the stack): rebuild equals
+live and plans no webhook; two projectors equal one."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from nats.aio.client import Client
 
-from pixelbus.contracts.events import TaskCreated, TaskProgress, TaskStarted
-from pixelbus.contracts.subjects import STATE_BUCKET
-from pixelbus.gateway.projector import Projector, StateCache, fold_into_kv
-from pixelbus.gateway.rebuild import rebuild
-from pixelbus.runtime.provision import ensure
-from pixelbus.runtime.settings import BusSettings
-from pixelbus.runtime.state import read_state
+from pixelbus.contracts.subjects import STATE_BUCKET, WEBHOOK_STREAM
+from pixelbus.projector.projector import Projector
+from pixelbus.projector.rebuild import rebuild
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import wait_for_state
 from tests.stack import Stack, running_stack
+from tests.webhook_receiver import webhook_receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -64,16 +60,33 @@ async def wait_projected(stack: Stack) -> None:
     raise TimeoutError("projector did not catch up")
 
 
-async def test_rebuild_gives_a_bucket_identical_to_the_live_one(stack: Stack) -> None:
-    ids = await run_mixed_tasks(stack, 15)
-    await wait_projected(stack)
-    written = await rebuild(stack.nc.jetstream(), "REBUILT")
-    assert written == len(ids)
-    live = await bucket_contents(stack, STATE_BUCKET)
-    rebuilt = await bucket_contents(stack, "REBUILT")
+async def test_rebuild_gives_a_bucket_identical_to_the_live_one_and_plans_no_webhook(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        running_stack(
+            nats_server.url, tmp_path, PIXELBUS_SSRF_ALLOW_NETWORKS="127.0.0.0/8"
+        ) as stack,
+    ):
+        hooked = {"workflow": "probe", "environment": "face_swap", "webhook_url": receiver.url}
+        created = await stack.http.post("/api/tasks/create", json=hooked)
+        assert created.status_code == 201, created.text
+        ids = [created.json()["taskId"], *await run_mixed_tasks(stack, 15)]
+        await receiver.wait_for(1)
+        await wait_projected(stack)
+        js = stack.nc.jetstream()
+        queued = (await js.stream_info(WEBHOOK_STREAM)).state.last_seq
+        assert queued >= 1  # the live projector planned the webhook
+        written = await rebuild(js, "REBUILT")
+        assert (await js.stream_info(WEBHOOK_STREAM)).state.last_seq == queued  # rebuild: none
+        assert written == len(ids)
+        live = await bucket_contents(stack, STATE_BUCKET)
+        rebuilt = await bucket_contents(stack, "REBUILT")
     assert set(live) == set(rebuilt) == set(ids)
     for key in live:
         assert live[key] == rebuilt[key], key
+    assert len(receiver.received) == 1
 
 
 async def test_two_projectors_give_the_same_state_as_one(
@@ -96,28 +109,16 @@ async def test_two_projectors_give_the_same_state_as_one(
         assert live == single
 
 
-async def test_a_stale_cached_state_is_re_read_not_written_over(nc: Client) -> None:
-    """Projector A caches its write; B writes after it; A's next fold must not lose B's."""
-    js = nc.jetstream()
-    await ensure(js, BusSettings.from_env({}))
-    kv = await js.key_value(STATE_BUCKET)
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    created = TaskCreated(
-        event_id="t1:created", task_id="t1", occurred_at=now, workflow="probe",
-        environment="face_swap", input_data={},
-    )  # fmt: skip
-    started = TaskStarted(
-        event_id="t1:started:1", task_id="t1", occurred_at=now + timedelta(seconds=1),
-        attempt=1, worker="w",
-    )  # fmt: skip
-    progress = TaskProgress(
-        event_id="t1:progress:1:1", task_id="t1", occurred_at=now + timedelta(seconds=2),
-        attempt=1, fraction=0.5,
-    )  # fmt: skip
-    cache_a = StateCache()
-    await fold_into_kv(kv, "t1", [created], cache_a)
-    await fold_into_kv(kv, "t1", [started], StateCache())  # replica B, its own cache
-    await fold_into_kv(kv, "t1", [progress], cache_a)  # A's cache is one revision behind
-    state, _ = await read_state(kv, "t1")
-    assert state is not None and state.worker == "w" and state.progress is not None
-    assert state.progress.fraction == 0.5
+async def test_a_replacing_rebuild_beside_a_live_projector_loses_nothing(stack: Stack) -> None:
+    """``rebuild --replace`` while tasks flow and the projector folds: both write with
+    compare-and-swap, so the bucket ends exactly as a rebuild from nothing."""
+    first = await run_mixed_tasks(stack, 10)
+    js = stack.nc.jetstream()
+    later = asyncio.create_task(run_mixed_tasks(stack, 10))
+    assert await rebuild(js, STATE_BUCKET, replace=True) >= len(first)
+    ids = [*first, *await later]
+    await wait_projected(stack)
+    await rebuild(js, "FROM_NOTHING")
+    live = await bucket_contents(stack, STATE_BUCKET)
+    assert set(live) == set(ids)
+    assert live == await bucket_contents(stack, "FROM_NOTHING")

@@ -1,5 +1,6 @@
-"""Webhooks end to end: signed deliveries to a real receiver, retried by JetStream with
-backoff across a gateway restart, refused by the SSRF guard, and marked failed once the
+"""Webhooks end to end: planned by the projector, delivered signed to a real receiver by
+the webhooks service, retried by JetStream with backoff across a restart of the whole
+stack (webhooks service included), refused by the SSRF guard, and marked failed once the
 attempts are spent; every attempt in the task's delivery log."""
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ async def wait_for_log(stack: Stack, task_id: str, status: str, timeout: float =
         await watcher.stop()
 
 
-async def test_fourth_delivery_lands_signed_after_three_failures_and_a_gateway_restart(
+async def test_fourth_delivery_lands_signed_after_three_failures_and_a_restart(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     async with webhook_receiver(answers=[500, 503, 502]) as receiver:
@@ -63,7 +64,8 @@ async def test_fourth_delivery_lands_signed_after_three_failures_and_a_gateway_r
             assert created.status_code == 201, created.text
             task_id = created.json()["taskId"]
             await receiver.wait_for(2)
-        # The gateway is gone between the second and third attempt; a new one carries on.
+        # Every service (the dispatcher with them) is gone between the second and third
+        # attempt; new ones carry on.
         async with running_stack(nats_server.url, tmp_path / "b", **HOOK_ENV) as stack:
             received = await receiver.wait_for(4)
             log = await wait_for_log(stack, task_id, "delivered")
@@ -78,7 +80,7 @@ async def test_fourth_delivery_lands_signed_after_three_failures_and_a_gateway_r
     assert payload["data"]["taskId"] == task_id and payload["data"]["status"] == "COMPLETED"
     assert [a.outcome for a in log.attempts] == ["retrying"] * 3 + ["delivered"]
     numbers = [a.attempt for a in log.attempts]
-    # (a delivery handed to the stopping gateway but not started is released, and counts)
+    # (a delivery handed to the stopping dispatcher but not started is released, and counts)
     assert numbers[0] == 1 and numbers == sorted(set(numbers)), numbers
     assert [a.next_attempt_in_s for a in log.attempts[:2]] == [0.2, 0.4]  # doubling
     assert deliveries["status"] == "delivered"
@@ -132,8 +134,8 @@ async def test_a_host_resolving_to_a_private_address_is_refused_at_delivery() ->
     refused before any connection (the resolver is the guard's seam)."""
     from ipaddress import ip_address
 
-    from pixelbus.gateway.webhooks.sender import WebhookSender
     from pixelbus.media.ssrf import SsrfPolicy
+    from pixelbus.webhooks.sender import WebhookSender
 
     async def rebinding(host: str, port: int) -> list[Any]:
         return [ip_address("127.0.0.1")]

@@ -18,10 +18,10 @@ from pixelbus.contracts.webhooks import (
     signature_headers,
     verify,
 )
-from pixelbus.gateway.webhooks.dispatcher import decide
-from pixelbus.gateway.webhooks.sender import SendResult
-from pixelbus.gateway.webhooks.settings import WebhookSettings
 from pixelbus.runtime.errors import SettingsError
+from pixelbus.webhooks.dispatcher import decide
+from pixelbus.webhooks.sender import SendResult
+from pixelbus.webhooks.settings import WebhookSettings
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 

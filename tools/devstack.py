@@ -1,9 +1,10 @@
 """``./dev up``: the whole stack on embedded defaults, in the foreground.
 
 Its own nats-server (a free port, never 4222's NATS; store under .pixelbus/nats), the
-gateway with its projector, the face-swap worker with the built-in engine and the
-storage uploader with ``local`` storage, each as its own process, and the comfy-worker
-when ``COMFYUI_URL`` names ComfyUI servers. Ctrl-C stops all.
+gateway, the projector (the only writer of the task state; it also plans webhooks), the
+webhook dispatcher, the face-swap worker with the built-in engine and the storage
+uploader with ``local`` storage, each as its own process, and the comfy-worker when
+``COMFYUI_URL`` names ComfyUI servers. Ctrl-C stops all.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from pixelbus.testkit.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".pixelbus"
+#: Every service ``./dev up`` starts: name → module (``python -m``). Other tools read this
+#: dict as the list of pixelbus services.
 SERVICES = {
     "gateway": "pixelbus.gateway",
+    "projector": "pixelbus.projector",
+    "webhooks": "pixelbus.webhooks",
     "faceswap-worker": "pixelbus.faceswap_worker",
     "storage-uploader": "pixelbus.storage_uploader",
 }
