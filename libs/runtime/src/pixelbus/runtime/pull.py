@@ -61,6 +61,7 @@ PullGate = Callable[[], Awaitable[int]]
 _HEARTBEAT = "100"
 _EXPECTED_ENDS = frozenset({"404", "408"})  # no messages / request expired
 _PENDING = "Nats-Pending-Messages"
+_GATED_EXPIRES_S = 1.0
 
 
 class PullConsumer:
@@ -85,6 +86,10 @@ class PullConsumer:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._credit = max(1, credit)
         self._threshold = max(1, threshold if threshold is not None else self._credit // 4)
+        if gate is not None:
+            # An open request delivers whatever the gate said before it closed: gated
+            # consumers ask briefly, so a closed gate holds within a second.
+            expires_s = min(expires_s, _GATED_EXPIRES_S)
         self._expires_ns = int(expires_s * 1e9)
         self._heartbeat_s = min(heartbeat_s, expires_s / 2)  # the server's own rule
         self._gate = gate
