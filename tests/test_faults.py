@@ -46,7 +46,7 @@ async def test_kill_9_worker_holding_a_task_redelivers_and_completes_once(
             final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 90)
             assert final.status is TaskStatus.COMPLETED
             assert final.attempts >= 2
-            stored = await read_all_events(stack.nc.jetstream())
+            stored = await read_all_events(stack.nc)
             completions = [e for e in stored[task_id] if isinstance(e, TaskCompleted)]
             assert len(completions) == 1
         finally:

@@ -290,7 +290,7 @@ async def test_each_service_runs_with_only_its_own_permissions(
     assert health.status_code == 200, health.text
     assert health.json()["projector"]["ok"] is True
     # the operator's KV rebuild runs with the projector's user (deploy/k8s/README.md)
-    rebuilt = await rebuild(services.clients["projector"].jetstream(), f"{STATE_BUCKET}_REBUILT")
+    rebuilt = await rebuild(services.clients["projector"], f"{STATE_BUCKET}_REBUILT")
     assert rebuilt == 4
     violations = {user: found for user, found in auth_server.violations.items() if found}
     assert violations == {}, violations

@@ -78,7 +78,7 @@ async def test_rebuild_gives_a_bucket_identical_to_the_live_one_and_plans_no_web
         js = stack.nc.jetstream()
         queued = (await js.stream_info(WEBHOOK_STREAM)).state.last_seq
         assert queued >= 1  # the live projector planned the webhook
-        written = await rebuild(js, "REBUILT")
+        written = await rebuild(stack.nc, "REBUILT")
         assert (await js.stream_info(WEBHOOK_STREAM)).state.last_seq == queued  # rebuild: none
         assert written == len(ids)
         live = await bucket_contents(stack, STATE_BUCKET)
@@ -102,7 +102,7 @@ async def test_two_projectors_give_the_same_state_as_one(
             second.stop()
             await asyncio.wait_for(runner, 5)
         assert second.projected > 0, "the second projector took no share of the work"
-        await rebuild(stack.nc.jetstream(), "ONE_PROJECTOR")
+        await rebuild(stack.nc, "ONE_PROJECTOR")
         live = await bucket_contents(stack, STATE_BUCKET)
         single = await bucket_contents(stack, "ONE_PROJECTOR")
         assert set(live) == set(single) == set(ids)
@@ -113,12 +113,11 @@ async def test_a_replacing_rebuild_beside_a_live_projector_loses_nothing(stack: 
     """``rebuild --replace`` while tasks flow and the projector folds: both write with
     compare-and-swap, so the bucket ends exactly as a rebuild from nothing."""
     first = await run_mixed_tasks(stack, 10)
-    js = stack.nc.jetstream()
     later = asyncio.create_task(run_mixed_tasks(stack, 10))
-    assert await rebuild(js, STATE_BUCKET, replace=True) >= len(first)
+    assert await rebuild(stack.nc, STATE_BUCKET, replace=True) >= len(first)
     ids = [*first, *await later]
     await wait_projected(stack)
-    await rebuild(js, "FROM_NOTHING")
+    await rebuild(stack.nc, "FROM_NOTHING")
     live = await bucket_contents(stack, STATE_BUCKET)
     assert set(live) == set(ids)
     assert live == await bucket_contents(stack, "FROM_NOTHING")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -45,11 +44,11 @@ from nats.aio.subscription import Subscription
 __all__ = [
     "DurableLoop",
     "PullConsumer",
-    "PullFeed",
     "PullGate",
     "consume",
     "dispatch",
     "keep_alive",
+    "stop_when_set",
 ]
 
 log = structlog.get_logger("pixelbus.pull")
@@ -316,7 +315,7 @@ async def consume(
     what was delivered but not started) and give running handlers ``grace_s`` to end."""
     consumer = PullConsumer(nc, stream, durable, credit=concurrency, gate=gate)
     await consumer.start()
-    stopper = asyncio.create_task(_stop_when_set(stop, consumer))
+    stopper = asyncio.create_task(stop_when_set(stop, consumer))
     try:
         running = await dispatch(consumer, handle)
     finally:
@@ -326,7 +325,8 @@ async def consume(
         await asyncio.wait(running, timeout=grace_s)
 
 
-async def _stop_when_set(event: asyncio.Event, consumer: PullConsumer) -> None:
+async def stop_when_set(event: asyncio.Event, consumer: PullConsumer) -> None:
+    """A task's body: ``consumer.stop()`` once ``event`` is set."""
     await event.wait()
     consumer.stop()
 
@@ -403,106 +403,3 @@ class DurableLoop:
 
     async def process(self, msg: Msg) -> None:
         raise NotImplementedError
-
-
-# -- legacy: the one-request-at-a-time feed, until follow.py and the projector move to
-# PullConsumer (then it goes).
-
-
-class PullFeed:
-    """One durable pull consumer, read a request at a time (``pull``)."""
-
-    def __init__(self, nc: Client, stream: str, durable: str, *, expires_s: float = 2.0) -> None:
-        self._nc = nc
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self._expires_s = expires_s
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._inbox = ""
-        self._request = 0
-        self._sub: Subscription | None = None
-
-    async def start(self) -> None:
-        self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._queue.put)
-
-    async def close(self) -> None:
-        """Stop listening, then release (nak) every message delivered but not handed out.
-
-        Unsubscribing first matters: the server drops a pull request whose reply subject
-        has no interest left, so an open request stops delivering to us. (A nak while the
-        request is still open would come straight back to it.)
-        """
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
-        while not self._queue.empty():
-            msg = self._queue.get_nowait()
-            if _status(msg) is None:
-                with contextlib.suppress(Exception):
-                    await msg.nak()
-
-    @property
-    def queued(self) -> int:
-        """Messages delivered to this process and not yet handed out."""
-        return self._queue.qsize()
-
-    async def pull(self, batch: int, stop: asyncio.Event | None = None) -> AsyncIterator[Msg]:
-        """Ask for up to ``batch`` messages; yield each one as it arrives.
-
-        Ends when ``batch`` messages came, the request expired, or ``stop`` is set (the
-        request is then left open; ``close`` releases what it delivers).
-        """
-        assert self._sub is not None, "start() first"
-        self._request += 1
-        reply = f"{self._inbox}.{self._request}"
-        expires_ns = int(self._expires_s * 1e9)
-        body = json.dumps({"batch": batch, "expires": expires_ns}).encode()
-        await self._nc.publish(self._next_subject, body, reply=reply)
-        # The server answers by ``expires`` at the latest; the margin covers a slow link.
-        deadline = time.monotonic() + self._expires_s + 1.0
-        received = 0
-        while received < batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (stop is not None and stop.is_set()):
-                return
-            msg = await self._next(remaining, stop)
-            if msg is None:
-                return
-            status = _status(msg)
-            if status is not None:
-                if msg.subject != reply or status == _HEARTBEAT:
-                    continue  # the end of an older request, or a heartbeat
-                if status not in _EXPECTED_ENDS:
-                    log.warning("pull request ended", status=status, description=_description(msg))
-                return
-            received += 1
-            yield msg
-
-    async def _next(self, timeout: float, stop: asyncio.Event | None) -> Msg | None:
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        get = asyncio.ensure_future(self._queue.get())
-        waits: set[asyncio.Future[object]] = {get}  # type: ignore[arg-type]
-        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
-        if stopper is not None:
-            waits.add(stopper)  # type: ignore[arg-type]
-        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if stopper is not None:
-            stopper.cancel()
-        if get in done:
-            return get.result()
-        get.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await get
-        if get.done() and not get.cancelled():  # raced: a message came as we gave up
-            self._queue.put_nowait(get.result())
-        return None
-
-
-def _status(msg: Msg) -> str | None:
-    return msg.headers.get("Status") if msg.headers else None
-
-
-def _description(msg: Msg) -> str | None:
-    return msg.headers.get("Description") if msg.headers else None

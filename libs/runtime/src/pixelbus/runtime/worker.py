@@ -34,7 +34,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,7 @@ __all__ = [
     "TaskContext",
     "TaskResult",
     "WorkerRuntime",
+    "pack_outputs",
     "probe_handler",
 ]
 
@@ -102,6 +103,36 @@ class OutputFile:
     data: bytes
     content_type: str
     node_id: str | None = None
+
+
+async def pack_outputs(
+    objects: ObjectStore, task_id: str, files: Sequence[OutputFile], inline_bytes: int
+) -> tuple[OutputObject, ...]:
+    """The outputs as ``OutputsReady`` carries them: inline while they fit in
+    ``inline_bytes`` (in all, in order), the rest put into the Object Store together."""
+    budget = inline_bytes
+    outputs: list[OutputObject] = []
+    puts = []
+    for index, file in enumerate(files):
+        name = f"{task_id}/{index}-{sanitize_token(file.filename)}"
+        inline = len(file.data) <= budget
+        if inline:
+            budget -= len(file.data)
+        else:
+            puts.append(objects.put(name, file.data))
+        outputs.append(
+            OutputObject(
+                object_name=name,
+                filename=file.filename,
+                content_type=file.content_type,
+                size=len(file.data),
+                node_id=file.node_id,
+                data=file.data if inline else None,
+            )
+        )
+    if puts:
+        await asyncio.gather(*puts)
+    return tuple(outputs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +300,7 @@ class WorkerRuntime:
         await consumer.start()
         if self._stopping:
             consumer.stop()
+        await self._announce()  # counted by the time we say we are ready
         presence = asyncio.create_task(self._presence_loop())
         self._ready.set()
         log.info(
@@ -299,24 +331,28 @@ class WorkerRuntime:
         return f"{self.pool.name}.{sanitize_token(self.worker_id)}"
 
     async def _presence_loop(self) -> None:
-        assert self._workers_kv is not None
         while True:
-            value = json.dumps(
-                {
-                    "worker": self.worker_id,
-                    "pool": self.pool.name,
-                    "workflows": sorted(self._handlers),
-                    "in_flight": self.in_flight,
-                    "slots": self.concurrency,
-                    "at": utcnow().isoformat(),
-                    **(self.presence_extra() if self.presence_extra is not None else {}),
-                }
-            ).encode()
-            try:
-                await self._workers_kv.put(self._presence_key, value)
-            except Exception as exc:
-                log.warning("presence update failed", error=str(exc))
             await asyncio.sleep(self.presence_interval_s)
+            await self._announce()
+
+    async def _announce(self) -> None:
+        """Write this worker's presence (``/api/health`` counts the pool's workers)."""
+        assert self._workers_kv is not None
+        value = json.dumps(
+            {
+                "worker": self.worker_id,
+                "pool": self.pool.name,
+                "workflows": sorted(self._handlers),
+                "in_flight": self.in_flight,
+                "slots": self.concurrency,
+                "at": utcnow().isoformat(),
+                **(self.presence_extra() if self.presence_extra is not None else {}),
+            }
+        ).encode()
+        try:
+            await self._workers_kv.put(self._presence_key, value)
+        except Exception as exc:
+            log.warning("presence update failed", error=str(exc))
 
     async def _drain(self) -> None:
         if not self._inflight:
@@ -534,7 +570,10 @@ class WorkerRuntime:
             )
             return "retry:internal_error"
         await coalescer.close()
-        outputs = await self._outputs(event.task_id, result.outputs)
+        assert self._objects is not None
+        outputs = await pack_outputs(
+            self._objects, event.task_id, result.outputs, self.settings.inline_output_bytes
+        )
         ready = self._publish(
             event,
             OutputsReady(
@@ -550,34 +589,6 @@ class WorkerRuntime:
         await asyncio.gather(started, ready)
         await msg.ack()
         return "outputs_ready"
-
-    async def _outputs(self, task_id: str, files: list[OutputFile]) -> tuple[OutputObject, ...]:
-        """The outputs as ``OutputsReady`` carries them: inline while they fit in
-        ``inline_output_bytes`` (in all), the rest put into the Object Store together."""
-        assert self._objects is not None
-        budget = self.settings.inline_output_bytes
-        outputs: list[OutputObject] = []
-        puts = []
-        for index, file in enumerate(files):
-            name = f"{task_id}/{index}-{sanitize_token(file.filename)}"
-            inline = len(file.data) <= budget
-            if inline:
-                budget -= len(file.data)
-            else:
-                puts.append(self._objects.put(name, file.data))
-            outputs.append(
-                OutputObject(
-                    object_name=name,
-                    filename=file.filename,
-                    content_type=file.content_type,
-                    size=len(file.data),
-                    node_id=file.node_id,
-                    data=file.data if inline else None,
-                )
-            )
-        if puts:
-            await asyncio.gather(*puts)
-        return tuple(outputs)
 
     async def _fail(
         self,

@@ -22,7 +22,7 @@ from pixelbus.contracts.events import decode_event
 from pixelbus.contracts.fold import apply
 from pixelbus.contracts.subjects import SUBJECT_ROOT, TASK_STREAM, sanitize_token
 from pixelbus.contracts.task import TaskState
-from pixelbus.runtime.pull import PullFeed
+from pixelbus.runtime.pull import PullConsumer
 
 __all__ = ["Emission", "Update", "follow_task", "task_events_filter"]
 
@@ -74,25 +74,24 @@ async def follow_task(
             num_replicas=0,
         ),
     )
-    feed = PullFeed(nc, TASK_STREAM, info.name, expires_s=5.0)
-    await feed.start()
+    consumer = PullConsumer(nc, TASK_STREAM, info.name, credit=256, expires_s=5.0)
+    await consumer.start()
     emission = Emission(after=after)
     state: TaskState | None = None
     try:
-        while not emission.done:
-            async for msg in feed.pull(256):
-                try:
-                    event = decode_event(msg.data)
-                except Exception as exc:
-                    log.error("undecodable event skipped", subject=msg.subject, error=str(exc))
-                    continue
-                state = apply(state, event)
-                meta = msg.metadata
-                if emission.on_event(meta.sequence.stream, state, meta.num_pending):
-                    yield Update(meta.sequence.stream, state)
-                if emission.done:
-                    break
+        async for msg in consumer.messages():
+            try:
+                event = decode_event(msg.data)
+            except Exception as exc:
+                log.error("undecodable event skipped", subject=msg.subject, error=str(exc))
+                continue
+            state = apply(state, event)
+            meta = msg.metadata
+            if emission.on_event(meta.sequence.stream, state, meta.num_pending):
+                yield Update(meta.sequence.stream, state)
+            if emission.done:
+                break
     finally:
-        await feed.close()
+        await consumer.close()
         with contextlib.suppress(Exception):
             await asyncio.shield(js.delete_consumer(TASK_STREAM, info.name))

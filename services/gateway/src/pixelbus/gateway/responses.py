@@ -6,7 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ERROR_SCHEMA", "VALIDATION_SCHEMA", "error", "json_body", "validation_error"]
+import msgspec
+from starlette.responses import Response
+
+__all__ = [
+    "ERROR_SCHEMA",
+    "VALIDATION_SCHEMA",
+    "Json",
+    "error",
+    "json_body",
+    "json_request",
+    "validation_error",
+]
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -46,3 +57,29 @@ def error(description: str) -> dict[str, Any]:
 
 def validation_error(description: str) -> dict[str, Any]:
     return json_body(description, VALIDATION_SCHEMA)
+
+
+def json_request(examples: dict[str, Any]) -> dict[str, Any]:
+    """A route's ``openapi_extra`` for a JSON object body that the route decodes itself
+    (once, with msgspec, into its contract type) instead of a FastAPI ``Body`` parameter,
+    which would parse every body a second time only to hand over a dict."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object"},
+                    "examples": {name: {"value": value} for name, value in examples.items()},
+                }
+            },
+        }
+    }
+
+
+class Json(Response):
+    """A JSON answer encoded by msgspec (a few times faster than ``json.dumps``)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return msgspec.json.encode(content)

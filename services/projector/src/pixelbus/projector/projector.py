@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from pixelbus.contracts.events import AnyEvent, decode_event
+from pixelbus.contracts.events import AnyEvent, TaskCreated, decode_event
 from pixelbus.contracts.fold import fold
 from pixelbus.contracts.subjects import (
     PROJECTOR_CONSUMER,
@@ -38,7 +38,7 @@ from pixelbus.contracts.subjects import (
 from pixelbus.contracts.task import TaskState
 from pixelbus.projector.planner import Candidate, WebhookPlanner
 from pixelbus.runtime.metrics import process_metrics
-from pixelbus.runtime.pull import PullFeed
+from pixelbus.runtime.pull import PullConsumer, stop_when_set
 from pixelbus.runtime.quotas import release_slot
 from pixelbus.runtime.state import encode_state, read_state
 
@@ -92,11 +92,15 @@ async def fold_into_kv(
 ) -> Folded:
     """Fold ``events`` into the stored state of ``task_id`` with compare-and-swap."""
     cached = cache.get(task_id) if cache is not None else None
+    fresh = cached is None and isinstance(events[0], TaskCreated)
     for _ in range(_CAS_ATTEMPTS):
         if cached is not None:
             state: TaskState | None
             state, revision = cached
             cached = None
+        elif fresh:
+            state, revision = None, 0  # a new task: create, no read (a conflict reads)
+            fresh = False
         else:
             state, revision = await read_state(kv, task_id)
         new_state = fold(events, state)
@@ -151,26 +155,21 @@ class Projector:
     async def run(self) -> None:
         kv = await self._js.key_value(STATE_BUCKET)
         self._quotas = await self._js.key_value(QUOTAS_BUCKET)
-        feed = PullFeed(self._nc, TASK_STREAM, PROJECTOR_CONSUMER)
-        await feed.start()
+        # Two batches of credit: the next batch arrives while this one is folded.
+        consumer = PullConsumer(self._nc, TASK_STREAM, PROJECTOR_CONSUMER, credit=2 * self._batch)
+        await consumer.start()
+        stopper = asyncio.create_task(stop_when_set(self._stopping, consumer))
         log.info("projector started", webhooks=self._planner is not None)
         try:
-            while not self._stopping.is_set():
-                pending: list[Msg] = []
+            # Fold whatever has arrived as soon as the last fold is done.
+            while msgs := await consumer.batch(self._batch):
                 try:
-                    async for msg in feed.pull(self._batch, self._stopping):
-                        pending.append(msg)
-                        # Fold what has arrived as soon as nothing more is waiting.
-                        if feed.queued == 0 or len(pending) >= self._batch:
-                            await self.project(kv, pending)
-                            pending = []
-                except Exception as exc:
-                    log.warning("projector pull failed", error=str(exc))
-                    await asyncio.sleep(0.5)
-                if pending:
-                    await self.project(kv, pending)
+                    await self.project(kv, msgs)
+                finally:
+                    consumer.release(len(msgs))
         finally:
-            await feed.close()
+            stopper.cancel()
+            await consumer.close()
 
     async def project(self, kv: KeyValue, msgs: list[Msg]) -> None:
         """Fold, free slots, plan webhooks, then ack the batch (or nak it whole)."""

@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 
 import structlog
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 
@@ -27,6 +27,7 @@ from pixelbus.contracts.events import AnyEvent, decode_event
 from pixelbus.contracts.subjects import STATE_BUCKET, SUBJECT_ROOT, TASK_STREAM
 from pixelbus.projector.projector import fold_into_kv
 from pixelbus.runtime.connection import connect
+from pixelbus.runtime.pull import PullConsumer
 from pixelbus.runtime.settings import BusSettings
 
 __all__ = ["REBUILD_CONSUMER", "read_all_events", "rebuild"]
@@ -39,11 +40,12 @@ log = structlog.get_logger("pixelbus.rebuild")
 REBUILD_CONSUMER = "rebuild"
 
 
-async def read_all_events(js: JetStreamContext) -> dict[str, list[AnyEvent]]:
+async def read_all_events(nc: Client) -> dict[str, list[AnyEvent]]:
     """Every event in the stream right now, grouped by task, in stream order.
 
     One rebuild at a time: a second one finds the reader in use and is refused.
     """
+    js = nc.jetstream()
     info = await js.stream_info(TASK_STREAM)
     last = info.state.last_seq
     events: dict[str, list[AnyEvent]] = defaultdict(list)
@@ -65,23 +67,26 @@ async def read_all_events(js: JetStreamContext) -> dict[str, list[AnyEvent]]:
             inactive_threshold=60,
         ),
     )
-    sub = await js.pull_subscribe_bind(stream=TASK_STREAM, name=REBUILD_CONSUMER)
+    consumer = PullConsumer(nc, TASK_STREAM, REBUILD_CONSUMER, credit=2000, threshold=1000)
+    await consumer.start()
     try:
-        while True:
-            msgs = await sub.fetch(1000, timeout=5)
+        while msgs := await consumer.batch(1000):
+            consumer.release(len(msgs))
             for msg in msgs:
                 event = decode_event(msg.data)
                 events[event.task_id].append(event)
                 if msg.metadata.sequence.stream >= last:
                     return events
+        return events
     finally:
-        await sub.unsubscribe()
+        await consumer.close()
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(TASK_STREAM, REBUILD_CONSUMER)
 
 
-async def rebuild(js: JetStreamContext, bucket: str, *, replace: bool = False) -> int:
+async def rebuild(nc: Client, bucket: str, *, replace: bool = False) -> int:
     """Fill ``bucket`` from the stream; returns the number of tasks written."""
+    js = nc.jetstream()
     try:
         kv = await js.key_value(bucket)
         status = await kv.status()
@@ -93,7 +98,7 @@ async def rebuild(js: JetStreamContext, bucket: str, *, replace: bool = False) -
         kv = await js.create_key_value(
             KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
         )
-    by_task = await read_all_events(js)
+    by_task = await read_all_events(nc)
     semaphore = asyncio.Semaphore(256)
 
     async def write(task_id: str, events: list[AnyEvent]) -> None:
@@ -116,7 +121,7 @@ async def _main(argv: list[str]) -> int:
     settings = BusSettings.from_env(os.environ)
     nc = await connect(settings.nats_url, "pixelbus-rebuild")
     try:
-        count = await rebuild(nc.jetstream(), args.bucket, replace=args.replace)
+        count = await rebuild(nc, args.bucket, replace=args.replace)
     finally:
         await nc.close()
     print(f"rebuilt {count} tasks into {args.bucket}")

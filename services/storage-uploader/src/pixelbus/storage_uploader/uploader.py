@@ -50,7 +50,7 @@ from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.publisher import EventPublisher
-from pixelbus.runtime.pull import PullConsumer, dispatch, keep_alive
+from pixelbus.runtime.pull import PullConsumer, dispatch, keep_alive, stop_when_set
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.runtime.state import read_state
 from pixelbus.runtime.tracing import (
@@ -156,7 +156,7 @@ class Uploader:
         health = await self.check_provider()  # before the first upload: a known order
         consumer = PullConsumer(self._nc, TASK_STREAM, UPLOADER_CONSUMER, credit=self._concurrency)
         await consumer.start()
-        stopper = asyncio.create_task(self._stop_consumer_when_stopping(consumer))
+        stopper = asyncio.create_task(stop_when_set(self._stopping, consumer))
         presence = asyncio.create_task(self._presence_loop())
         log.info(
             "storage-uploader started",
@@ -176,10 +176,6 @@ class Uploader:
             self._stopping.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(presence, 5)
-
-    async def _stop_consumer_when_stopping(self, consumer: PullConsumer) -> None:
-        await self._stopping.wait()
-        consumer.stop()
 
     async def _handle(self, msg: Msg) -> None:
         try:

@@ -19,8 +19,8 @@ from collections import Counter
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Body, Depends, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, Request
+from starlette.responses import Response
 
 from pixelbus.contracts.keys import TASKS_READ, TASKS_WRITE
 from pixelbus.contracts.task import FaceSwapRequest, TaskState
@@ -40,6 +40,7 @@ from pixelbus.gateway.deps import (
     gateway,
     validation_response,
 )
+from pixelbus.gateway.responses import Json, json_request
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.media.data_uri import decode_data_uri
 from pixelbus.media.errors import MediaError
@@ -81,14 +82,14 @@ EXAMPLE: dict[str, Any] = {
         413: {"description": "request body too large"},
         422: {"description": "invalid request; `detail` names each field (items.N.field)"},
     },
+    openapi_extra=json_request({"batch": EXAMPLE}),
 )
 async def create_batch(
     request: Request,
     gw: Annotated[Gateway, Depends(gateway)],
     caller: Annotated[Principal, Depends(require(TASKS_WRITE))],
-    body: Annotated[dict[str, Any], Body(openapi_examples={"batch": {"value": EXAMPLE}})],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
-) -> JSONResponse:
+) -> Response:
     """Each item has the fields of ``POST /api/face-swap/process``; answers at once."""
     try:
         batch = msgspec.json.decode(await request.body(), type=BatchRequest)
@@ -119,7 +120,7 @@ async def create_batch(
 
     created = await asyncio.gather(*(create(i, f) for i, f in enumerate(fields)))
     is_new = any(new for _, new in created)
-    return JSONResponse(
+    return Json(
         status_code=201 if is_new else 200,
         content={
             "batch_id": batch_id,
@@ -139,7 +140,7 @@ async def batch_status(
     batch_id: str,
     gw: Annotated[Gateway, Depends(gateway)],
     caller: Annotated[Principal, Depends(require(TASKS_READ))],
-) -> JSONResponse:
+) -> Response:
     """``counts`` per status, ``done`` once every task is final, and each task as
     ``GET /api/tasks/{task_id}`` shows it."""
     match = _BATCH_ID.match(batch_id)
@@ -159,7 +160,7 @@ async def batch_status(
     ]
     counts = Counter(task["status"] for task in tasks)
     done = all(state is not None and state.is_final for state in states)
-    return JSONResponse(
+    return Json(
         content={
             "batch_id": batch_id,
             "count": count,

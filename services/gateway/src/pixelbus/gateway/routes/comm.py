@@ -33,12 +33,13 @@ from pixelbus.contracts.events import (
 )
 from pixelbus.contracts.keys import CONSUMER
 from pixelbus.contracts.subjects import TASK_STREAM, pool_for_environment, sanitize_token
-from pixelbus.contracts.task import OutputObject, StoredOutput
+from pixelbus.contracts.task import StoredOutput
 from pixelbus.gateway.auth import AUTH_RESPONSES, require
 from pixelbus.gateway.deps import BODY_RESPONSES, Gateway, error_response, gateway
 from pixelbus.gateway.leases import Lease, LeaseError, sign_lease, verify_lease
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.state import read_state
+from pixelbus.runtime.worker import OutputFile, pack_outputs
 
 router = APIRouter(
     prefix="/api/comm/task",
@@ -223,24 +224,14 @@ async def complete(
     if isinstance(lease, JSONResponse):
         return lease
     stored: list[StoredOutput] = []
-    to_upload: list[OutputObject] = []
+    files: list[OutputFile] = []
     for index, out in enumerate(body.outputs):
         if out.data_base64 is not None:
             try:
                 data = base64.b64decode(out.data_base64, validate=True)
             except (binascii.Error, ValueError):
                 return error_response(422, f"outputs[{index}].data_base64 is not valid base64")
-            name = f"{task_id}/{index}-{sanitize_token(out.filename)}"
-            await gw.tasks.objects.put(name, data)
-            to_upload.append(
-                OutputObject(
-                    object_name=name,
-                    filename=out.filename,
-                    content_type=out.content_type,
-                    size=len(data),
-                    node_id=out.node_id,
-                )
-            )
+            files.append(OutputFile(out.filename, data, out.content_type, node_id=out.node_id))
         elif out.url is not None:
             if not out.url.startswith(("https://", "http://")):
                 return error_response(422, f"outputs[{index}].url must be an http(s) URL")
@@ -257,8 +248,12 @@ async def complete(
             )
         else:
             return error_response(422, f"outputs[{index}] needs url or data_base64")
-    if to_upload and stored:
+    if files and stored:
         return error_response(422, "give all outputs as url, or all as data_base64")
+    # the same packing as a worker's: small outputs inline, the rest via the Object Store
+    to_upload = await pack_outputs(
+        gw.tasks.objects, task_id, files, gw.settings.bus.inline_output_bytes
+    )
     publish = gw.tasks.publisher.publish
     if to_upload:
         await publish(
@@ -267,7 +262,7 @@ async def complete(
                 task_id=task_id,
                 occurred_at=utcnow(),
                 attempt=lease.attempt,
-                outputs=tuple(to_upload),
+                outputs=to_upload,
                 result=body.result,
             ),
             environment=lease.environment,

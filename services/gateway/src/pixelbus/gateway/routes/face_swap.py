@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
 
 from pixelbus.contracts.keys import TASKS_WRITE
 from pixelbus.contracts.validation import (
@@ -18,6 +18,7 @@ from pixelbus.contracts.validation import (
 from pixelbus.contracts.views import task_view
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import BODY_RESPONSES, Gateway, gateway, validation_response
+from pixelbus.gateway.responses import Json, json_request
 
 router = APIRouter(prefix="/api/face-swap", tags=["face swap"])
 
@@ -39,16 +40,16 @@ EXAMPLE: dict[str, Any] = {
         413: {"description": "request body too large"},
         422: {"description": "invalid request; `detail` names each field"},
     },
+    openapi_extra=json_request({"urls": EXAMPLE}),
 )
 async def process(
     request: Request,
     gw: Annotated[Gateway, Depends(gateway)],
     caller: Annotated[Principal, Depends(require(TASKS_WRITE))],
-    body: Annotated[dict[str, Any], Body(openapi_examples={"urls": {"value": EXAMPLE}})],
     wait: Annotated[
         float | None, Query(ge=0, description="seconds to wait for the result (bounded)")
     ] = None,
-) -> JSONResponse:
+) -> Response:
     """Images are http(s) URLs or ``data:`` URIs (base64)."""
     raw = await request.body()
     try:
@@ -64,9 +65,9 @@ async def process(
     )
     final = await gw.tasks.wait_final(state.task_id, timeout) if timeout > 0 else None
     if final is not None and final.is_final:
-        return JSONResponse(status_code=200, content=task_view(final))
+        return Json(status_code=200, content=task_view(final))
     latest = final or state
-    return JSONResponse(
+    return Json(
         status_code=202,
         content=task_view(latest),
         headers={"Location": f"/api/tasks/{state.task_id}"},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.responses import Response
 
 from pixelbus.contracts.keys import TASKS_READ, TASKS_WRITE
 from pixelbus.contracts.validation import ValidationFailed, decode_create_request, validate_create
@@ -19,7 +19,7 @@ from pixelbus.gateway.deps import (
     validation_response,
 )
 from pixelbus.gateway.queue import queue_position_or_none
-from pixelbus.gateway.responses import error, json_body, validation_error
+from pixelbus.gateway.responses import Json, error, json_body, json_request, validation_error
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.gateway.webhook_admission import admit_webhook
 
@@ -58,16 +58,14 @@ TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: error("request body too large"),
         422: validation_error("invalid request; `detail` names each field"),
     },
+    openapi_extra=json_request({"face_swap": CREATE_EXAMPLE}),
 )
 async def create_task(
     request: Request,
     gw: Annotated[Gateway, Depends(gateway)],
     caller: Annotated[Principal, Depends(require(TASKS_WRITE))],
-    body: Annotated[
-        dict[str, Any], Body(openapi_examples={"face_swap": {"value": CREATE_EXAMPLE}})
-    ],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
-) -> JSONResponse:
+) -> Response:
     """Validate and publish ``TaskCreated``; answers at once with the task id and ``PENDING``.
 
     A retried request with the same ``Idempotency-Key`` yields the same task (200).
@@ -83,7 +81,7 @@ async def create_task(
         return error_response(409, str(exc))
     if not is_new:
         state = await gw.tasks.get(state.task_id) or state
-    return JSONResponse(status_code=201 if is_new else 200, content=task_view(state))
+    return Json(status_code=201 if is_new else 200, content=task_view(state))
 
 
 @router.get(
@@ -95,13 +93,13 @@ async def get_task(
     task_id: str,
     gw: Annotated[Gateway, Depends(gateway)],
     caller: Annotated[Principal, Depends(require(TASKS_READ))],
-) -> JSONResponse:
+) -> Response:
     """The task in the unified format, with ``status``, ``progress``, ``result`` and ``error``."""
     state = await gw.visible_task(task_id, caller)
     if state is None:
         return error_response(404, f"task {task_id} not found")
     position = await queue_position_or_none(gw.js, state)
-    return JSONResponse(content=task_view(state, queue_position=position))
+    return Json(content=task_view(state, queue_position=position))
 
 
 @router.post(
@@ -119,7 +117,7 @@ async def cancel_task(
     gw: Annotated[Gateway, Depends(gateway)],
     caller: Annotated[Principal, Depends(require(TASKS_WRITE))],
     reason: Annotated[str | None, Query(max_length=500)] = None,
-) -> JSONResponse:
+) -> Response:
     """Queued: skipped when its turn comes. Running: interrupted by its worker. Leased to
     an external consumer: the lease is revoked. Answers 202 with the task's state."""
     if await gw.visible_task(task_id, caller) is None:
@@ -131,4 +129,4 @@ async def cancel_task(
     except TaskConflict as exc:
         assert exc.state is not None
         return error_response(409, str(exc), task=task_view(exc.state))
-    return JSONResponse(status_code=202, content=task_view(outcome.state))
+    return Json(status_code=202, content=task_view(outcome.state))
