@@ -13,11 +13,13 @@ import httpx
 import pytest
 from nats.js.errors import KeyNotFoundError
 
+from pixelbus.contracts.validation import TaskSpec
+from pixelbus.gateway.tasks import TaskConflict, TaskService
 from pixelbus.projector.service import ProjectorService
 from pixelbus.projector.settings import ProjectorSettings
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import eventually, wait_for_state
-from tests.stack import running_stack, serve_gateway
+from tests.stack import Stack, running_stack, serve_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +57,27 @@ async def test_a_get_right_after_a_create_on_another_replica_never_answers_404(
         assert (await stack.http.post("/api/tasks/create", json=mine)).status_code == 201
         again = await other.post("/api/tasks/create", json=mine)
         assert again.status_code == 409, again.text
+        # racing creates of one id, on both replicas and in two environments: the stream
+        # stores one TaskCreated (checked as it stores, no read first), the rest are 409
+        racing = [
+            (replica, {**PROBE, "taskId": "task_raced", "environment": env})
+            for replica in (stack.http, other)
+            for env in ("face_swap", "comm", "face_swap", "comm")
+        ]
+        answers = await asyncio.gather(
+            *(replica.post("/api/tasks/create", json=body) for replica, body in racing)
+        )
+        assert sorted(a.status_code for a in answers) == [201] + [409] * 7, answers
+        created_events = await stack.nc.jetstream().stream_info(
+            "PIXELBUS_TASKS", subjects_filter="pixelbus.tasks.*.*.created.task_raced"
+        )
+        assert created_events.state.subjects == {
+            next(
+                f"pixelbus.tasks.{body['environment']}.probe.created.task_raced"
+                for (_, body), a in zip(racing, answers, strict=True)
+                if a.status_code == 201
+            ): 1
+        }
         # and the projector, running normally, finishes every one of them
         kv = await stack.kv()
         for task_id in seen:
@@ -113,3 +136,20 @@ async def test_without_a_projector_reads_come_from_the_stream(
 
 def without(view: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in view.items() if k != key}
+
+
+async def test_a_create_retried_after_a_lost_ack_is_still_the_callers(stack: Stack) -> None:
+    """The publish of a caller-chosen id is refused when the id is taken; a refusal caused
+    by the very same event (stored, its ack lost, published again) is not a conflict."""
+    tasks = TaskService(stack.nc, stack.nc.jetstream(), max_input_image_bytes=1 << 20)
+    await tasks.open()
+    spec = TaskSpec("task_lost_ack", "probe", "face_swap", {})
+    state, is_new = await tasks.create(spec)
+    assert is_new and state.task_id == "task_lost_ack"
+    stored = await tasks.created_event("task_lost_ack")
+    assert stored is not None
+    await tasks._publish_first(stored)  # the same event again: ours, no conflict
+    with pytest.raises(TaskConflict):
+        await tasks.create(spec)  # another request for the id: a new event, refused
+    assert (await stack.nc.jetstream().stream_info("PIXELBUS_TASKS")).state.messages >= 1
+    assert await tasks.created_event("task_lost_ack") == stored

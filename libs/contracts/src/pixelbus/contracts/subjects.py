@@ -36,6 +36,7 @@ __all__ = [
     "WEBHOOK_SUBJECT_ROOT",
     "WORKERS_BUCKET",
     "Pool",
+    "created_filter",
     "event_filter",
     "input_object_names",
     "pool_for_environment",
@@ -124,6 +125,11 @@ def event_filter(kind: str = "*", environment: str = "*", workflow: str = "*") -
     env = environment if environment == "*" else sanitize_token(environment)
     wf = workflow if workflow == "*" else sanitize_token(workflow)
     return f"{SUBJECT_ROOT}.{env}.{wf}.{kind}.*"
+
+
+def created_filter(task_id: str) -> str:
+    """The subject of a task's ``TaskCreated``, whatever its environment and workflow."""
+    return f"{SUBJECT_ROOT}.*.*.created.{sanitize_token(task_id)}"
 
 
 @dataclass(frozen=True, slots=True)

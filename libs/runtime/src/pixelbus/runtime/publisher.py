@@ -24,9 +24,12 @@ from pixelbus.contracts.subjects import TASK_STREAM, task_subject
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.tracing import headers_with_trace, messaging_attributes, tracer, tracing_on
 
-__all__ = ["TRANSIENT_BUS_ERRORS", "EventPublisher"]
+__all__ = ["TRANSIENT_BUS_ERRORS", "EventPublisher", "FirstOnTaken"]
 
 MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+_WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
 log = structlog.get_logger("pixelbus.publisher")
 
 
@@ -42,6 +45,10 @@ TRANSIENT_BUS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class FirstOnTaken(Exception):
+    """A publish with ``first_on`` found a message on that filter already."""
+
+
 class EventPublisher:
     """Publishes events; a transient bus error is retried (same message id, so stored
     once) with a growing pause for up to ``patience_s`` before it is raised."""
@@ -53,26 +60,44 @@ class EventPublisher:
         self._timeout_s = timeout_s
         self._patience_s = patience_s
 
-    async def publish(self, event: Event, *, environment: str, workflow: str) -> PubAck:
-        """Publish and wait for the stream's ack."""
+    async def publish(
+        self, event: Event, *, environment: str, workflow: str, first_on: str | None = None
+    ) -> PubAck:
+        """Publish and wait for the stream's ack.
+
+        ``first_on``: a subject filter (wildcards allowed) that must hold no message yet;
+        the server checks it as it stores the event (atomic, no read first) and refuses
+        with ``FirstOnTaken`` otherwise.
+        """
         subject = task_subject(environment, workflow, event.kind, event.task_id)
         payload = encode_event(event)
-        if not tracing_on():
-            ack = await self._send(subject, payload, {MSG_ID: event.event_id})
-        else:
-            with tracer.start_as_current_span(
-                f"publish {type(event).__name__}",
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    **messaging_attributes("send", subject, event.event_id),
-                    "pixelbus.task_id": event.task_id,
-                },
-            ):
-                headers = headers_with_trace({MSG_ID: event.event_id})
-                ack = await self._send(subject, payload, headers)
+        base = {MSG_ID: event.event_id}
+        if first_on is not None:
+            base |= {EXPECTED_LAST_SUBJECT_SEQ: "0", EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: first_on}
+        try:
+            ack = await self._publish(event, subject, payload, base)
+        except nats.js.errors.BadRequestError as exc:
+            if first_on is not None and exc.err_code == _WRONG_LAST_SEQUENCE:
+                raise FirstOnTaken(first_on) from None
+            raise
         if not ack.duplicate:  # stored once: counted once
             _count(event, workflow)
         return ack
+
+    async def _publish(
+        self, event: Event, subject: str, payload: bytes, base: dict[str, str]
+    ) -> PubAck:
+        if not tracing_on():
+            return await self._send(subject, payload, base)
+        with tracer.start_as_current_span(
+            f"publish {type(event).__name__}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                **messaging_attributes("send", subject, event.event_id),
+                "pixelbus.task_id": event.task_id,
+            },
+        ):
+            return await self._send(subject, payload, headers_with_trace(base))
 
     async def _send(self, subject: str, payload: bytes, headers: dict[str, str]) -> PubAck:
         deadline = time.monotonic() + self._patience_s

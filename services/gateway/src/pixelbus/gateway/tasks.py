@@ -38,15 +38,14 @@ from pixelbus.contracts.subjects import (
     LEASES_BUCKET,
     OUTPUTS_BUCKET,
     STATE_BUCKET,
-    SUBJECT_ROOT,
     TASK_STREAM,
-    sanitize_token,
+    created_filter,
 )
 from pixelbus.contracts.task import TaskState, TaskStatus
 from pixelbus.contracts.validation import FieldError, TaskSpec, ValidationFailed
 from pixelbus.gateway.inputs import store_inline_images
 from pixelbus.runtime.clock import utcnow
-from pixelbus.runtime.publisher import EventPublisher
+from pixelbus.runtime.publisher import EventPublisher, FirstOnTaken
 from pixelbus.runtime.state import decode_state, read_state
 
 __all__ = ["CancelOutcome", "TaskConflict", "TaskService"]
@@ -109,9 +108,8 @@ class TaskService:
     async def created_event(self, task_id: str) -> TaskCreated | None:
         """The task's ``TaskCreated`` from the stream (one request: the last message on
         its ``created`` subject, whatever its environment and workflow)."""
-        subject = f"{SUBJECT_ROOT}.*.*.created.{sanitize_token(task_id)}"
         try:
-            raw = await self.js.get_last_msg(TASK_STREAM, subject)
+            raw = await self.js.get_last_msg(TASK_STREAM, created_filter(task_id))
         except NotFoundError:
             return None
         event = decode_event(raw.data or b"")
@@ -134,8 +132,6 @@ class TaskService:
         which JetStream de-duplicates: one key, one task, even across gateway replicas.
         """
         task_id = spec.task_id or f"task_{uuid.uuid4().hex}"
-        if spec.task_id is not None and await self.get(task_id) is not None:
-            raise TaskConflict(f"task {task_id} already exists")
         input_data = await store_inline_images(
             self.objects, task_id, spec, max_bytes=self.max_input_image_bytes
         )
@@ -157,9 +153,30 @@ class TaskService:
             # Per tenant: another tenant's identical key is another request.
             scoped = f"{owner or ''}\x00{idempotency_key}"
             event, is_new = await self._claim_idempotency_key(scoped, event)
-        await self.publisher.publish(event, environment=event.environment, workflow=event.workflow)
+        if spec.task_id is not None and is_new:
+            await self._publish_first(event)
+        else:
+            await self.publisher.publish(
+                event, environment=event.environment, workflow=event.workflow
+            )
         # The answer is the state the projector folds from this same event (it writes it).
         return apply(None, event), is_new
+
+    async def _publish_first(self, event: TaskCreated) -> None:
+        """Publish the ``TaskCreated`` of a caller-chosen task id only if none exists: the
+        stream checks it as it stores the event (no read first, no race between two
+        creates). A refusal is ours only when the stored event is this very one (a publish
+        retried after a lost ack); otherwise the id is taken."""
+        filter_ = created_filter(event.task_id)
+        try:
+            ack = await self.publisher.publish(
+                event, environment=event.environment, workflow=event.workflow, first_on=filter_
+            )
+            taken = bool(ack.duplicate)
+        except FirstOnTaken:
+            taken = True
+        if taken and await self.created_event(event.task_id) != event:
+            raise TaskConflict(f"task {event.task_id} already exists")
 
     async def _claim_idempotency_key(
         self, key: str, event: TaskCreated
