@@ -113,8 +113,10 @@ async def comfy(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[ComfyS
 async def test_model_free_graph_completes_with_its_image_in_storage_and_progress(
     comfy: ComfyStack,
 ) -> None:
-    comfy.fakes[0].steps["ImageInvert"] = 5
-    comfy.fakes[0].delays["ImageInvert"] = 0.25
+    # long enough for progress: none is reported in a task's first 0.25 s (a task done by
+    # then publishes none), then it is coalesced to one event per 0.25 s
+    comfy.fakes[0].steps["ImageInvert"] = 8
+    comfy.fakes[0].delays["ImageInvert"] = 0.8
     events = await EventLog.open(comfy.stack.nc)
     task_id = await comfy.create(comm_task(invert_graph(0xFF0000)))
     state = await comfy.final(task_id)

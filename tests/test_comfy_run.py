@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +51,9 @@ class Run:
     handler: ComfyHandler
     pool: BackendPool
     progress: list[tuple[float | None, str | None, str | None]] = field(default_factory=list)
+    #: when each progress report came, and when the last task started (monotonic)
+    reported_at: list[float] = field(default_factory=list)
+    started_at: float = 0.0
 
     def context(self, wf_json: Any, workflow: str = "raw", **input_data: Any) -> TaskContext:
         created = TaskCreated(
@@ -63,10 +67,12 @@ class Run:
 
         async def report(fraction: float | None, node: str | None, message: str | None) -> None:
             self.progress.append((fraction, node, message))
+            self.reported_at.append(time.monotonic())
 
         return TaskContext(created, 1, report)
 
     async def __call__(self, wf_json: Any, workflow: str = "raw", **input_data: Any) -> TaskResult:
+        self.started_at = time.monotonic()
         return await self.handler(self.context(wf_json, workflow, **input_data))
 
 
@@ -109,12 +115,13 @@ def pixel(data: bytes) -> tuple[int, int, int]:
 
 
 async def test_model_free_graph_outputs_the_inverted_image_with_node_and_progress(
-    run: Run, fake_comfyui: FakeComfyUI
+    fake_comfyui: FakeComfyUI,
 ) -> None:
     fake_comfyui.steps["ImageInvert"] = 4
     fake_comfyui.delays["ImageInvert"] = 0.04
     fake_comfyui.texts["ImageInvert"] = "inverting"  # binary frames do not disturb the run
-    result = await run(invert_graph(0xFF0000))
+    async with make_run([fake_comfyui.url], PIXELBUS_COMFY_PROGRESS_DELAY_S="0") as run:
+        result = await run(invert_graph(0xFF0000))
     [output] = result.outputs
     assert output.node_id == "3" and output.content_type == "image/png"
     assert output.filename.endswith(".png")
@@ -126,6 +133,22 @@ async def test_model_free_graph_outputs_the_inverted_image_with_node_and_progres
     assert any(node == "2" and "step 2/4" in (message or "") for _, node, message in run.progress)
     [submitted] = fake_comfyui.calls_to("POST", "/prompt")
     assert submitted.body["client_id"] == run.pool.client_id
+
+
+async def test_progress_waits_for_the_delay_and_a_quick_task_reports_none(
+    fake_comfyui: FakeComfyUI,
+) -> None:
+    async with make_run([fake_comfyui.url], PIXELBUS_COMFY_PROGRESS_DELAY_S="5") as run:
+        assert (await run(invert_graph(0x010203))).outputs
+        assert run.progress == []  # done well within the delay: nothing to report
+    fake_comfyui.steps["ImageInvert"] = 6
+    fake_comfyui.delays["ImageInvert"] = 0.6
+    async with make_run([fake_comfyui.url], PIXELBUS_COMFY_PROGRESS_DELAY_S="0.2") as run:
+        assert (await run(invert_graph(0x040506))).outputs
+        assert run.progress and run.reported_at[0] - run.started_at >= 0.2
+        fractions = [f for f, _, _ in run.progress if f is not None]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0
+        assert any(node == "2" and "step" in (message or "") for _, node, message in run.progress)
 
 
 async def test_data_uri_input_is_uploaded_and_load_image_rewritten(

@@ -9,6 +9,10 @@ with its ``/history`` entry. It survives the protocol's races:
   ``/history`` and ``/queue``: finished, still there, or lost (``PromptLost``: run again);
 - a silent socket is covered by asking ``/history`` every ``poll_interval_s``.
 
+Each ``executed`` message (a node's UI output: the files it wrote) is handed to
+``on_output`` as it arrives, so that the caller can start reading those files while the
+rest of the graph runs; the ``/history`` entry stays the record of what the run produced.
+
 When the run is cancelled (task cancelled, or its timeout) the prompt is withdrawn:
 deleted from the queue while pending, interrupted (that prompt id only) while running.
 """
@@ -39,11 +43,14 @@ from pixelbus.comfy_worker.protocol import (
 )
 from pixelbus.comfy_worker.stream import DISCONNECTED, RECONNECTED
 
-__all__ = ["RunLimits", "Withdrawal", "run_prompt", "withdraw"]
+__all__ = ["OnOutput", "RunLimits", "Withdrawal", "run_prompt", "withdraw"]
 
 log = structlog.get_logger("pixelbus.comfy_worker.execution")
 
 Report = Callable[[Snapshot], Awaitable[None]]
+#: ``(node id, output)`` of an ``executed`` message (output is None for a cached node
+#: without UI)
+OnOutput = Callable[[str, Any], None]
 Withdrawal = str  # "deleted", "interrupted", "finished", "unreachable"
 
 
@@ -61,6 +68,7 @@ async def run_prompt(
     tracker: ProgressTracker,
     report: Report,
     limits: RunLimits,
+    on_output: OnOutput | None = None,
 ) -> HistoryEntry:
     """Run ``graph`` as ``prompt_id`` on ``backend``; its history entry when it succeeded.
 
@@ -88,7 +96,7 @@ async def run_prompt(
                 "node_errors": result.node_errors,
             }
             raise rejection(200, refusal, "")
-        return await _follow(backend, prompt_id, queue, tracker, report, limits)
+        return await _follow(backend, prompt_id, queue, tracker, report, limits, on_output)
     except asyncio.CancelledError:
         if submitted:
             outcome = await _withdraw_quietly(backend, prompt_id)
@@ -105,6 +113,7 @@ async def _follow(
     tracker: ProgressTracker,
     report: Report,
     limits: RunLimits,
+    on_output: OnOutput | None,
 ) -> HistoryEntry:
     wait_s = limits.poll_interval_s
     while True:
@@ -137,6 +146,8 @@ async def _follow(
             if entry is not None:
                 return _outcome(entry)
             continue
+        if kind == "executed" and on_output is not None:
+            on_output(str(message.data.get("node")), message.data.get("output"))
         if kind == "execution_success":
             wait_s = min(wait_s, 0.5)  # the final message is due; do not wait long for it
         snapshot = tracker.apply(message)

@@ -6,9 +6,12 @@
 2. Images given to ``LoadImage`` as URLs, data: URIs or uploaded objects are fetched
    through the SSRF guard, checked, uploaded to the chosen server (``/upload/image``) and
    the graph is rewritten to the uploaded names.
-3. The prompt runs on a healthy backend (``execution.run_prompt``), its progress relayed.
+3. The prompt runs on a healthy backend (``execution.run_prompt``), its progress relayed
+   once the task has run for ``progress_delay_s`` (``relay.ProgressRelay``).
 4. Every file of every output node is read with ``/view`` (``PreviewImage``'s temp files
-   only when ``include_previews``), with its node id and content type.
+   only when ``include_previews``), with its node id and content type: each as soon as its
+   node's ``executed`` message names it, the ``/history`` entry deciding what is kept
+   (``outputs.OutputReader``).
 
 Errors: our ``ComfyError``s become ``Permanent`` or ``Retryable`` with their code; an
 unreachable backend is also taken out of routing at once.
@@ -35,8 +38,10 @@ from pixelbus.comfy_worker.errors import BackendUnavailable, ComfyError, Workflo
 from pixelbus.comfy_worker.execution import RunLimits, run_prompt
 from pixelbus.comfy_worker.graph import ImageInput, check_graph, check_node_types, image_inputs
 from pixelbus.comfy_worker.graph import with_inputs as graph_with_inputs
+from pixelbus.comfy_worker.outputs import OutputReader
 from pixelbus.comfy_worker.progress import ProgressTracker, Snapshot
-from pixelbus.comfy_worker.protocol import FileRef, HistoryEntry
+from pixelbus.comfy_worker.protocol import HistoryEntry
+from pixelbus.comfy_worker.relay import ProgressRelay
 from pixelbus.comfy_worker.settings import ComfySettings
 from pixelbus.comfy_worker.templates import Template
 from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
@@ -136,27 +141,45 @@ class ComfyHandler:
         include_previews = bool(
             ctx.input_data.get("include_previews", self._settings.include_previews)
         )
+        relay = ProgressRelay(ctx.progress, self._settings.progress_delay_s)
+        try:
+            result = await self._handle_prepared(ctx, prepared, include_previews, relay)
+        except BaseException:
+            relay.cancel()
+            raise
+        await relay.close()
+        return result
+
+    async def _handle_prepared(
+        self,
+        ctx: TaskContext,
+        prepared: PreparedGraph,
+        include_previews: bool,
+        relay: ProgressRelay,
+    ) -> TaskResult:
         if prepared.images:
-            await ctx.progress(0.0, message=f"fetching {len(prepared.images)} input image(s)")
+            await relay.report(0.0, message=f"fetching {len(prepared.images)} input image(s)")
         fetched = await asyncio.gather(
             *(self._fetch(item, ctx.task_id) for item in prepared.images)
         )
         prompt_id = str(uuid.uuid4())
         async with self._pool.acquire(timeout=self._settings.reconnect_s) as backend:
             try:
-                return await self._run(ctx, backend, prepared, fetched, prompt_id, include_previews)
+                return await self._run(
+                    backend, prepared, fetched, prompt_id, include_previews, relay
+                )
             except BackendUnavailable as exc:
                 self._pool.mark_down(backend, exc.message)
                 raise
 
     async def _run(
         self,
-        ctx: TaskContext,
         backend: Backend,
         prepared: PreparedGraph,
         fetched: list[tuple[bytes, str]],
         prompt_id: str,
         include_previews: bool,
+        relay: ProgressRelay,
     ) -> TaskResult:
         names = await asyncio.gather(
             *(
@@ -174,21 +197,35 @@ class ComfyHandler:
         tracker = ProgressTracker(prepared.types)
 
         async def report(snapshot: Snapshot) -> None:
-            await ctx.progress(snapshot.fraction, node=snapshot.node, message=snapshot.message)
+            await relay.report(snapshot.fraction, node=snapshot.node, message=snapshot.message)
 
-        await ctx.progress(0.0, message=f"queued on {backend.url}")
+        await relay.report(0.0, message=f"queued on {backend.url}")
+        reader = OutputReader(
+            backend.client,
+            max_bytes=self._settings.max_output_bytes,
+            include_previews=include_previews,
+        )
         try:
-            async with asyncio.timeout(prepared.timeout_s):
-                entry = await run_prompt(
-                    backend, graph, prompt_id, tracker, report, self._run_limits
-                )
-        except TimeoutError:
-            raise WorkflowError(
-                f"the workflow ran longer than its {prepared.timeout_s:g} s limit and was "
-                "stopped on the ComfyUI server",
-                code="comfy_timeout",
-            ) from None
-        outputs, summary = await self._collect(backend, entry, include_previews)
+            try:
+                async with asyncio.timeout(prepared.timeout_s):
+                    entry = await run_prompt(
+                        backend,
+                        graph,
+                        prompt_id,
+                        tracker,
+                        report,
+                        self._run_limits,
+                        on_output=reader.prefetch,
+                    )
+            except TimeoutError:
+                raise WorkflowError(
+                    f"the workflow ran longer than its {prepared.timeout_s:g} s limit and was "
+                    "stopped on the ComfyUI server",
+                    code="comfy_timeout",
+                ) from None
+            outputs, summary = await self._collect(reader, entry)
+        finally:
+            await reader.close()
         backend.tasks_done += 1
         return TaskResult(
             outputs=outputs,
@@ -264,22 +301,16 @@ class ComfyHandler:
     # --- 4. outputs ---
 
     async def _collect(
-        self, backend: Backend, entry: HistoryEntry, include_previews: bool
+        self, reader: OutputReader, entry: HistoryEntry
     ) -> tuple[list[OutputFile], dict[str, Any]]:
-        wanted = [ref for ref in entry.files if ref.type != "temp" or include_previews]
+        wanted = [ref for ref in entry.files if reader.wanted(ref)]
         skipped = [ref for ref in entry.files if ref not in wanted]
-        limit = asyncio.Semaphore(4)
-
         names = unique_names([ref.filename for ref in wanted])
-
-        async def read(ref: FileRef, name: str) -> OutputFile:
-            async with limit:
-                data = await backend.client.view(ref, max_bytes=self._settings.max_output_bytes)
-            return OutputFile(name, data, ref.content_type, node_id=ref.node_id)
-
-        files = list(
-            await asyncio.gather(*(read(ref, n) for ref, n in zip(wanted, names, strict=True)))
-        )
+        contents = await reader.read(wanted)
+        files = [
+            OutputFile(name, data, ref.content_type, node_id=ref.node_id)
+            for ref, name, data in zip(wanted, names, contents, strict=True)
+        ]
         for node_id, kinds in entry.values.items():
             for kind, items in kinds.items():
                 texts = [item for item in items if isinstance(item, str)]

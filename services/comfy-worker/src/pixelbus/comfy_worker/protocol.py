@@ -23,6 +23,7 @@ __all__ = [
     "content_type_of",
     "execution_failure",
     "interrupted",
+    "node_output",
     "parse_frame",
     "parse_history",
     "place_in_queue",
@@ -172,24 +173,11 @@ def parse_history(body: Any, prompt_id: str) -> HistoryEntry | None:
     status = _dict(entry.get("status"))
     files: list[FileRef] = []
     values: dict[str, dict[str, list[Any]]] = {}
-    outputs = _dict(entry.get("outputs"))
-    for node_id, output in outputs.items():
-        if not isinstance(output, dict):
-            continue
-        for kind, items in output.items():
-            for item in items if isinstance(items, list) else [items]:
-                if isinstance(item, dict) and isinstance(item.get("filename"), str):
-                    files.append(
-                        FileRef(
-                            node_id=str(node_id),
-                            kind=str(kind),
-                            filename=item["filename"],
-                            subfolder=str(item.get("subfolder") or ""),
-                            type=str(item.get("type") or "output"),
-                        )
-                    )
-                else:
-                    values.setdefault(str(node_id), {}).setdefault(str(kind), []).append(item)
+    for node_id, output in _dict(entry.get("outputs")).items():
+        node_files, node_values = node_output(str(node_id), output)
+        files.extend(node_files)
+        if node_values:
+            values[str(node_id)] = node_values
     messages = []
     for message in _list(status.get("messages")):
         if isinstance(message, list) and len(message) == 2 and isinstance(message[1], dict):
@@ -201,6 +189,30 @@ def parse_history(body: Any, prompt_id: str) -> HistoryEntry | None:
         values=values,
         messages=tuple(messages),
     )
+
+
+def node_output(node_id: str, output: Any) -> tuple[list[FileRef], dict[str, list[Any]]]:
+    """One node's UI output (a ``/history`` entry's ``outputs[node]``, or the ``output``
+    of its ``executed`` message): the files it wrote, and every other value by key."""
+    files: list[FileRef] = []
+    values: dict[str, list[Any]] = {}
+    if not isinstance(output, dict):  # ``executed`` of a cached node without UI: null
+        return files, values
+    for kind, items in output.items():
+        for item in items if isinstance(items, list) else [items]:
+            if isinstance(item, dict) and isinstance(item.get("filename"), str):
+                files.append(
+                    FileRef(
+                        node_id=node_id,
+                        kind=str(kind),
+                        filename=item["filename"],
+                        subfolder=str(item.get("subfolder") or ""),
+                        type=str(item.get("type") or "output"),
+                    )
+                )
+            else:
+                values.setdefault(str(kind), []).append(item)
+    return files, values
 
 
 def place_in_queue(body: Any, prompt_id: str) -> QueuePlace | None:

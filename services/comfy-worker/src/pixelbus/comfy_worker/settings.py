@@ -97,6 +97,9 @@ class ComfySettings:
     """How long a run waits for its server to come back before giving the task back."""
     poll_interval_s: float = 5.0
     """A safety net beside the WebSocket: ``/history`` is asked this often while waiting."""
+    progress_delay_s: float = 0.25
+    """No progress is reported before a task has run this long (0: from the start): a task
+    done sooner publishes none, since its completion follows at once."""
     allowed_node_types: frozenset[str] | None = None
     raw_graphs: bool = True
     allowed_input_files: tuple[str, ...] = ()
@@ -149,6 +152,9 @@ class ComfySettings:
             poll_interval_s=env_float(
                 environ, "PIXELBUS_COMFY_POLL_INTERVAL_S", cls.poll_interval_s, lo=0.1, hi=600
             ),
+            progress_delay_s=env_float(
+                environ, "PIXELBUS_COMFY_PROGRESS_DELAY_S", cls.progress_delay_s, lo=0, hi=600
+            ),
             allowed_node_types=frozenset(allowed) if allowed else None,
             raw_graphs=raw_graphs,
             allowed_input_files=_csv(environ, "PIXELBUS_COMFY_ALLOWED_INPUT_FILES"),
@@ -180,6 +186,7 @@ class ComfySettings:
             "backend_capacity": self.backend_capacity,
             "task_timeout_s": self.task_timeout_s,
             "health_interval_s": self.health_interval_s,
+            "progress_delay_s": self.progress_delay_s,
             "allowed_node_types": sorted(self.allowed_node_types)
             if self.allowed_node_types is not None
             else "any",
