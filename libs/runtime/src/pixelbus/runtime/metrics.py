@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
@@ -85,6 +86,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else REGISTRY
         self._workflows: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         reg = self.registry
         self.tasks_created = Counter(
             "pixelbus_tasks_created",
@@ -156,6 +158,15 @@ class Metrics:
         )
         reg.register(_TrafficCollector())
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: prometheus_client takes a lock and
+        rebuilds the label tuple on every call, a measurable cost on the task path."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def _workflow(self, name: str) -> str:
         """Workflow names come from clients: past ``MAX_WORKFLOW_LABELS`` distinct ones,
         the rest are counted as ``other`` so that a client cannot explode the series."""
@@ -169,35 +180,31 @@ class Metrics:
     # One-line helpers for the call sites, so that label spelling lives here only.
 
     def task_created(self, workflow: str, environment: str) -> None:
-        self.tasks_created.labels(workflow=self._workflow(workflow), environment=environment).inc()
+        self._child(self.tasks_created, self._workflow(workflow), environment).inc()
 
     def task_completed(self, workflow: str) -> None:
-        self.tasks_completed.labels(workflow=self._workflow(workflow)).inc()
+        self._child(self.tasks_completed, self._workflow(workflow)).inc()
 
     def task_failed(self, workflow: str, code: str, *, final: bool) -> None:
-        self.tasks_failed.labels(
-            workflow=self._workflow(workflow), code=code, final=str(final).lower()
-        ).inc()
+        self._child(self.tasks_failed, self._workflow(workflow), code, str(final).lower()).inc()
 
     def observe_duration(self, workflow: str, step: str, seconds: float) -> None:
-        self.task_duration.labels(workflow=self._workflow(workflow), step=step).observe(
-            max(0.0, seconds)
-        )
+        self._child(self.task_duration, self._workflow(workflow), step).observe(max(0.0, seconds))
 
     def observe_queue_wait(self, workflow: str, seconds: float) -> None:
-        self.queue_wait.labels(workflow=self._workflow(workflow)).observe(max(0.0, seconds))
+        self._child(self.queue_wait, self._workflow(workflow)).observe(max(0.0, seconds))
 
     def set_in_flight(self, pool: str, count: int) -> None:
-        self.in_flight.labels(pool=pool).set(count)
+        self._child(self.in_flight, pool).set(count)
 
     def set_backend_up(self, backend: str, up: bool) -> None:
         self.comfyui_backend_up.labels(backend=backend).set(1 if up else 0)
 
     def uploaded(self, provider: str, size: int) -> None:
-        self.upload_bytes.labels(provider=provider).inc(size)
+        self._child(self.upload_bytes, provider).inc(size)
 
     def upload_failed(self, provider: str, code: str) -> None:
-        self.upload_errors.labels(provider=provider, code=code).inc()
+        self._child(self.upload_errors, provider, code).inc()
 
 
 class _TrafficCollector(Collector):

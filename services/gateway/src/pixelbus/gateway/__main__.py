@@ -31,6 +31,9 @@ def main() -> int:
         loop="uvloop",
         http="httptools",
         log_level="warning",
+        # nothing reads the client's address or scheme (rate limits are per API key,
+        # URLs come from PIXELBUS_PUBLIC_BASE_URL): no X-Forwarded-* layer per request
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -91,7 +91,8 @@ def valid_task_id(task_id: str) -> bool:
     )
 
 
-def gateway(request: Request) -> Gateway:
+async def gateway(request: Request) -> Gateway:
+    """Route dependency (``async``: FastAPI runs a plain ``def`` one in a thread)."""
     gw: Gateway = request.app.state.gateway
     return gw
 

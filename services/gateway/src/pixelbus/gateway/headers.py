@@ -8,7 +8,6 @@ never a page. CORS is closed unless ``PIXELBUS_CORS_ORIGINS`` names origins.
 
 from __future__ import annotations
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["SecurityHeaders"]
@@ -25,6 +24,14 @@ _API = {
 }
 
 
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+
+_RAW_ALWAYS = _raw(_ALWAYS)
+_RAW_API = _raw(_ALWAYS | _API)
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -33,13 +40,16 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        api = str(scope.get("path", "")).startswith("/api/")
+        extra = _RAW_API if scope["path"].startswith("/api/") else _RAW_ALWAYS
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in (*_ALWAYS.items(), *(_API.items() if api else ())):
-                    headers.setdefault(name, value)
+                # raw tuples, added where the answer did not set them (no Headers object:
+                # this runs for every response)
+                headers = list(message.get("headers") or ())
+                present = {name for name, _ in headers}
+                headers.extend(item for item in extra if item[0] not in present)
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, with_headers)

@@ -116,6 +116,11 @@ class WebhookPlanner:
         self.lookups = 0
         self.skipped_old = 0
 
+    def concerns(self, event: AnyEvent) -> bool:
+        """Whether ``event`` must reach ``plan``: not when its task is known to want no
+        webhook (most tasks), which spares reading the stream metadata of its events."""
+        return isinstance(event, TaskCreated) or self._targets.get(event.task_id) is not None
+
     async def plan(
         self, candidates: Sequence[Candidate], before: Mapping[str, TaskState | None]
     ) -> int:

@@ -105,9 +105,10 @@ async def fold_into_kv(
             state, revision = await read_state(kv, task_id)
         new_state = fold(events, state)
         assert new_state is not None
-        data = encode_state(new_state)
-        if state is not None and data == encode_state(state):
+        if new_state == state:  # a redelivery: nothing to write
+            assert state is not None
             return Folded(state, state, ended=False)
+        data = encode_state(new_state)
         try:
             if revision == 0:
                 revision = await kv.create(task_id, data)
@@ -182,7 +183,7 @@ class Projector:
                 log.error("undecodable event skipped", subject=msg.subject, error=str(exc))
                 continue
             by_task[event.task_id].append(event)
-            if self._planner is not None:
+            if self._planner is not None and self._planner.concerns(event):
                 candidates.append(Candidate(event, msg.subject, msg.metadata.timestamp))
         results = await asyncio.gather(
             *(

@@ -1,10 +1,12 @@
 """Local storage: files under a directory, served by the gateway at ``/files/<key>``.
 
-The provider of the embedded stack. A file is written to a temporary name beside its
-target and renamed into place, so a reader (the gateway) never sees half a file; a retried
-upload replaces the file. File I/O runs in a worker thread, off the event loop: bytes
-already in memory (an inline output) in one hop, a stream chunk by chunk. ``fsync``
-(``LocalSettings``) flushes each file to the disk before it counts as stored.
+The provider of the embedded stack. A reader (the gateway) never sees half a file: a new
+file is complete before its task's ``TaskCompleted`` publishes its URL, and a retried
+upload replaces an existing file through a temp file and a rename (``_FileWriter``). File I/O runs in a worker thread, off the event loop: bytes
+already in memory (an inline output) in one hop, a stream chunk by chunk; a small file
+without ``fsync`` is written in the loop itself (page-cache work, cheaper than the hop).
+``fsync`` (``LocalSettings``) flushes each file and then its directory (the rename) to
+the disk before it counts as stored.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -42,6 +44,11 @@ _PERMANENT_ERRNOS = frozenset(
 )
 _SETTING = "PIXELBUS_LOCAL_STORAGE_DIR"
 _KNOWN_FOLDERS = 1024
+#: without fsync, a file this small is written in the event loop (microseconds of page
+#: cache work), not in a thread
+_WRITE_IN_LOOP_BYTES = 64 * 1024
+_PID = os.getpid()
+_TEMP_NUMBERS = itertools.count()  # temp names unique in this process (O_EXCL guards the rest)
 
 
 class LocalProvider:
@@ -107,7 +114,11 @@ class LocalProvider:
         # content_type is not stored: the gateway derives it from the file extension.
         if upload.data is not None:  # one hop to a thread for the whole file
             try:
-                await asyncio.to_thread(self._write_whole, upload.key, upload.data)
+                if len(upload.data) <= _WRITE_IN_LOOP_BYTES and not self._fsync:
+                    # a few page-cache system calls: cheaper than the hop to a thread
+                    self._write_whole(upload.key, upload.data)
+                else:
+                    await asyncio.to_thread(self._write_whole, upload.key, upload.data)
             except OSError as exc:
                 raise _storage_error(exc, f"writing {upload.key!r}") from exc
             return Stored(self.url_for(upload.key), self.name)
@@ -126,8 +137,8 @@ class LocalProvider:
             await close_stream(chunks)
         return Stored(self.url_for(upload.key), self.name)
 
-    def _open_writer(self, key: str) -> _AtomicWriter:
-        return _AtomicWriter(self.place(key), self._fsync)
+    def _open_writer(self, key: str) -> _FileWriter:
+        return _FileWriter(self.place(key), self._fsync)
 
     def _write_whole(self, key: str, data: bytes) -> None:
         writer = self._open_writer(key)
@@ -147,22 +158,27 @@ class LocalProvider:
         """Nothing to release."""
 
 
-class _AtomicWriter:
-    """A temp file beside ``path``, renamed onto it by ``commit``; ``discard`` removes
-    what is left of it (nothing after a commit). As few system calls as a file allows:
-    on this kind of disk each costs tens of microseconds."""
+class _FileWriter:
+    """Writes one file so that no reader ever sees half of it, in as few system calls as
+    a file allows (on this kind of disk each costs tens of microseconds).
+
+    Nobody learns a file's URL before its task's ``TaskCompleted``, published once the file
+    is complete: so a first write goes straight to its name (``O_EXCL``). A file that is
+    already there (a retried upload, or a crash mid-write) may have readers: it is replaced
+    by a temp file beside it, renamed onto it by ``commit``. ``discard`` removes what an
+    unfinished write left (nothing after a commit).
+    """
 
     def __init__(self, path: Path, fsync: bool) -> None:
-        self._tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._path = path
         self._fsync = fsync
         self._committed = False
         try:
-            os.fchmod(self._fd, 0o644)  # whatever the umask: the gateway must read it
-        except OSError:
-            self.discard()
-            raise
+            self._fd: int | None = _create(path)
+            self._tmp: Path | None = None
+        except FileExistsError:
+            self._tmp = path.parent / f".{path.name}.{_PID}-{next(_TEMP_NUMBERS)}.tmp"
+            self._fd = _create(self._tmp)
 
     def write(self, chunk: bytes) -> None:
         assert self._fd is not None
@@ -176,8 +192,15 @@ class _AtomicWriter:
             os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
-        os.replace(self._tmp, self._path)
+        if self._tmp is not None:
+            os.replace(self._tmp, self._path)
         self._committed = True
+        if self._fsync:  # the new name itself is durable once the directory is synced
+            directory = os.open(self._path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
     def discard(self) -> None:
         if self._fd is not None:
@@ -185,7 +208,37 @@ class _AtomicWriter:
             self._fd = None
         if not self._committed:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
+                os.unlink(self._tmp or self._path)
+
+
+def _create(path: Path) -> int:
+    """A new file, readable by the gateway whatever the umask (one ``fchmod`` only when
+    the umask would hide it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    if _UMASK_HIDES:
+        try:
+            os.fchmod(fd, 0o644)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+    return fd
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux); 0o777 when unknown."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777
+
+
+_UMASK_HIDES = bool(_umask() & 0o644)
 
 
 def _check_writable(directory: Path) -> None:
