@@ -58,7 +58,7 @@ import httpx
 from pixelbus.contracts.task import TaskState
 from pixelbus.runtime.state import decode_state
 from pixelbus.testkit.nats_server import NatsServer, free_port
-from tests.bench_loadgen import percentile
+from tests.bench_loadgen import add_phase_arguments, percentile
 from tests.bench_report import (
     LABELS,
     NATS_MESSAGES,
@@ -399,58 +399,48 @@ def bench_pixelbus(args: argparse.Namespace, nats: NatsServer, tmp: Path) -> dic
         processes.stop()
 
 
-def bench_celery(args: argparse.Namespace, redis: RedisServer) -> dict[str, Any]:
+def bench_peer(
+    args: argparse.Namespace,
+    system: str,
+    worker: list[str],
+    params: Mapping[str, str],
+    python: Path | str = sys.executable,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Start a peer's worker (``worker`` + ``--ready FILE``), wait for it, load it."""
     processes = Processes(STATE / "logs")
-    ready = STATE / "celery.ready"
+    ready = STATE / f"{system}.ready"
     ready.unlink(missing_ok=True)
-    redis.command("FLUSHALL")
-    say(f"Celery: starting a prefork worker (concurrency 2) on redis-server :{redis.port}")
     try:
-        processes.start(
-            "celery-worker",
-            [sys.executable, "-m", "tests.bench_celery_app", "--redis", redis.url,
-             "--concurrency", "2", "--ready", str(ready)],
-        )  # fmt: skip
-        wait_until(ready.exists, "the Celery worker", processes)
-        return loadgen(sys.executable, "celery", {"redis_url": redis.url}, args)
+        processes.start(f"{system}-worker", [*worker, "--ready", str(ready)], env)
+        wait_until(ready.exists, f"the {LABELS[system]} worker", processes)
+        return loadgen(python, system, params, args)
     finally:
         processes.stop()
+
+
+def bench_celery(args: argparse.Namespace, redis: RedisServer) -> dict[str, Any]:
+    redis.command("FLUSHALL")
+    say(f"Celery: starting a prefork worker (concurrency 2) on redis-server :{redis.port}")
+    worker = [sys.executable, "-m", "tests.bench_celery_app", "--redis", redis.url,
+              "--concurrency", "2"]  # fmt: skip
+    return bench_peer(args, "celery", worker, {"redis_url": redis.url})
 
 
 def bench_arq(args: argparse.Namespace, redis: RedisServer, python: Path) -> dict[str, Any]:
-    processes = Processes(STATE / "logs")
-    ready = STATE / "arq.ready"
-    ready.unlink(missing_ok=True)
     redis.command("FLUSHALL")
     say(f"arq: starting a worker (5 ms polls, max_jobs {args.arq_max_jobs}) on :{redis.port}")
-    try:
-        processes.start(
-            "arq-worker",
-            [str(python), str(ARQ_APP), "--redis-port", str(redis.port),
-             "--max-jobs", str(args.arq_max_jobs), "--ready", str(ready)],
-            {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")},
-        )  # fmt: skip
-        wait_until(ready.exists, "the arq worker", processes)
-        params = {"redis_host": "127.0.0.1", "redis_port": str(redis.port)}
-        return loadgen(python, "arq", params, args)
-    finally:
-        processes.stop()
+    worker = [str(python), str(ARQ_APP), "--redis-port", str(redis.port),
+              "--max-jobs", str(args.arq_max_jobs)]  # fmt: skip
+    params = {"redis_host": "127.0.0.1", "redis_port": str(redis.port)}
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    return bench_peer(args, "arq", worker, params, python, env)
 
 
 def bench_jetstream(args: argparse.Namespace, nats: NatsServer) -> dict[str, Any]:
-    processes = Processes(STATE / "logs")
-    ready = STATE / "jetstream.ready"
-    ready.unlink(missing_ok=True)
     say(f"bare JetStream: starting the reference worker on nats-server {nats.url}")
-    try:
-        processes.start(
-            "jetstream-worker",
-            [sys.executable, str(JETSTREAM_WORKER), "--nats", nats.url, "--ready", str(ready)],
-        )
-        wait_until(ready.exists, "the JetStream worker", processes)
-        return loadgen(sys.executable, "jetstream", {"nats_url": nats.url}, args)
-    finally:
-        processes.stop()
+    worker = [sys.executable, str(JETSTREAM_WORKER), "--nats", nats.url]
+    return bench_peer(args, "jetstream", worker, {"nats_url": nats.url})
 
 
 # -- the report --------------------------------------------------------------------------
@@ -532,15 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {', '.join(SYSTEMS)}"
     )
-    parser.add_argument("--tasks", type=int, default=2000, help="saturation: tasks in all")
-    parser.add_argument("--clients", type=int, default=64, help="saturation: concurrent clients")
-    parser.add_argument("--rate", type=float, default=100, help="fixed open-loop rate, tasks/s")
-    parser.add_argument("--seconds", type=float, default=3, help="how long the fixed rate runs")
-    parser.add_argument("--one", type=int, default=200, help="one-in-flight tasks")
-    parser.add_argument("--warmup", type=int, default=100, help="warm-up tasks per system")
-    parser.add_argument("--kv-one", type=int, default=100, help="pixelbus: one in flight via KV")
+    add_phase_arguments(parser, tasks=5000, kv_one=100)
     parser.add_argument("--nats-tasks", type=int, default=50, help="tasks for NATS per task")
-    parser.add_argument("--timeout", type=float, default=30, help="per task, seconds")
     parser.add_argument("--arq-max-jobs", type=int, default=10, help="arq worker max_jobs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)

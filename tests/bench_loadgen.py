@@ -62,7 +62,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["ADAPTERS", "Refused", "Rendezvous", "percentile", "summarize"]
+__all__ = ["ADAPTERS", "Refused", "Rendezvous", "add_phase_arguments", "percentile", "summarize"]
 
 PROBE_BODY = {"workflow": "probe", "environment": "face_swap"}
 COMPLETED_SUBJECTS = "pixelbus.tasks.*.*.completed.*"
@@ -499,18 +499,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def add_phase_arguments(
+    parser: argparse.ArgumentParser, *, tasks: int = 2000, kv_one: int = 0
+) -> None:
+    """The knobs of the phases, shared by this generator and ``tests/bench.py``."""
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up tasks (not measured)")
+    parser.add_argument("--one", type=int, default=200, help="one-in-flight tasks")
+    parser.add_argument("--kv-one", type=int, default=kv_one, help="pixelbus: one in flight via KV")
+    parser.add_argument("--rate", type=float, default=100, help="fixed open-loop rate, tasks/s")
+    parser.add_argument("--seconds", type=float, default=3, help="how long the fixed rate runs")
+    parser.add_argument("--tasks", type=int, default=tasks, help="saturation: tasks in all")
+    parser.add_argument("--clients", type=int, default=64, help="saturation: concurrent clients")
+    parser.add_argument("--timeout", type=float, default=30, help="per task, seconds")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--system", required=True, choices=sorted(ADAPTERS))
     parser.add_argument("--param", action="append", default=[], help="adapter setting KEY=VALUE")
-    parser.add_argument("--warmup", type=int, default=100, help="warm-up tasks (not measured)")
-    parser.add_argument("--one", type=int, default=200, help="one-in-flight tasks")
-    parser.add_argument("--kv-one", type=int, default=0, help="pixelbus: one-in-flight via KV")
-    parser.add_argument("--rate", type=float, default=100, help="fixed open-loop rate, tasks/s")
-    parser.add_argument("--seconds", type=float, default=3, help="how long the fixed rate runs")
-    parser.add_argument("--tasks", type=int, default=2000, help="saturation: tasks in all")
-    parser.add_argument("--clients", type=int, default=64, help="saturation: concurrent clients")
-    parser.add_argument("--timeout", type=float, default=30, help="per task, seconds")
+    add_phase_arguments(parser)
     args = parser.parse_args(argv)
     results = asyncio.run(run(args))
     print(json.dumps(results), flush=True)
