@@ -95,6 +95,8 @@ def task_stream_config(settings: BusSettings) -> StreamConfig:
         max_msgs=-1,
         max_bytes=-1,
         max_msg_size=1024 * 1024,
+        # direct gets: a task's events and queue ranks are read without a consumer
+        allow_direct=True,
     )
 
 

@@ -34,6 +34,7 @@ from pixelbus.gateway.auth import KeyStore
 from pixelbus.gateway.deps import Gateway
 from pixelbus.gateway.headers import SecurityHeaders
 from pixelbus.gateway.limits import BodySizeLimit
+from pixelbus.gateway.queue import QueueBoard
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
 from pixelbus.gateway.routes import (
     batch,
@@ -138,6 +139,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             active=ActiveTasks(await js.key_value(QUOTAS_BUCKET), settings.max_active_tasks),
             webhook_policy=SsrfPolicy(allow_networks=settings.ssrf_allow_networks),
             webhook_log=DeliveryLogStore(await js.key_value(WEBHOOK_LOG_BUCKET)),
+            queues=QueueBoard(nc, js),
         )
         lag_sampler = asyncio.create_task(_sample_consumer_lag(js))
         app.state.gateway = gw

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from pixelbus.contracts.task import TaskState
 from pixelbus.contracts.validation import FieldError, TaskSpec
 from pixelbus.gateway.auth import KeyStore, Principal
+from pixelbus.gateway.queue import QueueBoard
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
 from pixelbus.gateway.responses import error
 from pixelbus.gateway.settings import GatewaySettings
@@ -44,6 +45,8 @@ class Gateway:
     webhook_policy: SsrfPolicy
     #: The webhooks service's delivery log, read by ``GET /api/tasks/{id}/webhooks``.
     webhook_log: DeliveryLogStore
+    #: Queue positions of pending tasks, shared by every reader of this process.
+    queues: QueueBoard
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def create_task(

@@ -26,7 +26,6 @@ from pixelbus.contracts.views import task_view
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import Gateway, error_response, gateway
 from pixelbus.gateway.follow import Update, follow_task
-from pixelbus.gateway.queue import queue_position_or_none
 from pixelbus.gateway.sse import comment, message, parse_last_event_id
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
@@ -81,7 +80,7 @@ async def _updates(gw: Gateway, task_id: str, after: int | None) -> AsyncIterato
 
 
 async def _position(gw: Gateway, update: Update) -> int | None:
-    return await queue_position_or_none(gw.js, update.state)
+    return await gw.queues.position_or_none(update.state)
 
 
 @router.get(

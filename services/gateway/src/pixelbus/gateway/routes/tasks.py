@@ -18,7 +18,6 @@ from pixelbus.gateway.deps import (
     gateway,
     validation_response,
 )
-from pixelbus.gateway.queue import queue_position_or_none
 from pixelbus.gateway.responses import Json, error, json_body, json_request, validation_error
 from pixelbus.gateway.tasks import TaskConflict
 from pixelbus.gateway.webhook_admission import admit_webhook
@@ -98,7 +97,7 @@ async def get_task(
     state = await gw.visible_task(task_id, caller)
     if state is None:
         return error_response(404, f"task {task_id} not found")
-    position = await queue_position_or_none(gw.js, state)
+    position = await gw.queues.position_or_none(state)
     return Json(content=task_view(state, queue_position=position))
 
 

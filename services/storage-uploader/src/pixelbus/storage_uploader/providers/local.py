@@ -2,11 +2,12 @@
 
 The provider of the embedded stack. A reader (the gateway) never sees half a file: a new
 file is complete before its task's ``TaskCompleted`` publishes its URL, and a retried
-upload replaces an existing file through a temp file and a rename (``_FileWriter``). File I/O runs in a worker thread, off the event loop: bytes
-already in memory (an inline output) in one hop, a stream chunk by chunk; a small file
-without ``fsync`` is written in the loop itself (page-cache work, cheaper than the hop).
-``fsync`` (``LocalSettings``) flushes each file and then its directory (the rename) to
-the disk before it counts as stored.
+upload replaces an existing file through a temp file and a rename (``_FileWriter``).
+File I/O runs in a worker thread, off the event loop: bytes already in memory (an inline
+output) in one hop, a stream chunk by chunk; a small file without ``fsync`` is written in
+the loop itself (page-cache work, cheaper than the hop). ``fsync`` (``LocalSettings``)
+flushes each file and then its directory (the rename) to the disk before it counts as
+stored.
 """
 
 from __future__ import annotations
