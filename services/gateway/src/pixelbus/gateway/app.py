@@ -32,6 +32,7 @@ from pixelbus.contracts.subjects import (
 )
 from pixelbus.gateway.auth import KeyStore
 from pixelbus.gateway.deps import Gateway
+from pixelbus.gateway.follow import TaskFeed
 from pixelbus.gateway.headers import SecurityHeaders
 from pixelbus.gateway.limits import BodySizeLimit
 from pixelbus.gateway.queue import QueueBoard
@@ -140,6 +141,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             webhook_policy=SsrfPolicy(allow_networks=settings.ssrf_allow_networks),
             webhook_log=DeliveryLogStore(await js.key_value(WEBHOOK_LOG_BUCKET)),
             queues=QueueBoard(nc, js),
+            feed=TaskFeed(nc),
         )
         lag_sampler = asyncio.create_task(_sample_consumer_lag(js))
         app.state.gateway = gw

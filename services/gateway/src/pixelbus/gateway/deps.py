@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from pixelbus.contracts.task import TaskState
 from pixelbus.contracts.validation import FieldError, TaskSpec
 from pixelbus.gateway.auth import KeyStore, Principal
+from pixelbus.gateway.follow import TaskFeed
 from pixelbus.gateway.queue import QueueBoard
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
 from pixelbus.gateway.responses import error
@@ -47,6 +48,9 @@ class Gateway:
     webhook_log: DeliveryLogStore
     #: Queue positions of pending tasks, shared by every reader of this process.
     queues: QueueBoard
+    #: New-event signals for the live followers of this process (one subscription per
+    #: followed task, none per follower).
+    feed: TaskFeed
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def create_task(

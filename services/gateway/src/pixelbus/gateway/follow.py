@@ -5,26 +5,52 @@ Each state carries the stream sequence of the event that produced it (the SSE ev
 ``Emission`` decides, purely, what a follower sends: without a resume point, the state
 once caught up with the stream, then every later state; with one (``Last-Event-ID``),
 every state after it, none skipped. It ends after a final state.
+
+No follower creates a NATS consumer, and an idle one costs nothing:
+
+- the task's events are *read* with direct gets (``read_events``: one request returns the
+  events after a sequence, each with how many follow);
+- ``TaskFeed`` tells the followers of this process when a task has a new event: one core
+  subscription on the task's subjects per followed task (interest only, no server-side
+  consumer), shared by all its followers here and dropped with the last of them. A
+  signal makes each follower read what is new; nothing is read while nothing happens.
+
+A core subscriber may hear of an event a moment before the stream has stored it: a signal
+that finds nothing new is read again shortly (``_STALE_RETRIES``), and every follower also
+reads again after ``SAFETY_S`` of silence (a signal lost with a reconnect).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
-from pixelbus.contracts.events import decode_event
+from pixelbus.contracts.events import AnyEvent, decode_event
 from pixelbus.contracts.fold import apply
 from pixelbus.contracts.subjects import SUBJECT_ROOT, TASK_STREAM, sanitize_token
 from pixelbus.contracts.task import TaskState
-from pixelbus.runtime.pull import PullConsumer
 
-__all__ = ["Emission", "Update", "follow_task", "task_events_filter"]
+__all__ = [
+    "Emission",
+    "TaskFeed",
+    "Update",
+    "follow_task",
+    "read_events",
+    "task_events_filter",
+    "wait_final",
+]
+
+#: A follower reads again after this long without a signal.
+SAFETY_S = 15.0
+_STALE_RETRIES = 6  # 10 ms doubling: about 0.6 s in all
 
 log = structlog.get_logger("pixelbus.follow")
 
@@ -59,39 +85,119 @@ class Emission:
         return send
 
 
-async def follow_task(
-    nc: Client, task_id: str, *, after: int | None = None
-) -> AsyncIterator[Update]:
-    """Yield the task's states (see ``Emission``) until a final one has been sent."""
-    js = nc.jetstream()
-    info = await js.add_consumer(
-        TASK_STREAM,
-        ConsumerConfig(
-            filter_subject=task_events_filter(task_id),
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=60.0,
-            num_replicas=0,
-        ),
-    )
-    consumer = PullConsumer(nc, TASK_STREAM, info.name, credit=256, expires_s=5.0)
-    await consumer.start()
-    emission = Emission(after=after)
-    state: TaskState | None = None
+class TaskFeed:
+    """Signals new events of followed tasks to the followers of this process."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._watched: dict[str, _Watch] = {}
+
+    @property
+    def subscriptions(self) -> int:
+        """Tasks followed in this process right now (one subscription each)."""
+        return len(self._watched)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, task_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set on each new event of the task while the block runs (subscribed
+        before the block starts: nothing published from then on is missed)."""
+        watch = self._watched.get(task_id)
+        if watch is None:
+            watch = self._watched[task_id] = _Watch()
+            watch.subscribing = asyncio.ensure_future(
+                self._nc.subscribe(task_events_filter(task_id), cb=watch.notify)
+            )
+        changed = asyncio.Event()
+        watch.listeners.add(changed)
+        try:
+            await asyncio.shield(watch.subscribing)
+            yield changed
+        finally:
+            watch.listeners.discard(changed)
+            if not watch.listeners and self._watched.get(task_id) is watch:
+                del self._watched[task_id]
+                with contextlib.suppress(Exception):
+                    await (await watch.subscribing).unsubscribe()
+
+
+@dataclass(eq=False)
+class _Watch:
+    listeners: set[asyncio.Event] = field(default_factory=set)
+    subscribing: asyncio.Future[Subscription] | None = None
+
+    async def notify(self, msg: Msg) -> None:
+        for listener in self.listeners:
+            listener.set()
+
+
+async def read_events(
+    nc: Client, task_id: str, from_seq: int, *, limit: int = 256
+) -> list[tuple[int, AnyEvent, int]]:
+    """The task's events at or after ``from_seq`` (at most ``limit``): ``(stream sequence,
+    event, how many more there are)``, with one direct get."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    body = {"seq": max(1, from_seq), "batch": limit, "next_by_subj": task_events_filter(task_id)}
+    events: list[tuple[int, AnyEvent, int]] = []
     try:
-        async for msg in consumer.messages():
+        await nc.publish(
+            f"$JS.API.DIRECT.GET.{TASK_STREAM}", json.dumps(body).encode(), reply=inbox
+        )
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            headers = msg.headers or {}
+            if headers.get("Status"):  # end of batch, or nothing at all (404)
+                return events
             try:
                 event = decode_event(msg.data)
             except Exception as exc:
-                log.error("undecodable event skipped", subject=msg.subject, error=str(exc))
+                log.error("undecodable event skipped", task_id=task_id, error=str(exc))
                 continue
-            state = apply(state, event)
-            meta = msg.metadata
-            if emission.on_event(meta.sequence.stream, state, meta.num_pending):
-                yield Update(meta.sequence.stream, state)
-            if emission.done:
-                break
+            seq = int(headers.get("Nats-Sequence", "0"))
+            events.append((seq, event, int(headers.get("Nats-Num-Pending", "0"))))
     finally:
-        await consumer.close()
         with contextlib.suppress(Exception):
-            await asyncio.shield(js.delete_consumer(TASK_STREAM, info.name))
+            await sub.unsubscribe()
+
+
+async def follow_task(
+    nc: Client, feed: TaskFeed, task_id: str, *, after: int | None = None
+) -> AsyncIterator[Update]:
+    """Yield the task's states (see ``Emission``) until a final one has been sent."""
+    emission = Emission(after=after)
+    state: TaskState | None = None
+    next_seq = 1
+    async with feed.watch(task_id) as changed:
+        stale = 0
+        while True:
+            changed.clear()
+            batch = await read_events(nc, task_id, next_seq)
+            for seq, event, pending in batch:
+                next_seq = seq + 1
+                state = apply(state, event)
+                if emission.on_event(seq, state, pending):
+                    yield Update(seq, state)
+                if emission.done:
+                    return
+            if batch and batch[-1][2] > 0:
+                continue  # more than one batch behind
+            if not batch and stale and stale <= _STALE_RETRIES:
+                # signalled, yet nothing new: the stream is about to store it
+                await asyncio.sleep(0.01 * 2**stale)
+                stale += 1
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SAFETY_S):
+                    await changed.wait()
+            stale = 1 if changed.is_set() else 0
+
+
+async def wait_final(nc: Client, feed: TaskFeed, task_id: str, timeout: float) -> TaskState | None:
+    """The task's state once final, or its latest one when ``timeout`` runs out (None when
+    it has no event yet): a follower like any other, for a bounded wait."""
+    latest: TaskState | None = None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            async for update in follow_task(nc, feed, task_id):
+                latest = update.state
+    return latest

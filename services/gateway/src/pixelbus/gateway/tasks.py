@@ -12,7 +12,6 @@ never answered 404, whichever replica is asked and however far the projector lag
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from typing import Any
@@ -46,7 +45,7 @@ from pixelbus.contracts.validation import FieldError, TaskSpec, ValidationFailed
 from pixelbus.gateway.inputs import store_inline_images
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.publisher import EventPublisher, FirstOnTaken
-from pixelbus.runtime.state import decode_state, read_state
+from pixelbus.runtime.state import read_state
 
 __all__ = ["CancelOutcome", "TaskConflict", "TaskService"]
 
@@ -250,24 +249,6 @@ class TaskService:
         await self.nc.publish(lease.reply, b"+TERM")
         await self.leases.delete(task_id)
         return True
-
-    async def wait_final(self, task_id: str, timeout: float) -> TaskState | None:
-        """The task's state once final, or its latest state when ``timeout`` runs out."""
-        watcher = await self.kv.watch(task_id)
-        latest: TaskState | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    entry = await watcher.updates(timeout=timeout)
-                    if entry is None or entry.value is None:
-                        continue
-                    latest = decode_state(entry.value)
-                    if latest.is_final:
-                        return latest
-        except TimeoutError:
-            return latest or await self.get(task_id)
-        finally:
-            await watcher.stop()
 
     def view_input(self, state: TaskState) -> dict[str, Any]:
         return state.input_data or {}

@@ -42,7 +42,7 @@ async def _updates(gw: Gateway, task_id: str, after: int | None) -> AsyncIterato
 
     async def pump() -> None:
         try:
-            async for update in follow_task(gw.nc, task_id, after=after):
+            async for update in follow_task(gw.nc, gw.feed, task_id, after=after):
                 await queue.put(update)
         finally:
             await queue.put(_END)

@@ -18,6 +18,7 @@ from pixelbus.contracts.validation import (
 from pixelbus.contracts.views import task_view
 from pixelbus.gateway.auth import AUTH_RESPONSES, Principal, require
 from pixelbus.gateway.deps import BODY_RESPONSES, Gateway, gateway, validation_response
+from pixelbus.gateway.follow import wait_final
 from pixelbus.gateway.responses import Json, json_request
 
 router = APIRouter(prefix="/api/face-swap", tags=["face swap"])
@@ -63,7 +64,7 @@ async def process(
     timeout = min(
         settings.face_swap_wait_s if wait is None else wait, settings.face_swap_max_wait_s
     )
-    final = await gw.tasks.wait_final(state.task_id, timeout) if timeout > 0 else None
+    final = await wait_final(gw.nc, gw.feed, state.task_id, timeout) if timeout > 0 else None
     if final is not None and final.is_final:
         return Json(status_code=200, content=task_view(final))
     latest = final or state
