@@ -286,12 +286,18 @@ async def test_each_service_runs_with_only_its_own_permissions(
         return answer if answer["status"] == "delivered" else None
 
     await eventually(delivered, timeout=15)
+    # reads of the gateway's user: a final task followed live (direct gets, a core
+    # subscription), the bounded wait of the face-swap route
+    replay = await services.http.get(f"/api/tasks/{ids[0]}/events")
+    assert replay.status_code == 200 and "event: end" in replay.text, replay.text
+    waited = await services.http.post("/api/face-swap/process?wait=30", json=wf)
+    assert waited.status_code == 200 and waited.json()["status"] == "COMPLETED", waited.text
     health = await services.http.get("/api/health")
     assert health.status_code == 200, health.text
     assert health.json()["projector"]["ok"] is True
     # the operator's KV rebuild runs with the projector's user (deploy/k8s/README.md)
     rebuilt = await rebuild(services.clients["projector"], f"{STATE_BUCKET}_REBUILT")
-    assert rebuilt == 4
+    assert rebuilt == 5
     violations = {user: found for user, found in auth_server.violations.items() if found}
     assert violations == {}, violations
     assert "Violation" not in auth_server.log_file.read_text()
