@@ -19,6 +19,7 @@ import nats
 import pytest
 import uvicorn
 
+from pixelbus.contracts import task_index
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.runtime.keys import create_key, revoke_key
@@ -378,3 +379,41 @@ async def test_production_refuses_to_start_without_an_api_key(nats_server: NatsS
     app = create_app(GatewaySettings.from_env(env))
     async with app.router.lifespan_context(app):
         assert app.state.gateway.keys.active_keys == 5
+
+
+async def test_lists_page_each_tenants_index_across_chunks(
+    secured: tuple[Stack, Keys], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /api/tasks reads the tenant's own index (chunks of 4 here), newest first."""
+    monkeypatch.setattr(task_index, "CHUNK_SIZE", 4)
+    stack, keys = secured
+    mine: list[str] = []
+    theirs: list[str] = []
+    for n in range(11):
+        who, ids = ("other", theirs) if n % 4 == 3 else ("owner", mine)
+        created = await stack.http.post("/api/tasks/create", json=PROBE, headers=keys.headers(who))
+        ids.append(created.json()["taskId"])
+    kv = await stack.kv()
+    for task_id in mine + theirs:
+        await wait_for_state(kv, task_id, lambda s: s.is_final, 30)
+
+    async def pages(who: str, **query: Any) -> list[list[str]]:
+        seen, cursor = [], None
+        while True:
+            params = {"limit": 3, **query, **({"before": cursor} if cursor else {})}
+            answer = await stack.http.get("/api/tasks", params=params, headers=keys.headers(who))
+            assert answer.status_code == 200, answer.text
+            seen.append([t["taskId"] for t in answer.json()["tasks"]])
+            cursor = answer.json()["next"]
+            if cursor is None:
+                return seen
+
+    listed = await pages("owner")
+    assert [i for page in listed for i in page] == mine[::-1]  # newest first, none twice
+    assert all(len(page) == 3 for page in listed[:-1])
+    assert [i for page in await pages("other") for i in page] == theirs[::-1]
+    done = [i for page in await pages("owner", status="COMPLETED") for i in page]
+    assert done == mine[::-1]
+    assert [p for p in await pages("owner", status="FAILED") if p] == []
+    bad = await stack.http.get("/api/tasks?before=2026|x", headers=keys.headers("owner"))
+    assert bad.status_code == 422 and "before" in bad.text

@@ -405,6 +405,7 @@ def test_nats_values_are_durable_clustered_and_monitored() -> None:
 #: the projector gives it back).
 OWNED_BUCKETS = {
     subjects.STATE_BUCKET: "projector",
+    subjects.INDEX_BUCKET: "projector",
     subjects.WEBHOOK_LOG_BUCKET: "webhooks",
     subjects.WORKERS_BUCKET: None,
 }

@@ -32,6 +32,7 @@ from pixelbus.contracts.subjects import (
     ADVISORY_STREAM,
     EXHAUSTED_CONSUMER,
     IDEMPOTENCY_BUCKET,
+    INDEX_BUCKET,
     KEYS_BUCKET,
     LEASES_BUCKET,
     MAX_DELIVERIES_ADVISORIES,
@@ -271,6 +272,7 @@ async def _ensure_all(js: JetStreamContext, settings: BusSettings, limits: PoolL
         ),
     )
     await _ensure_kv(js, STATE_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
+    await _ensure_kv(js, INDEX_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
     await _ensure_kv(js, IDEMPOTENCY_BUCKET, settings, ttl=settings.idempotency_ttl_s, history=1)
     await _ensure_kv(js, LEASES_BUCKET, settings, ttl=LEASE_TTL_S, history=1)
     await _ensure_kv(js, WORKERS_BUCKET, settings, ttl=WORKER_PRESENCE_TTL_S, history=1)

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from nats.js import JetStreamContext
 
 from pixelbus.contracts.subjects import (
+    INDEX_BUCKET,
     PROJECTOR_CONSUMER,
     QUOTAS_BUCKET,
     RATES_BUCKET,
@@ -57,6 +58,7 @@ from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.metrics import DEFAULT_CONSUMERS, process_metrics, sample_consumers
 from pixelbus.runtime.probes import NotReady, ProbeServer, ReadinessCheck
 from pixelbus.runtime.provision import ensure, ensure_webhooks
+from pixelbus.runtime.task_index import TaskIndex
 from pixelbus.runtime.tracing import setup_tracing
 from pixelbus.runtime.webhook_log import DeliveryLogStore
 
@@ -142,6 +144,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             webhook_log=DeliveryLogStore(await js.key_value(WEBHOOK_LOG_BUCKET)),
             queues=QueueBoard(nc, js),
             feed=TaskFeed(nc),
+            index=TaskIndex(await js.key_value(INDEX_BUCKET)),
         )
         lag_sampler = asyncio.create_task(_sample_consumer_lag(js))
         app.state.gateway = gw

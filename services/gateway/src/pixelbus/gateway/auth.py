@@ -47,6 +47,11 @@ class Principal:
     def may(self, scope: str) -> bool:
         return ADMIN in self.scopes or scope in self.scopes
 
+    @property
+    def sees_all(self) -> bool:
+        """Whether this caller sees every tenant's tasks (an admin)."""
+        return ADMIN in self.scopes
+
     def sees(self, owner: str | None) -> bool:
         """May this caller see a task of ``owner``? (Admins see every tenant's.)"""
         return ADMIN in self.scopes or (owner or ANONYMOUS) == self.owner

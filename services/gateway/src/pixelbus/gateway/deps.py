@@ -21,6 +21,7 @@ from pixelbus.gateway.responses import error
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
 from pixelbus.media.ssrf import SsrfPolicy
+from pixelbus.runtime.task_index import TaskIndex
 from pixelbus.runtime.webhook_log import DeliveryLogStore
 
 __all__ = [
@@ -51,6 +52,8 @@ class Gateway:
     #: New-event signals for the live followers of this process (one subscription per
     #: followed task, none per follower).
     feed: TaskFeed
+    #: The task index (the projector's), read by ``GET /api/tasks``.
+    index: TaskIndex
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def create_task(

@@ -8,8 +8,10 @@ changes nothing) and from nothing (``rebuild``). Writes are batched per task: on
 and at most one write per task per batch, and none at all when the folded state is
 unchanged.
 
-Each batch, once folded, also frees the quota slots of the tasks it ended and queues the
-webhook deliveries its events call for (``planner``), before it is acked: a batch whose
+Each batch, once folded, also appends its new tasks to the task index (each owner's tasks
+in creation order, read by ``GET /api/tasks``), frees the quota slots of the tasks it
+ended and queues the webhook deliveries its events call for (``planner``), before it is
+acked: a batch whose
 writes, slot releases or webhook jobs failed is redelivered whole and folded again (a
 no-op) and planned again (the same jobs, de-duplicated by JetStream).
 """
@@ -30,6 +32,7 @@ from nats.js.kv import KeyValue
 from pixelbus.contracts.events import AnyEvent, TaskCreated, decode_event
 from pixelbus.contracts.fold import fold
 from pixelbus.contracts.subjects import (
+    INDEX_BUCKET,
     PROJECTOR_CONSUMER,
     QUOTAS_BUCKET,
     STATE_BUCKET,
@@ -41,6 +44,7 @@ from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.pull import PullConsumer, stop_when_set
 from pixelbus.runtime.quotas import release_slot
 from pixelbus.runtime.state import encode_state, read_state
+from pixelbus.runtime.task_index import IndexEntry, TaskIndex
 
 __all__ = ["Folded", "Projector", "StateCache", "fold_into_kv"]
 
@@ -148,6 +152,7 @@ class Projector:
         self._stopping = asyncio.Event()
         self._cache = StateCache()
         self._quotas: KeyValue | None = None
+        self._index: TaskIndex | None = None
         self.projected = 0
 
     def stop(self) -> None:
@@ -156,6 +161,7 @@ class Projector:
     async def run(self) -> None:
         kv = await self._js.key_value(STATE_BUCKET)
         self._quotas = await self._js.key_value(QUOTAS_BUCKET)
+        self._index = TaskIndex(await self._js.key_value(INDEX_BUCKET))
         # Two batches of credit: the next batch arrives while this one is folded.
         consumer = PullConsumer(self._nc, TASK_STREAM, PROJECTOR_CONSUMER, credit=2 * self._batch)
         await consumer.start()
@@ -176,6 +182,7 @@ class Projector:
         """Fold, free slots, plan webhooks, then ack the batch (or nak it whole)."""
         by_task: dict[str, list[AnyEvent]] = defaultdict(list)
         candidates: list[Candidate] = []
+        created: list[IndexEntry] = []
         for msg in msgs:
             try:
                 event = decode_event(msg.data)
@@ -183,6 +190,8 @@ class Projector:
                 log.error("undecodable event skipped", subject=msg.subject, error=str(exc))
                 continue
             by_task[event.task_id].append(event)
+            if isinstance(event, TaskCreated):
+                created.append((event.owner, event.task_id, event.occurred_at.isoformat()))
             if self._planner is not None and self._planner.concerns(event):
                 candidates.append(Candidate(event, msg.subject, msg.metadata.timestamp))
         results = await asyncio.gather(
@@ -202,6 +211,8 @@ class Projector:
                 await asyncio.gather(*(self._task_ended(state) for state in ended))
             if failed:
                 raise failed[0]
+            if created and self._index is not None:
+                await self._index.add(created)
             if self._planner is not None:
                 await self._planner.plan(candidates, {t: f.before for t, f in folded.items()})
         except Exception as exc:

@@ -20,15 +20,17 @@ from collections import defaultdict
 
 import structlog
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 
-from pixelbus.contracts.events import AnyEvent, decode_event
-from pixelbus.contracts.subjects import STATE_BUCKET, SUBJECT_ROOT, TASK_STREAM
+from pixelbus.contracts.events import AnyEvent, TaskCreated, decode_event
+from pixelbus.contracts.subjects import INDEX_BUCKET, STATE_BUCKET, SUBJECT_ROOT, TASK_STREAM
 from pixelbus.projector.projector import fold_into_kv
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.pull import PullConsumer
 from pixelbus.runtime.settings import BusSettings
+from pixelbus.runtime.task_index import TaskIndex
 
 __all__ = ["REBUILD_CONSUMER", "read_all_events", "rebuild"]
 
@@ -109,8 +111,37 @@ async def rebuild(nc: Client, bucket: str, *, replace: bool = False) -> int:
             await fold_into_kv(kv, task_id, events)
 
     await asyncio.gather(*(write(t, e) for t, e in by_task.items()))
+    await _rebuild_index(js, index_bucket_of(bucket), by_task, replace=replace)
     log.info("rebuilt", bucket=bucket, tasks=len(by_task))
     return len(by_task)
+
+
+def index_bucket_of(bucket: str) -> str:
+    """The task index that goes with a state bucket: the live one's, or ``<bucket>_INDEX``."""
+    return INDEX_BUCKET if bucket == STATE_BUCKET else f"{bucket}_INDEX"
+
+
+async def _rebuild_index(
+    js: JetStreamContext, bucket: str, by_task: dict[str, list[AnyEvent]], *, replace: bool
+) -> None:
+    """Every task of the stream, in creation order, into the task index ``bucket``."""
+    try:
+        kv = await js.key_value(bucket)
+        if replace:
+            await js.purge_stream(f"KV_{bucket}")
+    except NotFoundError:
+        kv = await js.create_key_value(
+            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+        )
+    entries = [
+        (event.owner, event.task_id, event.occurred_at.isoformat())
+        for events in by_task.values()
+        for event in events
+        if isinstance(event, TaskCreated)
+    ]
+    index = TaskIndex(kv)
+    for start in range(0, len(entries), 1024):
+        await index.add(entries[start : start + 1024])
 
 
 async def _main(argv: list[str]) -> int:
