@@ -263,3 +263,24 @@ async def test_face_swap_process_keeps_every_option(stack: Stack) -> None:
     assert wf_json["target_face_index"] == 0
     bad = await stack.http.post("/api/face-swap/process?wait=0", json={**body, "quality": 0})
     assert bad.status_code == 422 and "quality" in bad.text
+
+
+async def test_a_large_graph_is_left_out_of_the_state_and_shown_on_request(
+    stack: Stack,
+) -> None:
+    graph = {
+        str(n): {"class_type": "Note", "inputs": {"text": f"node {n} " * 8}} for n in range(300)
+    }
+    body = {"workflow": "big", "environment": "comm", "params": {"input_data": {"wf_json": graph}}}
+    created = await stack.http.post("/api/tasks/create", json=body)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["taskId"]
+    assert created.json()["params"]["input_omitted"]["bytes"] > 4096
+    state = await wait_for_state(await stack.kv(), task_id, lambda s: True, 10)
+    assert state.input_data is None  # the stored state stays small
+    slim = (await stack.http.get(f"/api/tasks/{task_id}")).json()
+    assert slim["params"]["input_data"] == {} and slim["params"]["input_omitted"]["sha256"]
+    whole = (await stack.http.get(f"/api/tasks/{task_id}?include=input")).json()
+    assert whole["params"] == {"input_data": {"wf_json": graph}}
+    bad = await stack.http.get(f"/api/tasks/{task_id}?include=everything")
+    assert bad.status_code == 422 and "include" in bad.text

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +21,7 @@ from pixelbus.contracts.events import (
     TaskStarted,
     event_id,
 )
-from pixelbus.contracts.fold import apply, fold
+from pixelbus.contracts.fold import INLINE_INPUT_BYTES, apply, fold
 from pixelbus.contracts.task import (
     FINAL_STATUSES,
     OutputObject,
@@ -27,6 +29,7 @@ from pixelbus.contracts.task import (
     TaskState,
     TaskStatus,
 )
+from pixelbus.contracts.views import task_view
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 TASK = "task_1"
@@ -228,3 +231,24 @@ def test_any_reordering_or_duplication_folds_to_the_same_state(
         else:
             assert not final_seen, "a final state was left"
     assert state == expected
+
+
+def test_a_large_input_is_kept_by_size_and_digest_only() -> None:
+    graph = {str(n): {"class_type": "Node", "inputs": {"text": "x" * 40}} for n in range(200)}
+    big = msgspec.structs.replace(created(), workflow="w", environment="comm",
+                                  input_data={"wf_json": graph})  # fmt: skip
+    encoded = msgspec.json.encode(big.input_data)
+    assert len(encoded) > INLINE_INPUT_BYTES
+    state = fold([big])
+    assert state is not None and state.input_data is None
+    assert state.input_bytes == len(encoded)
+    assert state.input_digest == hashlib.sha256(encoded).hexdigest()
+    view = task_view(state)
+    assert view["params"] == {
+        "input_data": {},
+        "input_omitted": {"bytes": len(encoded), "sha256": state.input_digest},
+    }
+    assert task_view(state, input_data=big.input_data)["params"] == {"input_data": big.input_data}
+    small = fold([created()])
+    assert small is not None and small.input_data == created().input_data
+    assert "input_omitted" not in task_view(small)["params"]

@@ -8,6 +8,7 @@ from nats.aio.client import Client
 
 from pixelbus.contracts.events import TaskCompleted, TaskCreated, TaskProgress, TaskStarted
 from pixelbus.contracts.subjects import STATE_BUCKET
+from pixelbus.contracts.task import TaskState
 from pixelbus.projector.projector import StateCache, fold_into_kv
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.settings import BusSettings
@@ -57,3 +58,13 @@ async def test_the_fold_says_where_it_started_and_ends_a_task_once(nc: Client) -
     again = await fold_into_kv(kv, "t1", [STARTED, COMPLETED])  # a redelivered batch
     assert again.before == again.after == ending.after and not again.ended
     assert (await read_state(kv, "t1"))[1] == revision  # nothing written
+
+
+def test_the_state_cache_is_bounded_in_bytes() -> None:
+    cache = StateCache(max_bytes=1000)
+    for n in range(10):
+        cache.put(f"t{n}", TaskState(task_id=f"t{n}"), n + 1, 300)
+    assert cache.bytes <= 1000 and len(cache) == 3
+    assert cache.get("t9") is not None and cache.get("t0") is None
+    cache.put("t9", TaskState(task_id="t9"), 11, 100)  # replaced, not added twice
+    assert cache.bytes == 700 and cache.get("t9") == (TaskState(task_id="t9"), 11)

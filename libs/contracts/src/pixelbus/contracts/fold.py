@@ -11,10 +11,15 @@ order (``EventKey``: attempt, then time, then event id):
   retry event changes nothing that a client sees.
 - progress, worker and the last retryable error by their greatest event; the request by
   ``TaskCreated``; ``attempts`` and ``updated_at`` by maxima; ``started_at`` by a minimum.
+
+The state stays slim: an input larger than ``INLINE_INPUT_BYTES`` (a ComfyUI graph of
+thousands of nodes) is kept by size and digest only; ``GET /api/tasks/{id}?include=input``
+reads it from the task's ``TaskCreated``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -34,7 +39,10 @@ from pixelbus.contracts.events import (
 )
 from pixelbus.contracts.task import EventKey, Progress, TaskError, TaskState, TaskStatus
 
-__all__ = ["apply", "fold", "is_final_event"]
+__all__ = ["INLINE_INPUT_BYTES", "apply", "fold", "is_final_event"]
+
+#: The largest input (JSON bytes) a task state carries itself.
+INLINE_INPUT_BYTES = 4096
 
 
 def _key(event: Event) -> EventKey:
@@ -103,11 +111,14 @@ def _apply_live(state: TaskState, event: AnyEvent) -> TaskState:
         if state.final_key is None:
             changes["status"] = status
     if isinstance(event, TaskCreated) and (state.created_key is None or key < state.created_key):
+        encoded = msgspec.json.encode(event.input_data)
         changes.update(
             created_key=key,
             workflow=event.workflow,
             environment=event.environment,
-            input_data=event.input_data,
+            input_data=event.input_data if len(encoded) <= INLINE_INPUT_BYTES else None,
+            input_bytes=len(encoded),
+            input_digest=hashlib.sha256(encoded).hexdigest(),
             owner=event.owner,
             quota_reserved=event.quota_reserved,
             created_at=event.occurred_at,

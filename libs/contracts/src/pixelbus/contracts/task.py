@@ -139,7 +139,11 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     status: TaskStatus = TaskStatus.PENDING
     workflow: str | None = None
     environment: str | None = None
+    #: the task's input while it is small (``INLINE_INPUT_BYTES``); a larger one (a
+    #: ComfyUI graph) stays in its ``TaskCreated`` only, known here by size and digest
     input_data: dict[str, Any] | None = None
+    input_bytes: int = 0
+    input_digest: str | None = None
     owner: str | None = None
     quota_reserved: bool = False
     created_at: datetime | None = None

@@ -36,7 +36,14 @@ TASK_VIEW_SCHEMA: dict[str, Any] = {
         "params": {
             "type": "object",
             "required": ["input_data"],
-            "properties": {"input_data": {"type": "object"}},
+            "properties": {
+                "input_data": {"type": "object"},
+                "input_omitted": {
+                    "type": "object",
+                    "description": "a large input left out (`?include=input` shows it)",
+                    "properties": {"bytes": {"type": "integer"}, "sha256": {"type": "string"}},
+                },
+            },
         },
         "status": {"type": "string", "enum": [s.value for s in TaskStatus]},
         "progress": _NULLABLE_OBJECT,
@@ -54,9 +61,16 @@ TASK_VIEW_SCHEMA: dict[str, Any] = {
 }  # fmt: skip
 
 
-def task_view(state: TaskState, *, queue_position: int | None = None) -> dict[str, Any]:
+def task_view(
+    state: TaskState,
+    *,
+    queue_position: int | None = None,
+    input_data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """``queue_position`` (a PENDING task's place in its pool's queue, 1 = next; 0 =
-    handed to a worker) where the caller looked it up, else None."""
+    handed to a worker) where the caller looked it up, else None. ``input_data``: the
+    task's whole input where the caller read it (``?include=input``); otherwise a large
+    input the state does not carry shows as ``input_omitted`` (its size and digest)."""
     progress = None
     if (
         state.progress is not None
@@ -71,7 +85,7 @@ def task_view(state: TaskState, *, queue_position: int | None = None) -> dict[st
         "workflow": state.workflow,
         "workflow_name": state.workflow,
         "environment": state.environment,
-        "params": {"input_data": state.input_data or {}},
+        "params": _params(state, input_data),
         "status": state.status.value,
         "progress": progress,
         "result": {"outputs": outputs, **(state.result or {})}
@@ -87,6 +101,15 @@ def task_view(state: TaskState, *, queue_position: int | None = None) -> dict[st
         "finished_at": _iso(state.finished_at),
         "updated_at": _iso(state.updated_at),
     }
+
+
+def _params(state: TaskState, input_data: dict[str, Any] | None) -> dict[str, Any]:
+    if input_data is not None:
+        return {"input_data": input_data}
+    if state.input_data is None and state.input_bytes:
+        omitted = {"bytes": state.input_bytes, "sha256": state.input_digest}
+        return {"input_data": {}, "input_omitted": omitted}
+    return {"input_data": state.input_data or {}}
 
 
 def _iso(value: Any) -> str | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -249,6 +248,3 @@ class TaskService:
         await self.nc.publish(lease.reply, b"+TERM")
         await self.leases.delete(task_id)
         return True
-
-    def view_input(self, state: TaskState) -> dict[str, Any]:
-        return state.input_data or {}

@@ -54,30 +54,40 @@ _CAS_ATTEMPTS = 20
 
 
 class StateCache:
-    """The last state and revision this projector wrote per task (least recently used out).
+    """The last state and revision this projector wrote per task, least recently used out
+    once the states held pass ``max_bytes`` (their encoded size).
 
     Saves the KV read before each write. A stale entry (another replica wrote since) costs
     nothing but a CAS conflict, after which the state is read from the bucket again.
     """
 
-    def __init__(self, size: int = 50_000) -> None:
-        self._size = size
-        self._entries: OrderedDict[str, tuple[TaskState, int]] = OrderedDict()
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, tuple[TaskState, int, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def get(self, task_id: str) -> tuple[TaskState, int] | None:
         entry = self._entries.get(task_id)
-        if entry is not None:
-            self._entries.move_to_end(task_id)
-        return entry
-
-    def put(self, task_id: str, state: TaskState, revision: int) -> None:
-        self._entries[task_id] = (state, revision)
+        if entry is None:
+            return None
         self._entries.move_to_end(task_id)
-        if len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        return entry[0], entry[1]
+
+    def put(self, task_id: str, state: TaskState, revision: int, size: int) -> None:
+        self.drop(task_id)
+        self._entries[task_id] = (state, revision, size)
+        self.bytes += size
+        while self.bytes > self._max_bytes and self._entries:
+            _, (_, _, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
 
     def drop(self, task_id: str) -> None:
-        self._entries.pop(task_id, None)
+        entry = self._entries.pop(task_id, None)
+        if entry is not None:
+            self.bytes -= entry[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +131,7 @@ async def fold_into_kv(
         except KeyWrongLastSequenceError:
             continue  # another replica wrote first: re-read and re-fold
         if cache is not None:
-            cache.put(task_id, new_state, revision)
+            cache.put(task_id, new_state, revision, len(data))
         ended = new_state.is_final and (state is None or not state.is_final)
         return Folded(state, new_state, ended=ended)
     if cache is not None:
@@ -143,14 +153,19 @@ class Projector:
     """
 
     def __init__(
-        self, nc: Client, *, batch: int = 512, planner: WebhookPlanner | None = None
+        self,
+        nc: Client,
+        *,
+        batch: int = 512,
+        planner: WebhookPlanner | None = None,
+        cache_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._batch = batch
         self._planner = planner
         self._stopping = asyncio.Event()
-        self._cache = StateCache()
+        self._cache = StateCache(cache_bytes)
         self._quotas: KeyValue | None = None
         self._index: TaskIndex | None = None
         self.projected = 0

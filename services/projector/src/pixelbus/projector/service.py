@@ -42,7 +42,12 @@ class ProjectorService:
         info = await js.stream_info(WEBHOOK_STREAM)
         window = info.config.duplicate_window or self._settings.bus.duplicate_window_s
         self.planner = WebhookPlanner(js, duplicate_window_s=window)
-        self.projector = Projector(self._nc, batch=self._settings.batch, planner=self.planner)
+        self.projector = Projector(
+            self._nc,
+            batch=self._settings.batch,
+            planner=self.planner,
+            cache_bytes=self._settings.cache_bytes,
+        )
         log.info("projector prepared", webhook_duplicate_window_s=window)
 
     async def run(self) -> None:

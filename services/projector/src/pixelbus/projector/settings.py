@@ -1,4 +1,4 @@
-"""Projector settings from the environment: the bus settings and the batch size."""
+"""Projector settings from the environment: the bus settings, the batch size, the cache."""
 
 from __future__ import annotations
 
@@ -16,13 +16,18 @@ class ProjectorSettings:
     bus: BusSettings = field(default_factory=BusSettings)
     #: Events folded per batch at most (one KV read and write per task per batch).
     batch: int = 512
+    #: Bytes of task states the projector keeps in memory (saves a read before a write).
+    cache_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ProjectorSettings:
         return cls(
             bus=BusSettings.from_env(environ),
             batch=env_int(environ, "PIXELBUS_PROJECTOR_BATCH", cls.batch, lo=1, hi=10_000),
+            cache_bytes=env_int(
+                environ, "PIXELBUS_PROJECTOR_CACHE_BYTES", cls.cache_bytes, lo=0, hi=1 << 40
+            ),
         )
 
     def redacted(self) -> dict[str, Any]:
-        return {"bus": self.bus.redacted(), "batch": self.batch}
+        return {"bus": self.bus.redacted(), "batch": self.batch, "cache_bytes": self.cache_bytes}

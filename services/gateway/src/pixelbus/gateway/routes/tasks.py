@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import Response
@@ -92,13 +92,24 @@ async def get_task(
     task_id: str,
     gw: Annotated[Gateway, Depends(gateway)],
     caller: Annotated[Principal, Depends(require(TASKS_READ))],
+    include: Annotated[
+        Literal["input"] | None,
+        Query(
+            description="`input`: the whole input, also when it is too large to be kept "
+            "in the task's state (a ComfyUI graph); read from its TaskCreated"
+        ),
+    ] = None,
 ) -> Response:
     """The task in the unified format, with ``status``, ``progress``, ``result`` and ``error``."""
     state = await gw.visible_task(task_id, caller)
     if state is None:
         return error_response(404, f"task {task_id} not found")
     position = await gw.queues.position_or_none(state)
-    return Json(content=task_view(state, queue_position=position))
+    input_data = None
+    if include == "input" and state.input_data is None and state.input_bytes:
+        created = await gw.tasks.created_event(task_id)
+        input_data = created.input_data if created is not None else None
+    return Json(content=task_view(state, queue_position=position, input_data=input_data))
 
 
 @router.post(
