@@ -33,6 +33,10 @@ fmt:
 bench *args:
     python -m tests.bench "$@"
 
+# reads at 2,000 and at 200,000 tasks: GET final/pending, a list page, 1,000 idle SSE followers (requests/s, CPU, RSS)
+bench-reads *args:
+    python -m tests.bench_reads "$@"
+
 # per-face time of the face-swap pipelines (built-in vs inswapper) next to the models alone
 bench-faceswap *args:
     python -m tests.bench_faceswap "$@"

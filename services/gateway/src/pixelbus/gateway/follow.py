@@ -134,10 +134,27 @@ async def read_events(
     nc: Client, task_id: str, from_seq: int, *, limit: int = 256
 ) -> list[tuple[int, AnyEvent, int]]:
     """The task's events at or after ``from_seq`` (at most ``limit``): ``(stream sequence,
-    event, how many more there are)``, with one direct get."""
+    event, how many more there are)``.
+
+    Two direct gets: the first event, whose ``Nats-Num-Pending`` says how many follow,
+    then exactly those. A batch asking for more than there are makes the server search
+    the rest of the stream for the missing ones (≈ 10 ms at 400,000 events); asking for
+    exactly what is there answers in a fraction of a millisecond at any size.
+    """
+    subject_filter = task_events_filter(task_id)
+    first = await _direct_batch(nc, subject_filter, from_seq, 1)
+    if not first or first[-1][2] == 0 or limit <= 1:
+        return first
+    seq, _, pending = first[-1]
+    return first + await _direct_batch(nc, subject_filter, seq + 1, min(pending, limit - 1))
+
+
+async def _direct_batch(
+    nc: Client, subject_filter: str, from_seq: int, batch: int
+) -> list[tuple[int, AnyEvent, int]]:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    body = {"seq": max(1, from_seq), "batch": limit, "next_by_subj": task_events_filter(task_id)}
+    body = {"seq": max(1, from_seq), "batch": batch, "next_by_subj": subject_filter}
     events: list[tuple[int, AnyEvent, int]] = []
     try:
         await nc.publish(
@@ -148,13 +165,14 @@ async def read_events(
             headers = msg.headers or {}
             if headers.get("Status"):  # end of batch, or nothing at all (404)
                 return events
-            try:
-                event = decode_event(msg.data)
-            except Exception as exc:
-                log.error("undecodable event skipped", task_id=task_id, error=str(exc))
-                continue
             seq = int(headers.get("Nats-Sequence", "0"))
-            events.append((seq, event, int(headers.get("Nats-Num-Pending", "0"))))
+            pending = int(headers.get("Nats-Num-Pending", "0"))
+            try:
+                events.append((seq, decode_event(msg.data), pending))
+            except Exception as exc:
+                log.error("undecodable event skipped", seq=seq, error=str(exc))
+            if len(events) == batch:
+                return events  # all asked for: no need to wait for the end-of-batch
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
