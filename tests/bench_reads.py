@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import sys
@@ -201,6 +202,7 @@ async def measure(
     args: argparse.Namespace, nc: Client, base: str, pids: dict[str, int], probe: int,
     finals: list[str], pendings: list[str],
 ) -> dict[str, Any]:  # fmt: skip
+    gc.collect()  # the fill's garbage, collected before anything is timed in this process
     limits = httpx.Limits(max_connections=args.followers + 50)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
         # warm-up: the server's caches of the buckets' blocks, the gateway's code paths

@@ -61,7 +61,7 @@ class StateCache:
     nothing but a CAS conflict, after which the state is read from the bucket again.
     """
 
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
         self._max_bytes = max_bytes
         self.bytes = 0
         self._entries: OrderedDict[str, tuple[TaskState, int, int]] = OrderedDict()
@@ -158,7 +158,7 @@ class Projector:
         *,
         batch: int = 512,
         planner: WebhookPlanner | None = None,
-        cache_bytes: int = 64 * 1024 * 1024,
+        cache_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()

@@ -17,7 +17,7 @@ class ProjectorSettings:
     #: Events folded per batch at most (one KV read and write per task per batch).
     batch: int = 512
     #: Bytes of task states the projector keeps in memory (saves a read before a write).
-    cache_bytes: int = 64 * 1024 * 1024
+    cache_bytes: int = 32 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ProjectorSettings:
