@@ -70,7 +70,7 @@ from tests.bench_report import (
     ratios,
 )
 
-__all__ = ["Completions", "main", "percentile", "wait_health"]
+__all__ = ["Completions", "main", "percentile", "stack_env", "wait_health"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "tests" / "bench_loadgen.py"
@@ -130,6 +130,21 @@ def wait_health(base: str, process: subprocess.Popen[bytes]) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError("gateway did not come up")
+
+
+def stack_env(nats_url: str, port: int, storage: Path) -> dict[str, str]:
+    """The environment of the services a bench starts: this one's, plus its own
+    nats-server, the gateway's port, local storage and quiet logs."""
+    return {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "PIXELBUS_PORT": str(port),
+        "STORAGE_PROVIDER": "local",
+        "PIXELBUS_LOCAL_STORAGE_DIR": str(storage),
+        "PIXELBUS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "PIXELBUS_LOG_LEVEL": "WARNING",
+        "PIXELBUS_PROBE_HOST": "127.0.0.1",
+    }
 
 
 def say(message: str) -> None:
@@ -341,14 +356,7 @@ def bench_pixelbus(args: argparse.Namespace, nats: NatsServer, tmp: Path) -> dic
     base = f"http://127.0.0.1:{port}"
     env = {
         "PIXELBUS_WORKER_CONCURRENCY": "128",  # probe tasks are no-ops: let them overlap
-        **os.environ,
-        "NATS_URL": nats.url,
-        "PIXELBUS_PORT": str(port),
-        "STORAGE_PROVIDER": "local",
-        "PIXELBUS_LOCAL_STORAGE_DIR": str(tmp / "storage"),
-        "PIXELBUS_PUBLIC_BASE_URL": base,
-        "PIXELBUS_LOG_LEVEL": "WARNING",
-        "PIXELBUS_PROBE_HOST": "127.0.0.1",
+        **stack_env(nats.url, port, tmp / "storage"),
     }
     probe_ports = {name: free_port() for name in SERVICES}
     processes = Processes(STATE / "logs")

@@ -42,7 +42,7 @@ from pixelbus.contracts.subjects import PROJECTOR_CONSUMER, TASK_STREAM
 from pixelbus.contracts.task import StoredOutput
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.testkit.nats_server import NatsServer, free_port
-from tests.bench import STATE, Processes, http_ok, say, scrape, wait_until
+from tests.bench import STATE, Processes, http_ok, say, scrape, stack_env, wait_until
 from tests.bench_loadgen import percentile
 from tests.bench_report import NATS_REQUESTS, metric_total
 
@@ -277,20 +277,13 @@ async def run(args: argparse.Namespace) -> int:
         server.start()
         port, probe = free_port(), free_port()
         base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "NATS_URL": server.url,
-            "PIXELBUS_PORT": str(port),
-            "STORAGE_PROVIDER": "local",
-            "PIXELBUS_LOCAL_STORAGE_DIR": str(tmp / "storage"),
-            "PIXELBUS_LOG_LEVEL": "WARNING",
-        }
+        env = stack_env(server.url, port, tmp / "storage")
         processes = Processes(STATE / "reads-logs")
         try:
             processes.start(
                 "gateway",
                 [sys.executable, "-m", "pixelbus.gateway"],
-                env | {"PIXELBUS_PROBE_PORT": str(probe), "PIXELBUS_PROBE_HOST": "127.0.0.1"},
+                env | {"PIXELBUS_PROBE_PORT": str(probe)},
             )
             wait_until(lambda: http_ok(f"{base}/api/health"), "the gateway", processes)
             processes.start("projector", [sys.executable, "-m", "pixelbus.projector"], env)

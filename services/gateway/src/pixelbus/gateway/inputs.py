@@ -9,6 +9,7 @@ workflow's parameter.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from nats.js.object_store import ObjectStore
@@ -51,6 +52,9 @@ async def store_inline_images(
 ) -> dict[str, Any]:
     input_data: dict[str, Any] = spec.input_data
     found = _inline_files(input_data)
+    # Names of this request's own: a second create of the same task id (a retry, a race)
+    # never overwrites the inputs a worker may be reading; the loser's are removed.
+    nonce = uuid.uuid4().hex[:8]
     errors: list[FieldError] = []
     for path, uri in found:
         loc = ("body", "params", "input_data", *(str(p) for p in path))
@@ -59,7 +63,7 @@ async def store_inline_images(
         except MediaError as exc:
             errors.append(FieldError(loc, str(exc)))
             continue
-        name = f"inputs/{task_id}/{sanitize_token('.'.join(str(p) for p in path))}"
+        name = f"inputs/{task_id}/{nonce}-{sanitize_token('.'.join(str(p) for p in path))}"
         await objects.put(name, data)
         input_data = _replace(input_data, path, f"{INPUT_OBJECT_PREFIX}{name}")
     if errors:

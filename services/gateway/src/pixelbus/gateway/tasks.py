@@ -12,8 +12,10 @@ never answered 404, whichever replica is asked and however far the projector lag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -38,6 +40,7 @@ from pixelbus.contracts.subjects import (
     STATE_BUCKET,
     TASK_STREAM,
     created_filter,
+    input_object_names,
 )
 from pixelbus.contracts.task import TaskState, TaskStatus
 from pixelbus.contracts.validation import FieldError, TaskSpec, ValidationFailed
@@ -151,14 +154,26 @@ class TaskService:
             # Per tenant: another tenant's identical key is another request.
             scoped = f"{owner or ''}\x00{idempotency_key}"
             event, is_new = await self._claim_idempotency_key(scoped, event)
+        if not is_new:  # the key's first request made the task: this one's inputs go
+            await self._drop_inputs(input_data)
         if spec.task_id is not None and is_new:
-            await self._publish_first(event)
+            try:
+                await self._publish_first(event)
+            except TaskConflict:
+                await self._drop_inputs(input_data)
+                raise
         else:
             await self.publisher.publish(
                 event, environment=event.environment, workflow=event.workflow
             )
         # The answer is the state the projector folds from this same event (it writes it).
         return apply(None, event), is_new
+
+    async def _drop_inputs(self, input_data: dict[str, Any]) -> None:
+        """Remove inputs this request stored for a task that is not its own."""
+        for name in input_object_names(input_data):
+            with contextlib.suppress(Exception):
+                await self.objects.delete(name)
 
     async def _publish_first(self, event: TaskCreated) -> None:
         """Publish the ``TaskCreated`` of a caller-chosen task id only if none exists: the
