@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -34,3 +36,19 @@ def test_a_line_inside_a_span_carries_its_trace_and_masks_secrets(
     assert line["api_token"] == "***"
     log.info("outside any span")
     assert "trace_id" not in json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+
+
+def test_loggers_follow_stderr_when_it_is_swapped(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test runner swaps stderr per test; a logger cached under an earlier one must not
+    write to that closed stream."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging("INFO", "json")
+    log = structlog.get_logger("swapped")
+    log.info("one")  # cached on first use, while stderr is the first stream
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    log.info("two")
+    assert json.loads(second.getvalue().strip())["event"] == "two"

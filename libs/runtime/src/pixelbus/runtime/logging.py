@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 from opentelemetry import trace
@@ -38,6 +38,18 @@ def mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
     return event
 
 
+class _CurrentStderr:
+    """``sys.stderr`` as it is at each write, not as it was at setup: loggers are cached
+    on first use, and whoever swaps the stream later (a test runner capturing output) must
+    not leave them writing to a closed one."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str = "INFO", log_format: str | None = None) -> None:
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
@@ -55,6 +67,6 @@ def setup_logging(level: str = "INFO", log_format: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
