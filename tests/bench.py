@@ -70,7 +70,7 @@ from tests.bench_report import (
     ratios,
 )
 
-__all__ = ["Completions", "main", "percentile", "stack_env", "wait_health"]
+__all__ = ["Completions", "main", "percentile", "bench_env", "wait_health"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "tests" / "bench_loadgen.py"
@@ -132,7 +132,7 @@ def wait_health(base: str, process: subprocess.Popen[bytes]) -> None:
     raise TimeoutError("gateway did not come up")
 
 
-def stack_env(nats_url: str, port: int, storage: Path) -> dict[str, str]:
+def bench_env(nats_url: str, port: int, storage: Path) -> dict[str, str]:
     """The environment of the services a bench starts: this one's, plus its own
     nats-server, the gateway's port, local storage and quiet logs."""
     return {
@@ -356,7 +356,7 @@ def bench_pixelbus(args: argparse.Namespace, nats: NatsServer, tmp: Path) -> dic
     base = f"http://127.0.0.1:{port}"
     env = {
         "PIXELBUS_WORKER_CONCURRENCY": "128",  # probe tasks are no-ops: let them overlap
-        **stack_env(nats.url, port, tmp / "storage"),
+        **bench_env(nats.url, port, tmp / "storage"),
     }
     probe_ports = {name: free_port() for name in SERVICES}
     processes = Processes(STATE / "logs")

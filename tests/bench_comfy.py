@@ -44,7 +44,7 @@ from pixelbus.contracts.events import decode_event
 from pixelbus.contracts.subjects import STATE_BUCKET, TASK_STREAM, task_subject
 from pixelbus.contracts.task import TaskStatus
 from pixelbus.testkit.nats_server import NatsServer, free_port
-from tests.bench import Completions, percentile, stack_env, wait_health
+from tests.bench import Completions, percentile, bench_env, wait_health
 
 #: the direct run's steps, and the platform's phases (``occurred_at`` of its events)
 DIRECT_STEPS = (
@@ -236,7 +236,7 @@ def main() -> int:
         server.start()
         port, comfy_port = free_port(), free_port()
         comfy_url = f"http://127.0.0.1:{comfy_port}"
-        env = {**stack_env(server.url, port, Path(tmp) / "storage"), "COMFYUI_URL": comfy_url}
+        env = {**bench_env(server.url, port, Path(tmp) / "storage"), "COMFYUI_URL": comfy_url}
         fake = subprocess.Popen(
             [
                 sys.executable,

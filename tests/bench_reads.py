@@ -42,7 +42,7 @@ from pixelbus.contracts.subjects import PROJECTOR_CONSUMER, TASK_STREAM
 from pixelbus.contracts.task import StoredOutput
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.testkit.nats_server import NatsServer, free_port
-from tests.bench import STATE, Processes, http_ok, say, scrape, stack_env, wait_until
+from tests.bench import STATE, Processes, http_ok, say, scrape, bench_env, wait_until
 from tests.bench_loadgen import percentile
 from tests.bench_report import NATS_REQUESTS, metric_total
 
@@ -277,7 +277,7 @@ async def run(args: argparse.Namespace) -> int:
         server.start()
         port, probe = free_port(), free_port()
         base = f"http://127.0.0.1:{port}"
-        env = stack_env(server.url, port, tmp / "storage")
+        env = bench_env(server.url, port, tmp / "storage")
         processes = Processes(STATE / "reads-logs")
         try:
             processes.start(
