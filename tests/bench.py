@@ -70,7 +70,7 @@ from tests.bench_report import (
     ratios,
 )
 
-__all__ = ["Completions", "main", "percentile", "bench_env", "wait_health"]
+__all__ = ["Completions", "bench_env", "main", "percentile", "wait_health"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "tests" / "bench_loadgen.py"

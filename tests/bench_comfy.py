@@ -44,7 +44,7 @@ from pixelbus.contracts.events import decode_event
 from pixelbus.contracts.subjects import STATE_BUCKET, TASK_STREAM, task_subject
 from pixelbus.contracts.task import TaskStatus
 from pixelbus.testkit.nats_server import NatsServer, free_port
-from tests.bench import Completions, percentile, bench_env, wait_health
+from tests.bench import Completions, bench_env, percentile, wait_health
 
 #: the direct run's steps, and the platform's phases (``occurred_at`` of its events)
 DIRECT_STEPS = (

@@ -42,7 +42,7 @@ from pixelbus.contracts.subjects import PROJECTOR_CONSUMER, TASK_STREAM
 from pixelbus.contracts.task import StoredOutput
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.testkit.nats_server import NatsServer, free_port
-from tests.bench import STATE, Processes, http_ok, say, scrape, bench_env, wait_until
+from tests.bench import STATE, Processes, bench_env, http_ok, say, scrape, wait_until
 from tests.bench_loadgen import percentile
 from tests.bench_report import NATS_REQUESTS, metric_total
 
