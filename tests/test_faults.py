@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from pixelbus.contracts.events import TaskCompleted, TaskStarted
+from pixelbus.contracts.subjects import pool_for_environment
 from pixelbus.contracts.task import TaskStatus
 from pixelbus.projector.rebuild import read_all_events
+from pixelbus.runtime.settings import BusSettings
+from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult, WorkerRuntime
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import EventLog, wait_for_state
 from tests.conftest import data_uri
@@ -74,3 +77,47 @@ async def test_health_is_503_while_nats_is_down(nats_server: NatsServer, tmp_pat
         assert create.status_code == 503 and create.headers["Retry-After"] == "2"
         assert "retry" in create.json()["detail"]
         nats_server.start()
+
+
+async def test_a_task_five_times_longer_than_its_ack_wait_runs_once(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Long work keeps its lease by heartbeating: with a 0.5 s ack wait, a 2.5 s task on one
+    of two workers is never handed to the other."""
+    runs: list[str] = []
+
+    async def slow(ctx: TaskContext) -> TaskResult:
+        runs.append(ctx.task_id)
+        await asyncio.sleep(2.5)  # the work itself: five ack waits long
+        return TaskResult(outputs=[OutputFile("slow.txt", b"done", "text/plain")])
+
+    async with running_stack(
+        nats_server.url, tmp_path, worker=False, PIXELBUS_ACK_WAIT_S="0.5"
+    ) as stack:
+        settings = BusSettings.from_env(stack.env)
+        workers = [
+            WorkerRuntime(
+                nc=stack.nc,
+                js=stack.nc.jetstream(),
+                pool=pool_for_environment("face_swap"),
+                handlers={"slow": slow},
+                settings=settings,
+                concurrency=1,
+                grace_s=5,
+            )
+            for _ in range(2)
+        ]
+        running = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            body = {"workflow": "slow", "environment": "face_swap"}
+            task_id = (await stack.http.post("/api/tasks/create", json=body)).json()["taskId"]
+            final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 30)
+        finally:
+            for worker in workers:
+                worker.stop()
+            await asyncio.wait_for(asyncio.gather(*running), 15)
+        assert final.status is TaskStatus.COMPLETED and final.attempts == 1
+        assert runs == [task_id]
+        stored = (await read_all_events(stack.nc))[task_id]
+        assert [type(e).__name__ for e in stored if isinstance(e, TaskStarted)] == ["TaskStarted"]
+        assert len([e for e in stored if isinstance(e, TaskCompleted)]) == 1
