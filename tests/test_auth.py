@@ -26,7 +26,7 @@ from pixelbus.runtime.keys import create_key, revoke_key
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.testkit.nats_server import NatsServer, free_port
-from pixelbus.testkit.waiting import wait_for_state
+from pixelbus.testkit.waiting import eventually, wait_for_state
 from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
@@ -244,7 +244,6 @@ async def test_active_task_quota_is_per_tenant_and_freed_when_tasks_end(
             response = await stack.http.post("/api/tasks/create", json=comm, headers=owner)
             return True if response.status_code == 201 else None
 
-        from pixelbus.testkit.waiting import eventually
 
         assert await eventually(accepted, timeout=10)
 
@@ -417,3 +416,22 @@ async def test_lists_page_each_tenants_index_across_chunks(
     assert [p for p in await pages("owner", status="FAILED") if p] == []
     bad = await stack.http.get("/api/tasks?before=2026|x", headers=keys.headers("owner"))
     assert bad.status_code == 422 and "before" in bad.text
+
+
+async def test_a_key_revoked_while_the_gateway_runs_is_refused_at_once(
+    secured: tuple[Stack, Keys],
+) -> None:
+    stack, _ = secured
+    js = stack.nc.jetstream()
+    key, token = await create_key(js, name="live", owner="tenant-c", scopes=["tasks:read"])
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def answered(status: int) -> bool | None:
+        got = await stack.http.get("/api/tasks", headers=headers)
+        return True if got.status_code == status else None
+
+    await eventually(lambda: answered(200), timeout=10)  # the new key reaches the gateway
+    await revoke_key(js, key.key_id)
+    # the gateway follows the keys bucket with a watch: the next requests are refused
+    await eventually(lambda: answered(401), timeout=2)
+    assert (await stack.http.get("/api/tasks", headers=headers)).status_code == 401
