@@ -15,9 +15,17 @@ from typing import Any
 import msgspec
 import pytest
 
-from pixelbus.contracts.subjects import WEBHOOK_LOG_BUCKET
+from pixelbus.contracts.subjects import (
+    WEBHOOK_DISPATCHER_CONSUMER,
+    WEBHOOK_LOG_BUCKET,
+    WEBHOOK_STREAM,
+)
 from pixelbus.contracts.webhooks import DeliveryLog, verify
+from pixelbus.runtime.provision import ensure_webhook_dispatcher
+from pixelbus.runtime.settings import BusSettings
 from pixelbus.testkit.nats_server import NatsServer
+from pixelbus.webhooks.service import WebhookService
+from pixelbus.webhooks.settings import WebhookSettings
 from tests.stack import Stack, running_stack
 from tests.webhook_receiver import webhook_receiver
 
@@ -181,3 +189,46 @@ async def test_bad_webhook_fields_are_422(nats_server: NatsServer, tmp_path: Pat
     assert bad_url.json()["detail"][0]["loc"] == ["body", "webhook_url"]
     assert bad_events.status_code == 422
     assert bad_events.json()["detail"][0]["loc"] == ["body", "webhook_events"]
+
+
+async def test_a_dispatcher_dying_on_the_last_attempt_leaves_a_final_failed_mark(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The known case: the dispatcher dies during the last attempt, so that attempt leaves no
+    outcome. The job comes back once more and ends the log with ``failed``, never
+    ``pending`` for ever, without posting beyond the budget."""
+    async with (
+        webhook_receiver() as receiver,
+        running_stack(
+            nats_server.url,
+            tmp_path,
+            webhooks=False,
+            PIXELBUS_WEBHOOK_MAX_ATTEMPTS="2",
+            PIXELBUS_WEBHOOK_TIMEOUT_S="0.5",  # the service's ack wait: 5.5 s
+            **HOOK_ENV,
+        ) as stack,
+    ):
+        js = stack.nc.jetstream()
+        await ensure_webhook_dispatcher(js, max_attempts=2, ack_wait_s=0.5)
+        created = await stack.http.post("/api/tasks/create", json=probe(receiver.url))
+        task_id = created.json()["taskId"]
+        # Two dispatchers take the job and die before they record anything (never acked).
+        doomed = await js.pull_subscribe_bind(
+            durable=WEBHOOK_DISPATCHER_CONSUMER, stream=WEBHOOK_STREAM
+        )
+        for attempt in (1, 2):
+            [msg] = await doomed.fetch(1, timeout=15)
+            assert msg.metadata.num_delivered == attempt
+        await doomed.unsubscribe()
+        service = WebhookService(stack.nc, BusSettings.from_env(stack.env),
+                                 WebhookSettings.from_env(stack.env))  # fmt: skip
+        running = asyncio.create_task(service.run())
+        try:
+            log = await wait_for_log(stack, task_id, "failed")
+        finally:
+            service.stop()
+            await asyncio.wait_for(running, 15)
+    [last] = log.attempts
+    assert (last.attempt, last.outcome) == (3, "failed")
+    assert last.error is not None and "dispatcher stopped" in last.error
+    assert receiver.received == []  # nothing posted beyond the two attempts of the budget

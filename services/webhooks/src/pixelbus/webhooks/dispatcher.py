@@ -1,7 +1,10 @@
 """The dispatcher: POSTs each queued delivery, signed, and leaves the retrying to
 JetStream. A failed attempt naks the job with the next backoff delay (so a restart, or
 another webhooks replica, picks it up when it is due); the last attempt, or a URL the
-SSRF guard refuses, terminates it with a final ``failed`` entry in the delivery log."""
+SSRF guard refuses, terminates it with a final ``failed`` entry in the delivery log. A
+job delivered again after its last attempt (the dispatcher died during it) gets that
+final entry too, without another POST: the consumer allows a few deliveries more than
+the attempts for exactly this."""
 
 from __future__ import annotations
 
@@ -79,6 +82,9 @@ class WebhookDispatcher:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered
+        if attempt > self._settings.max_attempts:
+            await self._spent(msg, job, attempt)
+            return
         headers = {
             "content-type": "application/json",
             "user-agent": "pixelbus-webhooks",
@@ -113,3 +119,26 @@ class WebhookDispatcher:
         else:
             await msg.term()
             log.warning("webhook failed", outcome=outcome, error=result.error, **fields)
+
+    async def _spent(self, msg: Msg, job: WebhookJob, attempt: int) -> None:
+        """Delivered again after the last attempt: the dispatcher stopped during that one
+        (before or after posting), so it left no outcome. The budget is spent: the log gets
+        its final ``failed`` entry, never a ``pending`` for ever, and nothing is posted."""
+        assert self._log is not None
+        error = (
+            f"no outcome recorded for attempt {self._settings.max_attempts} of "
+            f"{self._settings.max_attempts} (the dispatcher stopped during it)"
+        )
+        await self._log.append(
+            job.task_id,
+            DeliveryAttempt(
+                delivery_id=job.delivery_id,
+                event=job.event,
+                attempt=attempt,
+                at=utcnow(),
+                outcome="failed",
+                error=error,
+            ),
+        )
+        await msg.term()
+        log.warning("webhook failed", outcome="failed", error=error, task_id=job.task_id)
