@@ -170,3 +170,30 @@ async def test_a_stopping_worker_finishes_its_task_or_releases_it_at_once(
             taker.stop()
             await asyncio.wait_for(running, 15)
         assert final.status is TaskStatus.COMPLETED and final.attempts == 2
+
+
+async def test_cancel_of_a_running_task_stops_it_at_once(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A face-swap-pool task cancelled while it runs ends CANCELLED long before its work
+    would have ended, with no completion; the worker is free for the next task."""
+    runs: list[str] = []
+    async with running_stack(nats_server.url, tmp_path, worker=False) as stack:
+        events = await EventLog.open(stack.nc)
+        [worker] = slow_workers(stack, runs, 30.0, count=1, grace_s=5)
+        running = asyncio.create_task(worker.run())
+        try:
+            task_id = (await stack.http.post("/api/tasks/create", json=SLOW)).json()["taskId"]
+            await events.wait_for(lambda e: isinstance(e, TaskStarted) and e.task_id == task_id, 10)
+            began = asyncio.get_running_loop().time()
+            answer = await stack.http.post(f"/api/tasks/{task_id}/cancel?reason=changed+my+mind")
+            assert answer.status_code == 202, answer.text
+            final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 10)
+            assert asyncio.get_running_loop().time() - began < 10  # not the 30 s of work
+            assert final.status is TaskStatus.CANCELLED
+            assert worker.in_flight == 0
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 15)
+        stored = (await read_all_events(stack.nc))[task_id]
+        assert not [e for e in stored if isinstance(e, TaskCompleted)]
