@@ -244,7 +244,6 @@ async def test_active_task_quota_is_per_tenant_and_freed_when_tasks_end(
             response = await stack.http.post("/api/tasks/create", json=comm, headers=owner)
             return True if response.status_code == 201 else None
 
-
         assert await eventually(accepted, timeout=10)
 
 

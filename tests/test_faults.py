@@ -142,21 +142,22 @@ async def test_a_stopping_worker_finishes_its_task_or_releases_it_at_once(
         nats_server.url, tmp_path, worker=False, PIXELBUS_ACK_WAIT_S="30"
     ) as stack:
         events = await EventLog.open(stack.nc)
-        [patient] = slow_workers(stack, runs, 1.0, count=1, grace_s=10)
-        running = asyncio.create_task(patient.run())
-        finished = (await stack.http.post("/api/tasks/create", json=SLOW)).json()["taskId"]
-        await events.wait_for(lambda e: isinstance(e, TaskStarted) and e.task_id == finished, 10)
-        patient.stop()
-        await asyncio.wait_for(running, 15)
+
+        async def stopped_mid_task(seconds: float, grace_s: float) -> str:
+            """A task started on a worker of ``grace_s`` that is then stopped; its id."""
+            [worker] = slow_workers(stack, runs, seconds, count=1, grace_s=grace_s)
+            running = asyncio.create_task(worker.run())
+            task_id = (await stack.http.post("/api/tasks/create", json=SLOW)).json()["taskId"]
+            await events.wait_for(lambda e: isinstance(e, TaskStarted) and e.task_id == task_id, 10)
+            worker.stop()
+            await asyncio.wait_for(running, 15)
+            return task_id
+
+        finished = await stopped_mid_task(1.0, grace_s=10)
         done = await wait_for_state(await stack.kv(), finished, lambda s: s.is_final, 10)
         assert done.status is TaskStatus.COMPLETED and done.attempts == 1
 
-        [hasty] = slow_workers(stack, runs, 5.0, count=1, grace_s=0.2)
-        running = asyncio.create_task(hasty.run())
-        released = (await stack.http.post("/api/tasks/create", json=SLOW)).json()["taskId"]
-        await events.wait_for(lambda e: isinstance(e, TaskStarted) and e.task_id == released, 10)
-        hasty.stop()
-        await asyncio.wait_for(running, 15)
+        released = await stopped_mid_task(5.0, grace_s=0.2)
         [taker] = slow_workers(stack, runs, 0.1, count=1, grace_s=5)
         running = asyncio.create_task(taker.run())
         try:

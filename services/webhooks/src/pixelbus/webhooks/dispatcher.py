@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import msgspec
 import structlog
@@ -94,19 +95,14 @@ class WebhookDispatcher:
         }
         result = await self._sender.post(job.url, job.body, headers)
         outcome, delay = decide(result, attempt, self._settings)
-        await self._log.append(
-            job.task_id,
-            DeliveryAttempt(
-                delivery_id=job.delivery_id,
-                event=job.event,
-                attempt=attempt,
-                at=utcnow(),
-                outcome=outcome,
-                status_code=result.status_code,
-                error=result.error,
-                duration_ms=result.duration_ms,
-                next_attempt_in_s=delay if outcome == "retrying" else None,
-            ),
+        await self._record(
+            job,
+            attempt,
+            outcome,
+            status_code=result.status_code,
+            error=result.error,
+            duration_ms=result.duration_ms,
+            next_attempt_in_s=delay if outcome == "retrying" else None,
         )
         fields = {"task_id": job.task_id, "webhook_event": job.event, "attempt": attempt}
         if outcome == "delivered":
@@ -129,16 +125,19 @@ class WebhookDispatcher:
             f"no outcome recorded for attempt {self._settings.max_attempts} of "
             f"{self._settings.max_attempts} (the dispatcher stopped during it)"
         )
-        await self._log.append(
-            job.task_id,
-            DeliveryAttempt(
-                delivery_id=job.delivery_id,
-                event=job.event,
-                attempt=attempt,
-                at=utcnow(),
-                outcome="failed",
-                error=error,
-            ),
-        )
+        await self._record(job, attempt, "failed", error=error)
         await msg.term()
         log.warning("webhook failed", outcome="failed", error=error, task_id=job.task_id)
+
+    async def _record(self, job: WebhookJob, attempt: int, outcome: str, **details: Any) -> None:
+        """One entry of the task's delivery log."""
+        assert self._log is not None
+        entry = DeliveryAttempt(
+            delivery_id=job.delivery_id,
+            event=job.event,
+            attempt=attempt,
+            at=utcnow(),
+            outcome=outcome,
+            **details,
+        )
+        await self._log.append(job.task_id, entry)
