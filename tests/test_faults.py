@@ -7,6 +7,8 @@ import signal
 from pathlib import Path
 
 import pytest
+from nats.js.api import StreamConfig
+from nats.js.errors import ServiceUnavailableError
 
 from pixelbus.contracts.events import TaskCompleted, TaskStarted
 from pixelbus.contracts.subjects import pool_for_environment
@@ -104,6 +106,7 @@ def slow_workers(
 
 
 SLOW = {"workflow": "slow", "environment": "face_swap"}
+PROBE = {"workflow": "probe", "environment": "face_swap"}
 
 
 async def test_a_task_five_times_longer_than_its_ack_wait_runs_once(
@@ -198,3 +201,36 @@ async def test_cancel_of_a_running_task_stops_it_at_once(
             await asyncio.wait_for(running, 15)
         stored = (await read_all_events(stack.nc))[task_id]
         assert not [e for e in stored if isinstance(e, TaskCompleted)]
+
+
+async def test_a_full_store_refuses_creates_at_once_and_recovers(tmp_path: Path) -> None:
+    """JetStream out of storage: a create answers 503 with Retry-After at once (no hang,
+    nothing accepted), every task accepted before completes, and creates work again once
+    space returns."""
+    server = NatsServer(tmp_path / "nats", max_file_store=32 * 1024 * 1024)
+    server.start()
+    try:
+        async with running_stack(server.url, tmp_path) as stack:
+            kv = await stack.kv()
+            before = [
+                (await stack.http.post("/api/tasks/create", json=PROBE)).json()["taskId"]
+                for _ in range(3)
+            ]
+            js = stack.nc.jetstream()
+            await js.add_stream(StreamConfig(name="FILLER", subjects=["filler.>"]))
+            with pytest.raises(ServiceUnavailableError):
+                for _ in range(200):  # 32 MiB in 512 KiB messages, with room to spare
+                    await js.publish("filler.x", b"x" * 512 * 1024)
+            began = asyncio.get_running_loop().time()
+            refused = await stack.http.post("/api/tasks/create", json=PROBE)
+            assert asyncio.get_running_loop().time() - began < 5  # an answer, not a hang
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "30"
+            assert "full" in refused.json()["detail"]
+            await js.delete_stream("FILLER")  # space returns
+            after = await stack.http.post("/api/tasks/create", json=PROBE)
+            assert after.status_code == 201, after.text
+            for task_id in [*before, after.json()["taskId"]]:
+                state = await wait_for_state(kv, task_id, lambda s: s.is_final, 30)
+                assert state.status is TaskStatus.COMPLETED
+    finally:
+        server.stop()

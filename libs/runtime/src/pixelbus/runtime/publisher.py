@@ -24,12 +24,13 @@ from pixelbus.contracts.subjects import TASK_STREAM, task_subject
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.tracing import headers_with_trace, messaging_attributes, tracer, tracing_on
 
-__all__ = ["TRANSIENT_BUS_ERRORS", "EventPublisher", "FirstOnTaken"]
+__all__ = ["TRANSIENT_BUS_ERRORS", "EventPublisher", "FirstOnTaken", "store_is_full"]
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
+_INSUFFICIENT_RESOURCES = 10023  # JetStream's error code for a store without room
 log = structlog.get_logger("pixelbus.publisher")
 
 
@@ -43,6 +44,12 @@ TRANSIENT_BUS_ERRORS: tuple[type[BaseException], ...] = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
 )
+
+
+def store_is_full(exc: BaseException) -> bool:
+    """JetStream refused a message for lack of storage (its ``max_file_store``, an account
+    or stream limit): not an election that heals in seconds."""
+    return getattr(exc, "err_code", None) == _INSUFFICIENT_RESOURCES
 
 
 class FirstOnTaken(Exception):
@@ -108,8 +115,8 @@ class EventPublisher:
                     subject, payload, timeout=self._timeout_s, stream=TASK_STREAM, headers=headers
                 )
             except TRANSIENT_BUS_ERRORS as exc:
-                if time.monotonic() + pause > deadline:
-                    raise
+                if store_is_full(exc) or time.monotonic() + pause > deadline:
+                    raise  # a full store does not heal in seconds: say so at once
                 log.info("publish retried", subject=subject, error=type(exc).__name__)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)

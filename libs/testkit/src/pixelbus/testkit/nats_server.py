@@ -39,8 +39,18 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, store_dir: Path, *, port: int | None = None, binary: str | None = None):
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        max_file_store: int | None = None,
+    ):
+        """``max_file_store``: JetStream's file storage limit in bytes (the server's default
+        is most of the disk), for tests of a full store."""
         self.store_dir = store_dir
+        self.max_file_store = max_file_store
         self.port = port or free_port()
         self.monitor_port = free_port()
         self.binary = binary or find_nats_server()
@@ -66,6 +76,10 @@ class NatsServer:
             "-sd", str(self.store_dir / "jetstream"),
             "-l", str(self.log_file),
         ]  # fmt: skip
+        if self.max_file_store is not None:
+            config = self.store_dir / "nats-server.conf"
+            config.write_text(f"jetstream {{\n  max_file_store: {self.max_file_store}\n}}\n")
+            args += ["-c", str(config)]
         # Own session: a Ctrl-C meant for `./dev up` must not stop NATS before the services.
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         self._wait_ready(timeout_s)

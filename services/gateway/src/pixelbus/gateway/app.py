@@ -58,6 +58,7 @@ from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.metrics import DEFAULT_CONSUMERS, process_metrics, sample_consumers
 from pixelbus.runtime.probes import NotReady, ProbeServer, ReadinessCheck
 from pixelbus.runtime.provision import ensure, ensure_webhooks
+from pixelbus.runtime.publisher import store_is_full
 from pixelbus.runtime.task_index import TaskIndex
 from pixelbus.runtime.tracing import setup_tracing
 from pixelbus.runtime.webhook_log import DeliveryLogStore
@@ -186,7 +187,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.exception_handler(nats.errors.Error)
     @app.exception_handler(TimeoutError)
     async def bus_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        """NATS without a stream leader (an election) or reconnecting: retry shortly."""
+        """NATS without a stream leader (an election) or reconnecting: retry shortly. A
+        full store: retry later (nothing was accepted)."""
+        if store_is_full(exc):
+            log.warning("task store full", path=request.url.path, error=repr(exc))
+            return JSONResponse(
+                status_code=503,
+                content={
+                    "detail": "the task store is full right now; nothing was accepted, retry later"
+                },
+                headers={"Retry-After": "30"},
+            )
         log.warning("message bus unavailable", path=request.url.path, error=repr(exc))
         return JSONResponse(
             status_code=503,
