@@ -6,6 +6,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import ServiceUnavailableError
@@ -234,3 +235,56 @@ async def test_a_full_store_refuses_creates_at_once_and_recovers(tmp_path: Path)
                 assert state.status is TaskStatus.COMPLETED
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("sync_interval", ["always", None], ids=["sync-always", "sync-default"])
+async def test_nats_killed_twice_mid_load_loses_and_duplicates_nothing(
+    tmp_path: Path, sync_interval: str | None
+) -> None:
+    """nats-server killed (-9) and restarted twice while clients create tasks, each with its
+    own Idempotency-Key and retrying on 503 and connection errors: every key gets exactly
+    one task, every task completes exactly once."""
+    server = NatsServer(tmp_path / "nats", sync_interval=sync_interval)
+    server.start()
+    keys = [f"restart-{n}" for n in range(60)]
+    created: dict[str, str] = {}
+    milestones = {20: asyncio.Event(), 40: asyncio.Event()}
+    try:
+        async with running_stack(server.url, tmp_path) as stack:
+
+            async def create(key: str) -> None:
+                while True:
+                    try:
+                        answer = await stack.http.post(
+                            "/api/tasks/create", json=PROBE, headers={"Idempotency-Key": key}
+                        )
+                    except httpx.TransportError:
+                        answer = None
+                    if answer is not None and answer.status_code in (200, 201):
+                        created[key] = answer.json()["taskId"]
+                        if len(created) in milestones:
+                            milestones[len(created)].set()
+                        return
+                    assert answer is None or answer.status_code == 503, answer.text
+                    await asyncio.sleep(0.2)  # the client's pause before its retry
+
+            async def clients() -> None:
+                for key in keys:
+                    await create(key)
+
+            load = asyncio.create_task(clients())
+            for milestone in milestones.values():
+                await asyncio.wait_for(milestone.wait(), 60)
+                server.kill()
+                server.start()
+            await asyncio.wait_for(load, 120)
+            kv = await stack.kv()
+            for task_id in created.values():
+                state = await wait_for_state(kv, task_id, lambda s: s.is_final, 60)
+                assert state.status is TaskStatus.COMPLETED, state
+            stored = await read_all_events(stack.nc)
+    finally:
+        server.stop()
+    assert len(created) == len(keys) and len(set(created.values())) == len(keys)
+    for task_id in created.values():
+        assert len([e for e in stored[task_id] if isinstance(e, TaskCompleted)]) == 1

@@ -46,11 +46,14 @@ class NatsServer:
         port: int | None = None,
         binary: str | None = None,
         max_file_store: int | None = None,
+        sync_interval: str | None = None,
     ):
         """``max_file_store``: JetStream's file storage limit in bytes (the server's default
-        is most of the disk), for tests of a full store."""
+        is most of the disk), for tests of a full store. ``sync_interval``: how often the
+        store is flushed to disk (``always``: before each ack; the server's default: 2 min)."""
         self.store_dir = store_dir
         self.max_file_store = max_file_store
+        self.sync_interval = sync_interval
         self.port = port or free_port()
         self.monitor_port = free_port()
         self.binary = binary or find_nats_server()
@@ -76,9 +79,11 @@ class NatsServer:
             "-sd", str(self.store_dir / "jetstream"),
             "-l", str(self.log_file),
         ]  # fmt: skip
-        if self.max_file_store is not None:
+        settings = {"max_file_store": self.max_file_store, "sync_interval": self.sync_interval}
+        lines = [f"  {name}: {value}" for name, value in settings.items() if value is not None]
+        if lines:
             config = self.store_dir / "nats-server.conf"
-            config.write_text(f"jetstream {{\n  max_file_store: {self.max_file_store}\n}}\n")
+            config.write_text("jetstream {\n" + "\n".join(lines) + "\n}\n")
             args += ["-c", str(config)]
         # Own session: a Ctrl-C meant for `./dev up` must not stop NATS before the services.
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
