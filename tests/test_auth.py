@@ -20,14 +20,17 @@ import pytest
 import uvicorn
 
 from pixelbus.contracts import task_index
+from pixelbus.contracts.subjects import QUOTAS_BUCKET
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.projector.projector import Projector
 from pixelbus.runtime.keys import create_key, revoke_key
 from pixelbus.runtime.provision import ensure
+from pixelbus.runtime.quotas import quota_key
 from pixelbus.runtime.settings import BusSettings
 from pixelbus.testkit.nats_server import NatsServer, free_port
 from pixelbus.testkit.waiting import eventually, wait_for_state
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, running_stack, serve_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -434,3 +437,55 @@ async def test_a_key_revoked_while_the_gateway_runs_is_refused_at_once(
     # the gateway follows the keys bucket with a watch: the next requests are refused
     await eventually(lambda: answered(401), timeout=2)
     assert (await stack.http.get("/api/tasks", headers=headers)).status_code == 401
+
+
+async def test_the_active_quota_holds_across_two_gateways_and_two_projectors(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Three slots shared by two gateway replicas; slots given back exactly once though two
+    projectors fold the same events (the quota counter ends at zero, never below)."""
+    keys = await _make_keys(nats_server.url)
+    slow = {"workflow": "probe", "environment": "comm"}  # no comfy worker: they stay pending
+    async with running_stack(
+        nats_server.url, tmp_path, PIXELBUS_AUTH="required", PIXELBUS_MAX_ACTIVE_TASKS="3"
+    ) as stack:
+        second_projector = Projector(stack.nc, batch=3)
+        projecting = asyncio.create_task(second_projector.run())
+        owner = keys.headers("owner")
+        try:
+            async with (
+                serve_gateway(stack.env) as other_url,
+                httpx.AsyncClient(base_url=other_url, timeout=30) as other,
+            ):
+                replicas = [stack.http, other, stack.http]
+                ids = []
+                for replica in replicas:
+                    answer = await replica.post("/api/tasks/create", json=slow, headers=owner)
+                    assert answer.status_code == 201, answer.text
+                    ids.append(answer.json()["taskId"])
+                for replica in (stack.http, other):
+                    refused = await replica.post("/api/tasks/create", json=slow, headers=owner)
+                    assert refused.status_code == 429, refused.text
+                for task_id in ids:
+                    cancel = await other.post(f"/api/tasks/{task_id}/cancel", headers=owner)
+                    assert cancel.status_code == 202
+            kv = await stack.kv()
+            for task_id in ids:
+                await wait_for_state(kv, task_id, lambda s: s.is_final, 15)
+            quotas = await stack.nc.jetstream().key_value(QUOTAS_BUCKET)
+
+            async def released() -> int | None:
+                value = int((await quotas.get(quota_key("tenant-a"))).value or b"0")
+                return value if value == 0 else None
+
+            assert await eventually(released, timeout=10) == 0
+            again = [
+                await stack.http.post("/api/tasks/create", json=slow, headers=owner)
+                for _ in range(3)
+            ]
+            assert [a.status_code for a in again] == [201, 201, 201]  # all three back, once
+            fourth = await stack.http.post("/api/tasks/create", json=slow, headers=owner)
+            assert fourth.status_code == 429  # and not more: none was given back twice
+        finally:
+            second_projector.stop()
+            await asyncio.wait_for(projecting, 10)
