@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import threading
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelbus.contracts.subjects import TASK_STREAM
+from pixelbus.contracts.subjects import TASK_STREAM, WORKERS_BUCKET
 from pixelbus.contracts.task import TaskStatus
+from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.state import decode_state
 from pixelbus.testkit.waiting import wait_for_state
 from tests.conftest import data_uri
@@ -235,6 +238,15 @@ async def test_health_reports_nats_kv_and_workers(stack: Stack) -> None:
     body = response.json()
     assert body["status"] == "ok" and body["nats"]["connected"] and body["kv"]["ok"]
     assert body["pools"].get("faceswap") == 1
+    # a worker that died 20 s ago (its last heartbeat): no longer counted, though its
+    # presence entry lives on in the bucket until it expires
+    workers = await stack.nc.jetstream().key_value(WORKERS_BUCKET)
+    died = (utcnow() - timedelta(seconds=20)).isoformat()
+    stale = {"worker": "gone", "pool": "faceswap", "at": died}
+    await workers.put("faceswap.gone", json.dumps(stale).encode())
+    again = (await stack.http.get("/api/health")).json()
+    assert again["pools"].get("faceswap") == 1
+    assert "gone" not in [w["worker"] for w in again["workers"]]
     docs = await stack.http.get("/openapi.json")
     paths = docs.json()["paths"]
     for path in (

@@ -133,8 +133,16 @@ async def _update_backing_stream(js: JetStreamContext, stream: str, **changes: o
 
 
 async def _ensure_kv(
-    js: JetStreamContext, bucket: str, settings: BusSettings, *, ttl: float | None, history: int
+    js: JetStreamContext,
+    bucket: str,
+    settings: BusSettings,
+    *,
+    ttl: float | None,
+    history: int,
+    direct: bool = False,
 ) -> None:
+    """``direct``: readers may ask for many entries at once without a consumer (the
+    workers' presence, listed by ``/api/health``)."""
     try:
         await js.stream_info(f"KV_{bucket}")
     except NotFoundError:
@@ -145,6 +153,7 @@ async def _ensure_kv(
                 ttl=ttl,
                 storage=StorageType.FILE,
                 replicas=settings.replicas,
+                direct=direct,
             )
         )
         return
@@ -154,6 +163,7 @@ async def _ensure_kv(
         max_age=ttl or 0,
         num_replicas=settings.replicas,
         max_msgs_per_subject=history,
+        allow_direct=direct,
     )
 
 
@@ -275,7 +285,9 @@ async def _ensure_all(js: JetStreamContext, settings: BusSettings, limits: PoolL
     await _ensure_kv(js, INDEX_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
     await _ensure_kv(js, IDEMPOTENCY_BUCKET, settings, ttl=settings.idempotency_ttl_s, history=1)
     await _ensure_kv(js, LEASES_BUCKET, settings, ttl=LEASE_TTL_S, history=1)
-    await _ensure_kv(js, WORKERS_BUCKET, settings, ttl=WORKER_PRESENCE_TTL_S, history=1)
+    await _ensure_kv(
+        js, WORKERS_BUCKET, settings, ttl=WORKER_PRESENCE_TTL_S, history=1, direct=True
+    )
     await _ensure_kv(js, KEYS_BUCKET, settings, ttl=None, history=5)
     await _ensure_kv(js, RATES_BUCKET, settings, ttl=RATE_WINDOW_TTL_S, history=1)
     await _ensure_kv(js, QUOTAS_BUCKET, settings, ttl=None, history=1)

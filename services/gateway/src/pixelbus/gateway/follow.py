@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ from pixelbus.contracts.events import AnyEvent, decode_event
 from pixelbus.contracts.fold import apply
 from pixelbus.contracts.subjects import SUBJECT_ROOT, TASK_STREAM, sanitize_token
 from pixelbus.contracts.task import TaskState
+from pixelbus.runtime.direct import direct_batch
 
 __all__ = [
     "Emission",
@@ -152,30 +152,18 @@ async def read_events(
 async def _direct_batch(
     nc: Client, subject_filter: str, from_seq: int, batch: int
 ) -> list[tuple[int, AnyEvent, int]]:
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    body = {"seq": max(1, from_seq), "batch": batch, "next_by_subj": subject_filter}
+    request = {"seq": max(1, from_seq), "batch": batch, "next_by_subj": subject_filter}
     events: list[tuple[int, AnyEvent, int]] = []
-    try:
-        await nc.publish(
-            f"$JS.API.DIRECT.GET.{TASK_STREAM}", json.dumps(body).encode(), reply=inbox
-        )
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            headers = msg.headers or {}
-            if headers.get("Status"):  # end of batch, or nothing at all (404)
-                return events
-            seq = int(headers.get("Nats-Sequence", "0"))
-            pending = int(headers.get("Nats-Num-Pending", "0"))
-            try:
-                events.append((seq, decode_event(msg.data), pending))
-            except Exception as exc:
-                log.error("undecodable event skipped", seq=seq, error=str(exc))
-            if len(events) == batch:
-                return events  # all asked for: no need to wait for the end-of-batch
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+    for msg in await direct_batch(nc, TASK_STREAM, request):
+        headers = msg.headers or {}
+        seq = int(headers.get("Nats-Sequence", "0"))
+        try:
+            event = decode_event(msg.data)
+        except Exception as exc:
+            log.error("undecodable event skipped", seq=seq, error=str(exc))
+            continue
+        events.append((seq, event, int(headers.get("Nats-Num-Pending", "0"))))
+    return events
 
 
 async def follow_task(

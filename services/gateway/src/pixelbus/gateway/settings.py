@@ -30,7 +30,9 @@ class GatewaySettings:
     lease_secret: str = ""
     storage_provider: str = "local"
     local_storage_dir: Path = Path(".pixelbus/storage")
-    workers_seen_s: float = 30.0
+    #: A worker whose presence (written every 5 s) is older than this is not counted: three
+    #: missed heartbeats, not the presence bucket's 30 s expiry.
+    workers_seen_s: float = 15.0
     #: The probe server (``/healthz``, ``/readyz``, ``/metrics`` on its own port) runs only
     #: when ``PIXELBUS_PROBE_PORT`` is set, as the Kubernetes manifests do.
     probes: ProbeSettings | None = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -30,6 +31,8 @@ from pixelbus.contracts.subjects import (
     WORKERS_BUCKET,
 )
 from pixelbus.gateway.deps import Gateway, gateway
+from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.direct import direct_batch
 
 router = APIRouter(tags=["health"])
 
@@ -44,17 +47,24 @@ async def _check(coro: Any, timeout: float = 2.0) -> tuple[bool, Any]:
 
 
 async def _workers(gw: Gateway) -> list[dict[str, Any]]:
-    kv = await gw.js.key_value(WORKERS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
-        return []
+    """Every live worker's presence, with one direct get (the last entry of each key)."""
+    request = {"multi_last": [f"$KV.{WORKERS_BUCKET}.>"], "batch": 10_000}
+    oldest = utcnow() - timedelta(seconds=gw.settings.workers_seen_s)
     seen = []
-    for key in keys:
-        entry = await kv.get(key)
-        if entry.value:
-            seen.append(json.loads(entry.value))
+    for msg in await direct_batch(gw.nc, f"KV_{WORKERS_BUCKET}", request):
+        if not msg.data or (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            continue
+        presence = json.loads(msg.data)
+        if _heard_at(presence) >= oldest:  # older: it stopped heartbeating (died)
+            seen.append(presence)
     return seen
+
+
+def _heard_at(presence: dict[str, Any]) -> datetime:
+    try:
+        return datetime.fromisoformat(str(presence.get("at")))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 @router.get(
