@@ -7,7 +7,8 @@ from pathlib import Path
 from nats.js.api import StreamConfig
 
 from pixelbus.contracts.subjects import TASK_STREAM, pool_for_environment
-from pixelbus.gateway.queue import QueueBoard, count_from
+from pixelbus.gateway.queue import QueueBoard
+from pixelbus.runtime.direct import count_from
 from pixelbus.runtime.state import read_state
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import wait_for_state

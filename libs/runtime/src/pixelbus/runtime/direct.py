@@ -17,7 +17,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-__all__ = ["direct_batch"]
+__all__ = ["count_from", "direct_batch"]
 
 
 async def direct_batch(
@@ -40,3 +40,13 @@ async def direct_batch(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def count_from(nc: Client, stream: str, subject_filter: str, seq: int) -> int:
+    """How many messages on ``subject_filter`` the stream holds at or after ``seq``: the
+    first one's ``Nats-Num-Pending`` (counted by the server), plus itself."""
+    request = {"seq": max(1, seq), "batch": 1, "next_by_subj": subject_filter}
+    found = await direct_batch(nc, stream, request)
+    if not found:
+        return 0
+    return 1 + int((found[0].headers or {}).get("Nats-Num-Pending", "0"))

@@ -25,7 +25,6 @@ between (events are kept for days; the cache's TTL bounds the drift).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,23 +36,11 @@ from nats.js.errors import NotFoundError
 
 from pixelbus.contracts.subjects import TASK_STREAM, Pool, pool_for_environment, task_subject
 from pixelbus.contracts.task import TaskState, TaskStatus
+from pixelbus.runtime.direct import count_from
 
-__all__ = ["QueueBoard", "count_from"]
+__all__ = ["QueueBoard"]
 
 log = structlog.get_logger("pixelbus.queue")
-
-_NUM_PENDING = "Nats-Num-Pending"
-
-
-async def count_from(nc: Client, stream: str, subject_filter: str, seq: int) -> int:
-    """How many messages on ``subject_filter`` the stream holds at or after ``seq``: one
-    direct get (the stream must allow direct gets), counted by the server."""
-    body = json.dumps({"seq": max(1, seq), "batch": 1, "next_by_subj": subject_filter})
-    reply = await nc.request(f"$JS.API.DIRECT.GET.{stream}", body.encode(), timeout=5)
-    headers = reply.headers or {}
-    if headers.get("Status"):  # 404: none at or after seq
-        return 0
-    return 1 + int(headers.get(_NUM_PENDING, "0"))
 
 
 @dataclass(frozen=True, slots=True)
