@@ -63,6 +63,7 @@ def stack_env(nats_url: str, storage_dir: Path, port: int, **extra: str) -> dict
         "PIXELBUS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "PIXELBUS_PORT": str(port),
         "PIXELBUS_ACK_WAIT_S": "2",
+        "PIXELBUS_ACK_WAIT_S_COMFY": "2",
         "PIXELBUS_RETRY_DELAY_S": "0.1",
         "PIXELBUS_MAX_DELIVER": "3",
         "PIXELBUS_PROGRESS_INTERVAL_S": "0.05",

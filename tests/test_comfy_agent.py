@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 async def gateway_only(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Stack]:
     """Gateway and uploader; no comfy-worker in the cluster."""
     async with running_stack(
-        nats_server.url, tmp_path, worker=False, PIXELBUS_ACK_WAIT_S="3"
+        nats_server.url, tmp_path, worker=False, PIXELBUS_ACK_WAIT_S_COMFY="3"
     ) as stack:
         yield stack
 

@@ -20,9 +20,11 @@ from pixelbus.contracts.subjects import (
     WEBHOOK_LOG_BUCKET,
     WEBHOOK_STREAM,
 )
-from pixelbus.contracts.webhooks import DeliveryLog, verify
+from pixelbus.contracts.webhooks import DeliveryAttempt, DeliveryLog, WebhookJob, verify
+from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.provision import ensure_webhook_dispatcher
 from pixelbus.runtime.settings import BusSettings
+from pixelbus.runtime.webhook_log import DeliveryLogStore
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.webhooks.service import WebhookService
 from pixelbus.webhooks.settings import WebhookSettings
@@ -204,7 +206,7 @@ async def test_a_dispatcher_dying_on_the_last_attempt_leaves_a_final_failed_mark
             tmp_path,
             webhooks=False,
             PIXELBUS_WEBHOOK_MAX_ATTEMPTS="2",
-            PIXELBUS_WEBHOOK_TIMEOUT_S="0.5",  # the service's ack wait: 5.5 s
+            PIXELBUS_WEBHOOK_TIMEOUT_S="0.5",
             **HOOK_ENV,
         ) as stack,
     ):
@@ -232,3 +234,47 @@ async def test_a_dispatcher_dying_on_the_last_attempt_leaves_a_final_failed_mark
     assert (last.attempt, last.outcome) == (3, "failed")
     assert last.error is not None and "dispatcher stopped" in last.error
     assert receiver.received == []  # nothing posted beyond the two attempts of the budget
+
+
+async def test_a_delivery_logged_before_its_dispatcher_died_is_not_posted_again(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The dispatcher posted, logged ``delivered`` and died before its ack: the job comes
+    back, and the next dispatcher acks it from the log instead of posting a duplicate."""
+    async with (
+        webhook_receiver() as receiver,
+        running_stack(nats_server.url, tmp_path, webhooks=False, **HOOK_ENV) as stack,
+    ):
+        js = stack.nc.jetstream()
+        await ensure_webhook_dispatcher(js, max_attempts=3, ack_wait_s=0.5)
+        created = await stack.http.post("/api/tasks/create", json=probe(receiver.url))
+        task_id = created.json()["taskId"]
+        doomed = await js.pull_subscribe_bind(
+            durable=WEBHOOK_DISPATCHER_CONSUMER, stream=WEBHOOK_STREAM
+        )
+        [msg] = await doomed.fetch(1, timeout=15)
+        job = msgspec.json.decode(msg.data, type=WebhookJob)
+        store = DeliveryLogStore(await js.key_value(WEBHOOK_LOG_BUCKET))
+        await store.append(
+            task_id,
+            DeliveryAttempt(delivery_id=job.delivery_id, event=job.event, attempt=1,
+                            at=utcnow(), outcome="delivered", status_code=200),
+        )  # fmt: skip
+        await doomed.unsubscribe()  # dies without acking
+        service = WebhookService(stack.nc, BusSettings.from_env(stack.env),
+                                 WebhookSettings.from_env(stack.env))  # fmt: skip
+        running = asyncio.create_task(service.run())
+        try:
+            deadline = time.monotonic() + 15
+            while True:  # handed out a second time, and acked
+                info = await js.consumer_info(WEBHOOK_STREAM, WEBHOOK_DISPATCHER_CONSUMER)
+                if (info.delivered.consumer_seq or 0) >= 2 and info.num_ack_pending == 0:
+                    break
+                assert time.monotonic() < deadline, info
+                await asyncio.sleep(0.05)
+        finally:
+            service.stop()
+            await asyncio.wait_for(running, 15)
+        log = await store.read(task_id)
+    assert receiver.received == []
+    assert [(a.attempt, a.outcome) for a in log.attempts] == [(1, "delivered")]

@@ -245,7 +245,7 @@ async def _ensure_all(js: JetStreamContext, settings: BusSettings, limits: PoolL
             _consumer(
                 pool.durable,
                 pool.filter_subject,
-                ack_wait=settings.ack_wait_s,
+                ack_wait=settings.ack_wait_for(pool.name),
                 max_deliver=settings.max_deliver,
                 max_ack_pending=limits.max_ack_pending,
             ),
@@ -255,7 +255,9 @@ async def _ensure_all(js: JetStreamContext, settings: BusSettings, limits: PoolL
         _consumer(
             PROJECTOR_CONSUMER,
             f"{SUBJECT_ROOT}.>",
-            ack_wait=30,
+            # short like every lease: after a projector dies, its unacked batch is folded
+            # by the next one within seconds (folding is idempotent by sequence)
+            ack_wait=settings.ack_wait_s,
             max_deliver=-1,
             max_ack_pending=20_000,
         ),

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
+from pixelbus.contracts.subjects import POOLS
 from pixelbus.runtime.errors import SettingsError
 
 __all__ = [
@@ -107,8 +108,12 @@ def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
 class BusSettings:
     """How services reach NATS and how the JetStream assets are sized.
 
-    Durations in seconds. ``ack_wait_s`` is also the lease of an external consumer:
-    a worker or consumer silent for longer loses the task to someone else.
+    Durations in seconds. ``ack_wait_s`` is the lease of every in-cluster consumer (pool
+    workers, the uploader, the projector): work in flight keeps it by heartbeating (an
+    in-progress ack every third of it), so it is short and a killed process's work comes
+    back within it. ``pool_ack_wait_s`` overrides it per pool (``PIXELBUS_ACK_WAIT_S_<POOL>``);
+    the ``comfy`` pool's default is longer because external consumers
+    (``/api/comm/task/fetch``) draw from it and heartbeat over HTTP.
     ``inline_output_bytes``: a task's outputs travel inline in ``OutputsReady`` up to this
     many bytes in all (a probe's JSON, a thumbnail); larger ones go through the Object
     Store. Kept well under the stream's 1 MiB message limit (base64 adds a third).
@@ -118,7 +123,8 @@ class BusSettings:
     replicas: int = 1
     stream_max_age_s: float = 7 * 24 * 3600
     duplicate_window_s: float = 600
-    ack_wait_s: float = 30
+    ack_wait_s: float = 5
+    pool_ack_wait_s: tuple[tuple[str, float], ...] = (("comfy", 30.0),)
     max_deliver: int = 5
     retry_delay_s: float = 2
     outputs_ttl_s: float = 24 * 3600
@@ -138,6 +144,7 @@ class BusSettings:
                 environ, "PIXELBUS_DUPLICATE_WINDOW_S", cls.duplicate_window_s, lo=1, hi=86400
             ),
             ack_wait_s=env_float(environ, "PIXELBUS_ACK_WAIT_S", cls.ack_wait_s, lo=0.5, hi=3600),
+            pool_ack_wait_s=_pool_ack_waits(environ),
             max_deliver=env_int(environ, "PIXELBUS_MAX_DELIVER", cls.max_deliver, lo=1, hi=100),
             retry_delay_s=env_float(
                 environ, "PIXELBUS_RETRY_DELAY_S", cls.retry_delay_s, lo=0, hi=3600
@@ -160,10 +167,27 @@ class BusSettings:
             ),
         )
 
+    def ack_wait_for(self, pool: str) -> float:
+        """The lease of ``pool``'s tasks: its own setting, else ``ack_wait_s``."""
+        return dict(self.pool_ack_wait_s).get(pool, self.ack_wait_s)
+
     def redacted(self) -> dict[str, Any]:
         values = asdict(self)
         values["nats_url"] = _redact_url(self.nats_url)
         return values
+
+
+def _pool_ack_waits(environ: Mapping[str, str]) -> tuple[tuple[str, float], ...]:
+    """``PIXELBUS_ACK_WAIT_S_<POOL>`` for each pool that has one (else the defaults); a pool
+    without one follows ``PIXELBUS_ACK_WAIT_S``."""
+    defaults = dict(BusSettings.pool_ack_wait_s)
+    waits: dict[str, float] = {}
+    for pool in POOLS:
+        name = f"PIXELBUS_ACK_WAIT_S_{pool.name.upper()}"
+        if name in environ or pool.name in defaults:
+            default = defaults.get(pool.name, BusSettings.ack_wait_s)
+            waits[pool.name] = env_float(environ, name, default, lo=0.5, hi=3600)
+    return tuple(sorted(waits.items()))
 
 
 def _redact_url(url: str) -> str:

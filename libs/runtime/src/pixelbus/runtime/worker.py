@@ -447,7 +447,7 @@ class WorkerRuntime:
         started = time.monotonic()
         outcome = "error"
         try:
-            with keep_alive(msg, max(0.2, self.settings.ack_wait_s / 3)):
+            with keep_alive(msg, max(0.2, self.settings.ack_wait_for(self.pool.name) / 3)):
                 outcome = await self._attempt(msg, event, attempt, entry)
         except asyncio.CancelledError:
             if entry.cancelled_by_request:

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from pixelbus.contracts.subjects import WEBHOOK_DISPATCHER_CONSUMER, WEBHOOK_STREAM
 from pixelbus.contracts.webhooks import DeliveryAttempt, WebhookJob, backoff_s, signature_headers
 from pixelbus.runtime.clock import utcnow
-from pixelbus.runtime.pull import consume
+from pixelbus.runtime.pull import consume, keep_alive
 from pixelbus.runtime.webhook_log import DeliveryLogStore
 from pixelbus.webhooks.sender import SendResult, WebhookSender
 from pixelbus.webhooks.settings import WebhookSettings
@@ -43,10 +43,14 @@ def decide(result: SendResult, attempt: int, settings: WebhookSettings) -> tuple
 
 
 class WebhookDispatcher:
-    def __init__(self, nc: Client, settings: WebhookSettings, sender: WebhookSender) -> None:
+    def __init__(
+        self, nc: Client, settings: WebhookSettings, sender: WebhookSender, *, lease_s: float
+    ) -> None:
+        """``lease_s``: the consumer's ack wait; a POST under way heartbeats within it."""
         self._nc = nc
         self._js = nc.jetstream()
         self._settings = settings
+        self._lease_s = lease_s
         self._sender = sender
         self._stopping = asyncio.Event()
         self._log: DeliveryLogStore | None = None
@@ -83,6 +87,9 @@ class WebhookDispatcher:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered
+        if attempt > 1 and await self._already_delivered(job):
+            await msg.ack()  # posted and logged; the dispatcher died before its ack
+            return
         if attempt > self._settings.max_attempts:
             await self._spent(msg, job, attempt)
             return
@@ -93,7 +100,8 @@ class WebhookDispatcher:
                 self._settings.secret_for(job.owner), job.delivery_id, int(time.time()), job.body
             ),
         }
-        result = await self._sender.post(job.url, job.body, headers)
+        with keep_alive(msg, max(0.2, self._lease_s / 3)):
+            result = await self._sender.post(job.url, job.body, headers)
         outcome, delay = decide(result, attempt, self._settings)
         await self._record(
             job,
@@ -115,6 +123,13 @@ class WebhookDispatcher:
         else:
             await msg.term()
             log.warning("webhook failed", outcome=outcome, error=result.error, **fields)
+
+    async def _already_delivered(self, job: WebhookJob) -> bool:
+        """A redelivered job whose POST the log already records as ``delivered``: posting
+        it again would hand the receiver a duplicate (a first delivery reads nothing)."""
+        assert self._log is not None
+        entries = (await self._log.read(job.task_id)).attempts
+        return any(e.delivery_id == job.delivery_id and e.outcome == "delivered" for e in entries)
 
     async def _spent(self, msg: Msg, job: WebhookJob, attempt: int) -> None:
         """Delivered again after the last attempt: the dispatcher stopped during that one

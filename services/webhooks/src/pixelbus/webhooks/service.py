@@ -42,14 +42,18 @@ class WebhookService:
             timeout_s=settings.timeout_s,
             resolver=resolver,
         )
-        self.dispatcher = WebhookDispatcher(nc, settings, self.sender)
+        self.dispatcher = WebhookDispatcher(nc, settings, self.sender, lease_s=bus.ack_wait_s)
         self._stopping = asyncio.Event()
 
     async def prepare(self) -> DeliveryLogStore:
         js = self._nc.jetstream()
         await ensure_webhooks(js, self._bus)
         await ensure_webhook_dispatcher(
-            js, max_attempts=self.settings.max_attempts, ack_wait_s=self.settings.timeout_s + 5
+            # a short lease like every consumer's: the POST under way heartbeats, so a killed
+            # dispatcher's delivery comes back within seconds, not after its timeout
+            js,
+            max_attempts=self.settings.max_attempts,
+            ack_wait_s=self._bus.ack_wait_s,
         )
         if self.settings.secret_generated:
             log.warning(

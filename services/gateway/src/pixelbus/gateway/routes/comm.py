@@ -158,10 +158,15 @@ async def fetch_task(
             "attempt": attempt,
             "lease": {
                 "token": sign_lease(lease, gw.settings.lease_secret),
-                "expires_in_s": gw.settings.bus.ack_wait_s,
+                "expires_in_s": lease_s(gw, event.environment),
             },
         }
     )
+
+
+def lease_s(gw: Gateway, environment: str) -> float:
+    """An external consumer's lease: its pool's ack wait, extended by each heartbeat."""
+    return gw.settings.bus.ack_wait_for(pool_for_environment(environment).name)
 
 
 async def _current_lease(gw: Gateway, task_id: str, token: str) -> Lease | JSONResponse:
@@ -207,7 +212,7 @@ async def report_progress(
         environment=lease.environment,
         workflow=lease.workflow,
     )
-    return JSONResponse(content={"lease_expires_in_s": gw.settings.bus.ack_wait_s})
+    return JSONResponse(content={"lease_expires_in_s": lease_s(gw, lease.environment)})
 
 
 @router.post(
