@@ -9,7 +9,9 @@ without the permission → 403 ``AccessDenied``).
 
 ``FaultyProxy`` sits in front of any HTTP server and answers the first N requests itself
 (an S3 error document with a 5xx status, or no answer at all), then forwards, so that
-callers' handling of server faults is tested over real HTTP.
+callers' handling of server faults is tested over real HTTP. It can start and stop
+failing while it runs (``fail_next``, ``heal``), delay what it forwards (a slow server),
+and counts what a fault test asserts on: requests open now and at most, per path too.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import selectors
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -216,14 +221,29 @@ def s3_bucket(s3_server: S3Server) -> str:
 class FaultyProxy:
     """An HTTP proxy that answers the first ``fail_first`` requests itself, then forwards.
 
-    ``hang=True`` makes those requests get no answer until the proxy closes (a server that
-    stopped responding); otherwise they get ``status`` with an S3 error document. The
-    ``Host`` header is forwarded unchanged, so SigV4 signatures made for the proxy's address
-    stay valid upstream.
+    ``hang=True`` makes those requests get no answer (a server that stopped responding):
+    each is held until its client gives up and closes the connection, or the proxy
+    closes; otherwise they get ``status`` with an S3 error document. ``fail_next(n)``
+    makes the next ``n`` requests fail too (all of them by default) and ``heal()`` stops
+    failing new ones, at any time while it runs. ``delay_s`` holds every forwarded request
+    that long first (a slow server). The ``Host`` header is forwarded unchanged, so SigV4
+    signatures made for the proxy's address stay valid upstream.
+
+    Counts: ``requests`` and ``faults`` (all time); ``open`` (requests being answered or
+    held now), ``max_open`` and ``max_open_per_path`` (the most at once, in all and for
+    one path: two at once on a key means it was being written twice); ``abandoned``
+    (hung requests whose client gave up); ``forwarded`` (requests answered by the
+    upstream, by ``"METHOD path"``).
     """
 
     def __init__(
-        self, upstream_url: str, *, fail_first: int = 0, status: int = 503, hang: bool = False
+        self,
+        upstream_url: str,
+        *,
+        fail_first: int = 0,
+        status: int = 503,
+        hang: bool = False,
+        delay_s: float = 0.0,
     ) -> None:
         upstream = urlsplit(upstream_url)
         if upstream.scheme != "http" or upstream.hostname is None:
@@ -232,8 +252,15 @@ class FaultyProxy:
         self.fail_first = fail_first
         self.status = status
         self.hang = hang
+        self.delay_s = delay_s
         self.requests = 0
         self.faults = 0
+        self.open = 0
+        self.max_open = 0
+        self.max_open_per_path = 0
+        self.abandoned = 0
+        self.forwarded: Counter[str] = Counter()
+        self._open_paths: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer((_HOST, 0), self._handler_class())
@@ -260,13 +287,44 @@ class FaultyProxy:
             self._thread.join()
         self._server.server_close()
 
-    def _take_fault(self) -> bool:
+    def fail_next(self, count: int = sys.maxsize) -> None:
+        """Fail the next ``count`` requests (every one until ``heal`` by default)."""
+        with self._lock:
+            self.fail_first = self.faults + count
+
+    def heal(self) -> None:
+        """Forward every new request from now on; requests already hung stay hung."""
+        with self._lock:
+            self.fail_first = self.faults
+
+    def _opened(self, path: str) -> bool:
+        """Count a request in; whether it is one to fail."""
         with self._lock:
             self.requests += 1
+            self.open += 1
+            self.max_open = max(self.max_open, self.open)
+            self._open_paths[path] += 1
+            self.max_open_per_path = max(self.max_open_per_path, self._open_paths[path])
             if self.faults < self.fail_first:
                 self.faults += 1
                 return True
             return False
+
+    def _closed(self, path: str) -> None:
+        with self._lock:
+            self.open -= 1
+            self._open_paths[path] -= 1
+            if not self._open_paths[path]:
+                del self._open_paths[path]
+
+    def _hold(self, connection: socket.socket) -> None:
+        """Answer nothing until the client closes the connection or the proxy closes."""
+        while not self._closing.is_set():
+            readable, _, _ = select.select([connection], [], [], 0.02)
+            if readable and not _still_open(connection):
+                with self._lock:
+                    self.abandoned += 1
+                return
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -288,17 +346,24 @@ class FaultyProxy:
                 return self.rfile.read(length) if length else b""
 
             def _handle(self) -> None:
-                body = self._body()
-                if proxy._take_fault():
-                    if proxy.hang:
-                        proxy._closing.wait()
+                path = urlsplit(self.path).path
+                fault = proxy._opened(path)
+                try:
+                    body = self._body()
+                    if fault and proxy.hang:
+                        proxy._hold(self.connection)
                         self.close_connection = True
-                        return
-                    self._send(
-                        proxy.status, {"Content-Type": "application/xml"}, _error(proxy.status)
-                    )
-                    return
-                self._forward(body)
+                    elif fault:
+                        self._send(
+                            proxy.status, {"Content-Type": "application/xml"}, _error(proxy.status)
+                        )
+                    else:
+                        if proxy.delay_s and proxy._closing.wait(proxy.delay_s):
+                            self.close_connection = True
+                            return
+                        self._forward(body)
+                finally:
+                    proxy._closed(path)
 
             def _forward(self, body: bytes) -> None:
                 conn = http.client.HTTPConnection(*proxy._upstream, timeout=30)
@@ -312,6 +377,8 @@ class FaultyProxy:
                     }
                 finally:
                     conn.close()
+                with proxy._lock:
+                    proxy.forwarded[f"{self.command} {urlsplit(self.path).path}"] += 1
                 self._send(response.status, upstream_headers, data)
 
             def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
@@ -332,6 +399,14 @@ class FaultyProxy:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
         return Handler
+
+
+def _still_open(connection: socket.socket) -> bool:
+    """Whether a readable connection's client is still there (no EOF, no reset)."""
+    try:
+        return bool(connection.recv(1, socket.MSG_PEEK))
+    except OSError:
+        return False
 
 
 _HOP = frozenset(
