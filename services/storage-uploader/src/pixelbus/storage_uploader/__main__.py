@@ -14,7 +14,7 @@ from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.service import consumer_ready, run_service, service_shell
 from pixelbus.runtime.settings import BusSettings, env_int
 from pixelbus.storage_uploader.providers import build_provider
-from pixelbus.storage_uploader.settings import StorageSettings
+from pixelbus.storage_uploader.settings import DEFAULT_UPLOAD_CONCURRENCY, StorageSettings
 from pixelbus.storage_uploader.uploader import Uploader
 
 NAME = "pixelbus-storage-uploader"
@@ -32,14 +32,16 @@ class UploaderSettings:
         return cls(
             bus=BusSettings.from_env(environ),
             storage=StorageSettings.from_env(environ),
-            concurrency=env_int(environ, "PIXELBUS_UPLOAD_CONCURRENCY", 32, lo=1, hi=1024),
+            concurrency=env_int(
+                environ, "PIXELBUS_UPLOAD_CONCURRENCY", DEFAULT_UPLOAD_CONCURRENCY, lo=1, hi=1024
+            ),
         )
 
 
 async def serve(settings: UploaderSettings) -> None:
     bus, storage = settings.bus, settings.storage
     log.info("storage-uploader starting", bus=bus.redacted(), storage=storage.redacted())
-    provider = build_provider(storage)
+    provider = build_provider(storage, connections=settings.concurrency)
     nc = await connect(bus.nats_url, NAME)
     await ensure(nc.jetstream(), bus)
     uploader = Uploader(

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_PART_SIZE",
     "DEFAULT_PUBLIC_BASE_URL",
     "DEFAULT_R2_TIMEOUT_S",
+    "DEFAULT_UPLOAD_CONCURRENCY",
     "MAX_URL_TTL_S",
     "MIN_PART_SIZE",
     "CfImagesSettings",
@@ -53,6 +54,9 @@ MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # S3 (and R2) refuse smaller parts, except the last
 DEFAULT_PART_SIZE = 8 * MIB
 MAX_URL_TTL_S = 7 * 24 * 3600  # the longest a SigV4 / GOOG4 signed URL may live
+# PIXELBUS_UPLOAD_CONCURRENCY's default: messages stored at once, and the connections an
+# R2 client keeps for them
+DEFAULT_UPLOAD_CONCURRENCY = 32
 
 _REDACTED = "***"
 _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9-]{1,63}$")  # it becomes a host name label

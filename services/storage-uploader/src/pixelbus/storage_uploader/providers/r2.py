@@ -9,6 +9,10 @@ size of the output. A failed multipart upload is aborted, so no parts linger. Ev
 gets its content type and ``Cache-Control``. URLs are ``R2_PUBLIC_URL/<key>``, or presigned
 GETs (``PIXELBUS_R2_URL_TTL_S``) when ``R2_PUBLIC_URL`` is unset.
 
+The client keeps up to ``connections`` connections (the uploader passes its concurrency),
+so that every upload slot can be writing at once: botocore's pool of 10 would queue the
+rest, whatever ``PIXELBUS_UPLOAD_CONCURRENCY`` says.
+
 botocore's own retries are off: the uploader retries with backoff (``retry``), then
 JetStream redelivers; retrying here too would only multiply the waits. Every botocore
 failure is mapped onto ``StoragePermanentError`` or ``StorageRetryableError`` with a
@@ -47,7 +51,7 @@ from pixelbus.storage_uploader.providers.base import (
     close_stream,
     validate_key,
 )
-from pixelbus.storage_uploader.settings import R2Settings
+from pixelbus.storage_uploader.settings import DEFAULT_UPLOAD_CONCURRENCY, R2Settings
 
 __all__ = ["R2Provider", "map_r2_error"]
 
@@ -79,7 +83,13 @@ _RETRYABLE_CODES = frozenset(
 class R2Provider:
     name = "r2"
 
-    def __init__(self, settings: R2Settings, *, session: aioboto3.Session | None = None) -> None:
+    def __init__(
+        self,
+        settings: R2Settings,
+        *,
+        session: aioboto3.Session | None = None,
+        connections: int = DEFAULT_UPLOAD_CONCURRENCY,
+    ) -> None:
         self._settings = settings
         self._session = session or aioboto3.Session()
         self._config = Config(
@@ -87,6 +97,7 @@ class R2Provider:
             signature_version="s3v4",
             s3={"addressing_style": "path"},
             retries={"total_max_attempts": 1},
+            max_pool_connections=connections,
             connect_timeout=settings.timeout_s,
             read_timeout=settings.timeout_s,
             # R2 does not support every checksum newer botocore sends by default.
