@@ -205,7 +205,9 @@ class Uploader:
         self._in_flight += 1
         self._metrics.set_in_flight(UPLOADER_CONSUMER, self._in_flight)
         try:
-            with keep_alive(msg, max(0.5, self._settings.ack_wait_s / 3)):
+            # a third of the lease, as the worker does: a 0.5 s floor was the whole lease at
+            # PIXELBUS_ACK_WAIT_S=0.5, and every upload longer than it was redelivered
+            with keep_alive(msg, max(0.2, self._settings.ack_wait_s / 3)):
                 await self._upload(msg, event, environment, workflow)
         except Exception:  # the bus itself failed us: let the message come back
             log.exception("upload step failed; will be redelivered", task_id=event.task_id)
