@@ -45,6 +45,10 @@ bench-faceswap *args:
 bench-comfy *args:
     python -m tests.bench_comfy "$@"
 
+# the real stack under load while a random process is kill -9ed every 1-2 s: what was lost, doubled, how slow (--duration, --rate, --kill-every, ...)
+chaos *args:
+    python -m tests.chaos "$@"
+
 # rebuild the task-state KV bucket from the event stream (the projector's command)
 rebuild *args:
     python -m pixelbus.projector.rebuild "$@"

@@ -103,6 +103,14 @@ class NatsServer:
                 time.sleep(0.02)  # polling a process that is starting, not synchronising tests
         raise TimeoutError(f"nats-server not ready on {self.url} after {timeout_s}s")
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process else None
+
     def stop(self) -> None:
         if self._process and self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
