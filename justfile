@@ -49,6 +49,10 @@ bench-comfy *args:
 chaos *args:
     python -m tests.chaos "$@"
 
+# the stack at a steady rate for 30 minutes, sampling RSS, descriptors, NATS consumers and KV sizes each minute; prints the slopes (--duration, --rate, ...)
+soak *args:
+    python -m tests.soak "$@"
+
 # rebuild the task-state KV bucket from the event stream (the projector's command)
 rebuild *args:
     python -m pixelbus.projector.rebuild "$@"
