@@ -4,6 +4,7 @@
 
     PixelbusError
     ├── SettingsError          a setting is missing or malformed; the service must not start
+    ├── CounterContention      a KV counter kept changing under compare-and-swap: retry shortly
     └── TaskError              raised by a task handler; decides the message's fate
         ├── Retryable          transient (timeout, 5xx, backend gone): nak with delay
         └── Permanent          will not heal (bad input, no face, 4xx): term, TaskFailed(final)
@@ -11,7 +12,14 @@
 
 from __future__ import annotations
 
-__all__ = ["Permanent", "PixelbusError", "Retryable", "SettingsError", "TaskError"]
+__all__ = [
+    "CounterContention",
+    "Permanent",
+    "PixelbusError",
+    "Retryable",
+    "SettingsError",
+    "TaskError",
+]
 
 
 class PixelbusError(Exception):
@@ -20,6 +28,11 @@ class PixelbusError(Exception):
 
 class SettingsError(PixelbusError):
     """One line naming the setting and what is wrong with it."""
+
+
+class CounterContention(PixelbusError):
+    """Other writers kept updating a counter first (``pixelbus.runtime.quotas``): busy,
+    not broken; the request may be retried shortly."""
 
 
 class TaskError(PixelbusError):

@@ -12,6 +12,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from pixelbus.contracts.subjects import sanitize_token
+from pixelbus.runtime.errors import CounterContention
 
 __all__ = ["ANONYMOUS", "add_to_counter", "quota_key", "release_slot"]
 
@@ -25,7 +26,9 @@ async def add_to_counter(
     kv: KeyValue, key: str, delta: int, *, limit: int | None = None
 ) -> int | None:
     """Add ``delta`` to the integer at ``key`` (CAS); ``None`` (and no change) when the
-    result would pass ``limit``. Never goes below zero."""
+    result would pass ``limit``. Never goes below zero. ``CounterContention`` when other
+    writers won every attempt (a process with many concurrent callers serialises its own
+    updates of a key first: ``pixelbus.gateway.quotas``)."""
     for _ in range(_CAS_ATTEMPTS):
         try:
             entry = await kv.get(key)
@@ -43,7 +46,7 @@ async def add_to_counter(
             return new
         except KeyWrongLastSequenceError:
             continue  # another replica counted first
-    raise RuntimeError(f"counter {key}: too much contention")
+    raise CounterContention(f"counter {key}: updated by others {_CAS_ATTEMPTS} times in a row")
 
 
 def quota_key(owner: str | None) -> str:
