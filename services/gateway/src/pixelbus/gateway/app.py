@@ -32,10 +32,11 @@ from pixelbus.contracts.subjects import (
     WEBHOOK_STREAM,
 )
 from pixelbus.gateway.auth import KeyStore
+from pixelbus.gateway.backlog import PoolBacklog, consumer_pending
 from pixelbus.gateway.deps import Gateway
 from pixelbus.gateway.follow import TaskFeed
 from pixelbus.gateway.headers import SecurityHeaders
-from pixelbus.gateway.limits import BodySizeLimit
+from pixelbus.gateway.limits import BUSY_RETRY_AFTER_S, BodySizeLimit, ConcurrencyLimit
 from pixelbus.gateway.queue import QueueBoard
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
 from pixelbus.gateway.routes import (
@@ -54,7 +55,7 @@ from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.tasks import TaskService
 from pixelbus.media.ssrf import SsrfPolicy
 from pixelbus.runtime.connection import connect
-from pixelbus.runtime.errors import SettingsError
+from pixelbus.runtime.errors import CounterContention, SettingsError
 from pixelbus.runtime.metrics import DEFAULT_CONSUMERS, process_metrics, sample_consumers
 from pixelbus.runtime.probes import NotReady, ProbeServer, ReadinessCheck
 from pixelbus.runtime.provision import ensure, ensure_webhooks
@@ -141,6 +142,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             keys=keys,
             rates=RateLimiter(await js.key_value(RATES_BUCKET), settings.rate_limit_rps),
             active=ActiveTasks(await js.key_value(QUOTAS_BUCKET), settings.max_active_tasks),
+            backlog=PoolBacklog(consumer_pending(js), settings.max_pending_tasks),
             webhook_policy=SsrfPolicy(allow_networks=settings.ssrf_allow_networks),
             webhook_log=DeliveryLogStore(await js.key_value(WEBHOOK_LOG_BUCKET)),
             queues=QueueBoard(nc, js),
@@ -174,6 +176,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # outside the body limit: a refused request is not read at all
+    app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:  # closed unless configured
         app.add_middleware(
@@ -203,6 +207,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             status_code=503,
             content={"detail": "the message bus is unavailable right now; retry shortly"},
             headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(CounterContention)
+    async def counter_busy(request: Request, exc: Exception) -> JSONResponse:
+        """A rate or quota counter that other replicas kept updating first: busy."""
+        log.warning("counter contention", path=request.url.path, error=str(exc))
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the gateway is busy counting this key's requests; retry shortly"},
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
         )
 
     @app.exception_handler(RecursionError)

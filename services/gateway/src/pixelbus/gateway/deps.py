@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from pixelbus.contracts.task import TaskState
 from pixelbus.contracts.validation import FieldError, TaskSpec
 from pixelbus.gateway.auth import KeyStore, Principal
+from pixelbus.gateway.backlog import PoolBacklog
 from pixelbus.gateway.follow import TaskFeed
 from pixelbus.gateway.queue import QueueBoard
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
@@ -43,6 +44,8 @@ class Gateway:
     keys: KeyStore
     rates: RateLimiter
     active: ActiveTasks
+    #: Admission to the pools' queues (503 when one is full).
+    backlog: PoolBacklog
     #: The SSRF guard a task's ``webhook_url`` must pass at creation.
     webhook_policy: SsrfPolicy
     #: The webhooks service's delivery log, read by ``GET /api/tasks/{id}/webhooks``.
@@ -57,19 +60,29 @@ class Gateway:
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def create_task(
-        self, spec: TaskSpec, principal: Principal, *, idempotency_key: str | None = None
+        self,
+        spec: TaskSpec,
+        principal: Principal,
+        *,
+        idempotency_key: str | None = None,
+        admitted: bool = False,
     ) -> tuple[TaskState, bool]:
-        """Create a task owned by the caller, within the caller's active-task quota."""
+        """Create a task owned by the caller, within the caller's active-task quota (429)
+        and the room in its pool's queue (503). ``admitted``: the caller holds the queue's
+        admission already (a batch admits all its tasks at once)."""
         if not self.nc.is_connected:  # a 503 at once, not after the publisher's patience
             raise nats.errors.ConnectionReconnectingError
+        if not admitted:
+            await self.backlog.check(spec.environment)
         reserved = await self.active.reserve(principal)
         try:
-            state, is_new = await self.tasks.create(
-                spec,
-                idempotency_key=idempotency_key,
-                owner=principal.owner,
-                quota_reserved=reserved,
-            )
+            async with self.backlog.admit(spec.environment, 0 if admitted else 1):
+                state, is_new = await self.tasks.create(
+                    spec,
+                    idempotency_key=idempotency_key,
+                    owner=principal.owner,
+                    quota_reserved=reserved,
+                )
         except BaseException:
             if reserved:
                 await self.active.release(principal.owner)

@@ -1,4 +1,6 @@
-"""Request body size limit as plain ASGI middleware (413 before the body is read)."""
+"""Limits on what one request, and all of them together, may hold (plain ASGI middleware):
+the body size (413 before the body is read) and the requests in the process at once (503
+with ``Retry-After``, at once)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodySizeLimit"]
+__all__ = ["BUSY_RETRY_AFTER_S", "BodySizeLimit", "ConcurrencyLimit"]
+
+#: What a request refused for lack of room in the process is told to wait.
+BUSY_RETRY_AFTER_S = 1
 
 
 class _TooLarge(Exception):
@@ -63,6 +68,55 @@ class BodySizeLimit:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+
+class ConcurrencyLimit:
+    """At most ``max_requests`` HTTP requests and WebSockets in the app at once.
+
+    One more is refused at once (503 with ``Retry-After``; a WebSocket is closed with 1013,
+    "try again later"), never queued: a queue of waiting requests would hold their memory
+    and connections while their clients time out, and grow with the flood.
+    """
+
+    def __init__(self, app: ASGIApp, max_requests: int) -> None:
+        self.app = app
+        self.max_requests = max_requests
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.max_requests:
+            await self._refuse(scope, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013})
+            return
+        detail = (
+            f"the gateway is busy: {self.max_requests} requests in progress "
+            "(PIXELBUS_MAX_CONCURRENT_REQUESTS); nothing was done, retry shortly"
+        )
+        data = json.dumps({"detail": detail}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    (b"retry-after", str(BUSY_RETRY_AFTER_S).encode()),
                 ],
             }
         )

@@ -41,6 +41,21 @@ class GatewaySettings:
     auth_open: bool = True
     rate_limit_rps: float = 0.0
     max_active_tasks: int = 0
+    #: Back-pressure on the queues (``PIXELBUS_MAX_PENDING_TASKS``): at most this many
+    #: tasks may wait in one pool (its consumer's ``num_pending``: created, not yet handed
+    #: to a worker; what workers hold is bounded by the consumer's ``max_ack_pending``). A
+    #: create past it answers 503 with ``Retry-After`` and publishes nothing; 0: no limit.
+    #: Each replica samples the server's count (at most every 0.25 s, and again when its
+    #: estimate reaches the limit) and adds its own creates at once, so one replica holds
+    #: the limit exactly; with several, the backlog can pass it by what the other replicas
+    #: accept before their next sample (``pixelbus.gateway.backlog`` says why not a stream
+    #: limit or a shared counter). A tenant's own limit is ``max_active_tasks`` (429).
+    max_pending_tasks: int = 10_000
+    #: At most this many requests in this process at once, live followers (SSE, WebSocket)
+    #: included (``PIXELBUS_MAX_CONCURRENT_REQUESTS``); one more answers 503 with
+    #: ``Retry-After: 1`` at once, never waits in a queue. Memory is bounded by it (times
+    #: ``max_body_bytes`` in the worst case).
+    max_concurrent_requests: int = 2048
     cors_origins: tuple[str, ...] = ()
     #: Networks the SSRF guard admits in a task's ``webhook_url`` at creation
     #: (``PIXELBUS_SSRF_ALLOW_NETWORKS``, development and tests; the webhooks service
@@ -101,6 +116,16 @@ class GatewaySettings:
             max_active_tasks=env_int(
                 environ, "PIXELBUS_MAX_ACTIVE_TASKS", 100 if required else 0, lo=0, hi=10**7
             ),
+            max_pending_tasks=env_int(
+                environ, "PIXELBUS_MAX_PENDING_TASKS", cls.max_pending_tasks, lo=0, hi=10**9
+            ),
+            max_concurrent_requests=env_int(
+                environ,
+                "PIXELBUS_MAX_CONCURRENT_REQUESTS",
+                cls.max_concurrent_requests,
+                lo=1,
+                hi=10**6,
+            ),
             cors_origins=tuple(
                 origin.strip()
                 for origin in environ.get("PIXELBUS_CORS_ORIGINS", "").split(",")
@@ -121,6 +146,8 @@ class GatewaySettings:
             "auth": "open" if self.auth_open else "required",
             "rate_limit_rps": self.rate_limit_rps,
             "max_active_tasks": self.max_active_tasks,
+            "max_pending_tasks": self.max_pending_tasks,
+            "max_concurrent_requests": self.max_concurrent_requests,
             "cors_origins": list(self.cors_origins),
             "storage_provider": self.storage_provider,
             "local_storage_dir": str(self.local_storage_dir),

@@ -112,13 +112,15 @@ async def create_batch(
         spec = TaskSpec(task_id, FACE_SWAP_WORKFLOW, FACE_SWAP_WORKFLOW, {"wf_json": wf_json})
         async with gate:
             try:
-                return await gw.create_task(spec, caller)
+                return await gw.create_task(spec, caller, admitted=True)
             except TaskConflict:  # a retried batch: the task exists already
                 state = await gw.visible_task(task_id, caller)
                 assert state is not None
                 return state, False
 
-    created = await asyncio.gather(*(create(i, f) for i, f in enumerate(fields)))
+    # the queue's room for the whole batch at once: all of it fits, or none is created
+    async with gw.backlog.admit(FACE_SWAP_WORKFLOW, len(fields)):
+        created = await asyncio.gather(*(create(i, f) for i, f in enumerate(fields)))
     is_new = any(new for _, new in created)
     return Json(
         status_code=201 if is_new else 200,

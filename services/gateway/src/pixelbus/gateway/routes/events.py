@@ -32,13 +32,16 @@ router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 KEEPALIVE_S = 15.0
 QUEUE_REFRESH_S = 2.0
+#: States read ahead of a follower's client: a slow client stops the reading (events
+#: stay in the stream) instead of piling up states in the gateway.
+READ_AHEAD = 16
 _END = object()
 
 
 async def _updates(gw: Gateway, task_id: str, after: int | None) -> AsyncIterator[Any]:
     """``(id, view)`` per state, the same view again when a pending task's queue position
     moves, ``None`` as a keep-alive tick, and ``_END`` last."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD)
 
     async def pump() -> None:
         try:
