@@ -35,5 +35,8 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 from pixelbus.testkit.cf_images_server import cf_images_server  # noqa: E402, F401 — fixture
 from pixelbus.testkit.fake_comfyui import fake_comfyui  # noqa: E402, F401 — fixture
 from pixelbus.testkit.gcs_server import gcs_server  # noqa: E402, F401 — fixture
-from pixelbus.testkit.nats_cluster import nats_cluster  # noqa: E402, F401 — fixture
+from pixelbus.testkit.nats_cluster import (  # noqa: E402, F401 — fixtures
+    nats_cluster,
+    partitionable_cluster,
+)
 from pixelbus.testkit.s3_server import s3_bucket, s3_server  # noqa: E402, F401 — fixtures
