@@ -31,6 +31,9 @@ EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
 _INSUFFICIENT_RESOURCES = 10023  # JetStream's error code for a store without room
+#: JetStream's "duplicate message id is in process": an earlier publish of this very
+#: message (whose ack this one retries) is proposed and waits for its quorum
+_MSG_ID_IN_PROCESS = 10158
 log = structlog.get_logger("pixelbus.publisher")
 
 
@@ -44,6 +47,24 @@ TRANSIENT_BUS_ERRORS: tuple[type[BaseException], ...] = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
 )
+
+
+#: what ``_transient`` looks at: any JetStream error may be "in process"
+_MAYBE_TRANSIENT: tuple[type[BaseException], ...] = (
+    *TRANSIENT_BUS_ERRORS,
+    nats.js.errors.APIError,
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Heals within seconds: an election, a reconnect, or the first copy of this message
+    waiting for its quorum (its ack lost; this retry then gets a duplicate ack). Not a
+    full store."""
+    if store_is_full(exc):
+        return False
+    if isinstance(exc, TRANSIENT_BUS_ERRORS):
+        return True
+    return getattr(exc, "err_code", None) == _MSG_ID_IN_PROCESS
 
 
 def store_is_full(exc: BaseException) -> bool:
@@ -114,10 +135,15 @@ class EventPublisher:
                 return await self._js.publish(
                     subject, payload, timeout=self._timeout_s, stream=TASK_STREAM, headers=headers
                 )
-            except TRANSIENT_BUS_ERRORS as exc:
-                if store_is_full(exc) or time.monotonic() + pause > deadline:
-                    raise  # a full store does not heal in seconds: say so at once
-                log.info("publish retried", subject=subject, error=type(exc).__name__)
+            except _MAYBE_TRANSIENT as exc:
+                if not _transient(exc) or time.monotonic() + pause > deadline:
+                    raise  # a refusal, or a full store (it does not heal in seconds): at once
+                log.info(
+                    "publish retried",
+                    subject=subject,
+                    error=type(exc).__name__,
+                    err_code=getattr(exc, "err_code", None),
+                )
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
 
