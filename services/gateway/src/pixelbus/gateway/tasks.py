@@ -65,11 +65,17 @@ class CancelOutcome(msgspec.Struct, frozen=True):
     cancelled_now: bool
 
 
+#: How long an HTTP request keeps retrying a publish the bus cannot take right now.
+REQUEST_PATIENCE_S = 5.0
+
+
 class TaskService:
     def __init__(self, nc: Client, js: JetStreamContext, *, max_input_image_bytes: int) -> None:
         self.nc = nc
         self.js = js
-        self.publisher = EventPublisher(js)
+        # A client waits on this publish: through an election it gets a 503 with
+        # Retry-After within ~5 s instead of a request held open for the workers' 20 s.
+        self.publisher = EventPublisher(js, timeout_s=2, patience_s=REQUEST_PATIENCE_S)
         self.max_input_image_bytes = max_input_image_bytes
         self._kv: KeyValue | None = None
         self._idempotency: KeyValue | None = None
