@@ -6,7 +6,8 @@ nothing is killed) runs probe tasks at ``--rate`` and face swaps at ``--swap-rat
 process's resident memory (``VmRSS``) and open descriptors (``/proc/<pid>/fd``), the
 server's consumer count and store bytes (its ``/jsz`` monitoring endpoint) and the bytes
 and entries of every KV bucket. Afterwards it prints the samples and, per series, the
-least-squares slope over the run after ``--warmup`` seconds, per hour and beside the
+least-squares slope over the run after ``--warmup`` seconds (the projector's caches are
+made small enough to fill within it), per hour and beside the
 series' own noise (the residuals' standard deviation): a leak is a slope whose growth
 over the run is well above its noise. It exits 1 when a process died, a task did not
 complete, or a process's RSS or descriptors grew faster than ``--max-rss-mib-per-h`` /
@@ -33,6 +34,10 @@ from pixelbus.contracts.task import TaskStatus
 from pixelbus.testkit.nats_server import NatsServer, free_port
 from tests.chaos import ROLES, Load, Member, Supervisor, service_env, settle, swap_input, wait_up
 from tests.webhook_receiver import webhook_receiver
+
+#: The projector's caches small enough to fill within the warm-up: after it, a bounded
+#: cache is flat and only a leak still grows.
+CACHES = {"PIXELBUS_PROJECTOR_CACHE_BYTES": str(4 << 20)}
 
 
 @dataclass
@@ -97,9 +102,9 @@ async def soak(args: argparse.Namespace, work: Path) -> tuple[Samples, list[str]
     ports = [free_port() for _ in range(ROLES["gateway"][1])]
     gateways = [f"http://127.0.0.1:{port}" for port in ports]
     members = [
-        Member(role, f"{role}-{i + 1}", service_env(
+        Member(role, f"{role}-{i + 1}", {**service_env(
             nats_server.url, work / "storage", ports[i] if role == "gateway" else ports[0],
-            gateways[0]))
+            gateways[0]), **CACHES})
         for role, (_, count) in ROLES.items()
         for i in range(count)
     ]  # fmt: skip
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20, help="probe tasks per second")
     parser.add_argument("--swap-rate", type=float, default=0.2, help="face swaps per second")
     parser.add_argument("--every", type=float, default=60, help="seconds between samples")
-    parser.add_argument("--warmup", type=float, default=120, help="seconds left out of slopes")
+    parser.add_argument("--warmup", type=float, default=300, help="seconds left out of slopes")
     parser.add_argument("--max-rss-mib-per-h", type=float, default=20)
     parser.add_argument("--max-fds-per-h", type=float, default=10)
     parser.add_argument("--json", type=Path, default=None, help="also write the samples here")

@@ -41,7 +41,9 @@ class ProjectorService:
         await remove_legacy_consumers(js)
         info = await js.stream_info(WEBHOOK_STREAM)
         window = info.config.duplicate_window or self._settings.bus.duplicate_window_s
-        self.planner = WebhookPlanner(js, duplicate_window_s=window)
+        # the webhook targets it remembers: one per KiB of the state cache's budget
+        targets = max(1024, self._settings.cache_bytes // 1024)
+        self.planner = WebhookPlanner(js, duplicate_window_s=window, cache_size=targets)
         self.projector = Projector(
             self._nc,
             batch=self._settings.batch,

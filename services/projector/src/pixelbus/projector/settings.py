@@ -16,7 +16,8 @@ class ProjectorSettings:
     bus: BusSettings = field(default_factory=BusSettings)
     #: Events folded per batch at most (one KV read and write per task per batch).
     batch: int = 512
-    #: Bytes of task states the projector keeps in memory (saves a read before a write).
+    #: Bytes of task states the projector keeps in memory (saves a read before a write);
+    #: its cache of webhook targets holds one entry per KiB of it.
     cache_bytes: int = 32 * 1024 * 1024
 
     @classmethod
