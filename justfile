@@ -57,7 +57,12 @@ soak *args:
 rebuild *args:
     python -m pixelbus.projector.rebuild "$@"
 
-# re-pin every dependency into constraints.txt (names and versions only)
+# every service image (deploy/images/Dockerfile) built here with buildah on a debootstrapped Debian base; prints sizes (TARGET... to pick)
+images *args:
+    python -m tools.images "$@"
+
+# re-pin every dependency into constraints.txt (names and versions only); for Python 3.11.2
+# too, Debian bookworm's, which the images run on
 lock:
     printf 'rust-just\n' > .venv/extra.in
-    uv pip compile pyproject.toml .venv/extra.in --group dev --no-header --no-annotate -q | grep -v '^-e ' > constraints.txt
+    uv pip compile pyproject.toml .venv/extra.in --group dev --python-version 3.11.2 --no-header --no-annotate -q | grep -v '^-e ' > constraints.txt

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import signal
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -42,9 +43,12 @@ ENTRY_POINTS = {
 
 @dataclass
 class Processes:
-    """Services started as processes, each logging to its own file."""
+    """Services started as processes, each logging to its own file. ``launched``: each
+    is started by a launcher (``buildah run``) that does not pass SIGTERM on, so the
+    signal goes to the service's own process under it."""
 
     log_dir: Path
+    launched: bool = False
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path) -> None:
@@ -71,7 +75,9 @@ class Processes:
         """SIGTERM to all, then wait (SIGKILL past ``timeout_s``); their exit codes."""
         for process in self.running.values():
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                for pid in service_pids(process.pid) if self.launched else [process.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
         codes = {}
         for name, process in self.running.items():
             try:
@@ -82,9 +88,25 @@ class Processes:
         return codes
 
 
+def service_pids(launcher: int) -> list[int]:
+    """The processes under ``launcher`` that are not the launcher's own (its helpers are
+    named after it, as buildah's are)."""
+    found, todo = [], [launcher]
+    while todo:
+        pid = todo.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(child) for child in task.read_text().split())
+        if pid != launcher:
+            with contextlib.suppress(OSError):
+                if "buildah" not in Path(f"/proc/{pid}/comm").read_text():
+                    found.append(pid)
+    return found
+
+
 @contextlib.contextmanager
-def processes(log_dir: Path) -> Iterator[Processes]:
-    running = Processes(log_dir)
+def processes(log_dir: Path, *, launched: bool = False) -> Iterator[Processes]:
+    running = Processes(log_dir, launched)
     try:
         yield running
     finally:

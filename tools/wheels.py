@@ -84,17 +84,19 @@ def requirements_key(wheels: Sequence[Path], constraints: Path = CONSTRAINTS) ->
     return digest(parts)
 
 
-def third_party_wheels(
-    wheels: Sequence[Path], out_dir: Path, constraints: Path = CONSTRAINTS
-) -> list[Path]:
-    """Every dependency of ``wheels`` as a wheel in ``out_dir`` (sdists built by pip), for
-    this interpreter's Python version and platform, pinned by ``constraints``."""
+def third_party_wheels(requirements: Path, out_dir: Path) -> list[Path]:
+    """Every pin of ``requirements`` as a wheel in ``out_dir`` (an sdist is built by pip),
+    for this interpreter's Python version and platform, from the configured index."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--prefer-binary", "--wheel-dir", str(out_dir), "--constraint", str(constraints),
-         *map(str, wheels)],
+         "--no-deps", "--prefer-binary", "--wheel-dir", str(out_dir),
+         "--constraint", str(CONSTRAINTS), "--requirement", str(requirements)],
         env=tool_env(),
-        check=True,
+        stderr=subprocess.PIPE,  # pip warns for every index it cannot read: shown on failure
+        text=True,
+        check=False,
     )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"pip wheel failed:\n{done.stderr}")
     return sorted(out_dir.glob("*.whl"))
