@@ -130,6 +130,15 @@ class Buildah:
         )
         return found.returncode == 0
 
+    def image_id(self, name: str) -> str | None:
+        found = subprocess.run(
+            self.command("images", "--quiet", "--no-trunc", name),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return found.stdout.strip() or None if found.returncode == 0 else None
+
     def image_size(self, name: str) -> int:
         """Bytes of the image's layers (uncompressed tar, as buildah stores them)."""
         manifest = json.loads(json.loads(self("inspect", "--type", "image", name))["Manifest"])
@@ -326,6 +335,7 @@ def build_images(
     names = {}
     for target in targets:
         name = f"localhost/pixelbus/{target}:{tag}"
+        before = buildah.image_id(name)
         buildah(
             "build", "--quiet", "--isolation", "chroot", "--layers", "--pull=never",
             "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"VERSION={version()}",
@@ -333,6 +343,10 @@ def build_images(
             "--target", target, "--tag", name, "--file", str(DOCKERFILE), str(context),
         )  # fmt: skip
         names[target] = name
+        if before and before != buildah.image_id(name):
+            # the image this tag replaced: its own layers (a whole virtualenv) would pile up
+            # in the cache with every change; the layers it shares with the new one stay
+            subprocess.run(buildah.command("rmi", before), capture_output=True, check=False)
     return names
 
 
