@@ -401,6 +401,20 @@ async def examine(
     slowest = figures["create -> final max s (system)"]
     if slowest is not None and slowest > max_final_s:
         failures.append(f"slowest task {slowest} s > {max_final_s} s")
+    slowest_tasks = sorted(
+        (s for s in states.values() if s.finished_at and s.created_at),
+        key=lambda s: (s.finished_at - s.created_at) if s.finished_at and s.created_at else 0,
+    )[-3:]
+    figures["slowest (task, workflow, attempts, s)"] = [
+        (
+            s.task_id,
+            s.workflow,
+            s.attempts,
+            round((s.finished_at - s.created_at).total_seconds(), 2),
+        )
+        for s in slowest_tasks
+        if s.finished_at and s.created_at
+    ]
     examples = list(not_completed.items())[:5] + [(b, "") for b in bad_outputs[:5]]
     if examples:
         figures["examples"] = examples
