@@ -10,8 +10,8 @@ from pixelbus.runtime.settings import BusSettings
 
 def test_pools_follow_the_default_lease_except_comfy() -> None:
     settings = BusSettings.from_env({})
-    assert settings.ack_wait_s == 5
-    assert settings.ack_wait_for("faceswap") == 5
+    assert settings.ack_wait_s == 3
+    assert settings.ack_wait_for("faceswap") == 3
     assert settings.ack_wait_for("comfy") == 30
 
 

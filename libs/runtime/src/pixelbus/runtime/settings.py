@@ -123,7 +123,7 @@ class BusSettings:
     replicas: int = 1
     stream_max_age_s: float = 7 * 24 * 3600
     duplicate_window_s: float = 600
-    ack_wait_s: float = 5
+    ack_wait_s: float = 3
     pool_ack_wait_s: tuple[tuple[str, float], ...] = (("comfy", 30.0),)
     max_deliver: int = 5
     retry_delay_s: float = 2
