@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import nats
 import uvicorn
+from fastapi import FastAPI
 from nats.aio.client import Client
 
 from pixelbus.contracts.subjects import OUTPUTS_BUCKET, STATE_BUCKET, pool_for_environment
@@ -103,12 +104,15 @@ async def start_worker(env: dict[str, str], nc: Client) -> WorkerRuntime:
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(env: dict[str, str], port: int | None = None) -> AsyncIterator[str]:
-    """One gateway replica (uvicorn, real HTTP) until the block ends; its base URL."""
+async def serve_gateway(
+    env: dict[str, str], port: int | None = None, app: FastAPI | None = None
+) -> AsyncIterator[str]:
+    """One gateway replica (uvicorn, real HTTP) until the block ends; its base URL.
+    ``app``: a gateway app made by the test (``create_app`` of ``env`` otherwise)."""
     port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(GatewaySettings.from_env({**env, "PIXELBUS_PORT": str(port)})),
+            app or create_app(GatewaySettings.from_env({**env, "PIXELBUS_PORT": str(port)})),
             host="127.0.0.1",
             port=port,
             log_level="warning",

@@ -36,6 +36,7 @@ from pixelbus.gateway.backlog import PoolBacklog, consumer_pending
 from pixelbus.gateway.deps import Gateway
 from pixelbus.gateway.follow import TaskFeed
 from pixelbus.gateway.headers import SecurityHeaders
+from pixelbus.gateway.hot import HotRoutes
 from pixelbus.gateway.limits import BUSY_RETRY_AFTER_S, BodySizeLimit, ConcurrencyLimit
 from pixelbus.gateway.queue import QueueBoard
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
@@ -175,6 +176,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    # innermost: the hot routes still pass the limits and get the security headers
+    app.add_middleware(HotRoutes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # outside the body limit: a refused request is not read at all
     app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)

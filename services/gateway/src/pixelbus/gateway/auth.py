@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import structlog
@@ -31,7 +31,10 @@ from pixelbus.contracts.subjects import KEYS_BUCKET
 from pixelbus.gateway.responses import error
 from pixelbus.runtime.quotas import ANONYMOUS
 
-__all__ = ["ANONYMOUS", "AUTH_RESPONSES", "KeyStore", "Principal", "require"]
+if TYPE_CHECKING:
+    from pixelbus.gateway.deps import Gateway
+
+__all__ = ["ANONYMOUS", "AUTH_RESPONSES", "KeyStore", "Principal", "authorize", "require"]
 
 log = structlog.get_logger("pixelbus.auth")
 
@@ -142,14 +145,19 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Principal:
-        gw = request.app.state.gateway
-        principal: Principal = gw.keys.authenticate(authorization, open_mode=gw.settings.auth_open)
-        if not principal.may(scope):
-            raise HTTPException(403, f"this API key lacks the {scope!r} scope")
-        await gw.rates.check(principal)
-        return principal
+        return await authorize(request.app.state.gateway, authorization, scope)
 
     return dependency
+
+
+async def authorize(gw: Gateway, authorization: str | None, scope: str) -> Principal:
+    """The caller of a request with this ``Authorization`` header, holding ``scope`` and
+    within its request rate; ``HTTPException`` 401, 403 or 429 otherwise."""
+    principal: Principal = gw.keys.authenticate(authorization, open_mode=gw.settings.auth_open)
+    if not principal.may(scope):
+        raise HTTPException(403, f"this API key lacks the {scope!r} scope")
+    await gw.rates.check(principal)
+    return principal
 
 
 #: The answers every protected route may give, for its OpenAPI ``responses``.

@@ -69,7 +69,13 @@ async def create_task(
 
     A retried request with the same ``Idempotency-Key`` yields the same task (200).
     """
-    raw = await request.body()
+    return await create(gw, caller, await request.body(), idempotency_key)
+
+
+async def create(
+    gw: Gateway, caller: Principal, raw: bytes, idempotency_key: str | None
+) -> Response:
+    """``POST /api/tasks/create`` once its caller is known (also called by ``hot``)."""
     try:
         spec = validate_create(decode_create_request(raw))
         admit_webhook(gw.webhook_policy, spec)
@@ -101,6 +107,13 @@ async def get_task(
     ] = None,
 ) -> Response:
     """The task in the unified format, with ``status``, ``progress``, ``result`` and ``error``."""
+    return await read(gw, caller, task_id, include)
+
+
+async def read(
+    gw: Gateway, caller: Principal, task_id: str, include: Literal["input"] | None = None
+) -> Response:
+    """``GET /api/tasks/{task_id}`` once its caller is known (also called by ``hot``)."""
     state = await gw.visible_task(task_id, caller)
     if state is None:
         return error_response(404, f"task {task_id} not found")
