@@ -31,6 +31,7 @@ from pixelbus.faceswap_worker.handler import FaceSwapHandler
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.gateway.wire import CorkedHttpToolsProtocol
 from pixelbus.projector.service import ProjectorService
 from pixelbus.projector.settings import ProjectorSettings
 from pixelbus.runtime.objects import ObjectReader
@@ -117,6 +118,7 @@ async def serve_gateway(
             port=port,
             log_level="warning",
             lifespan="on",
+            http=CorkedHttpToolsProtocol,  # as the gateway's __main__ serves
         )
     )
     serving = asyncio.create_task(server.serve())

@@ -9,6 +9,7 @@ import uvicorn
 
 from pixelbus.gateway.app import create_app
 from pixelbus.gateway.settings import GatewaySettings
+from pixelbus.gateway.wire import CorkedHttpToolsProtocol
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.logging import setup_logging
 from pixelbus.runtime.settings import with_secret_files
@@ -29,7 +30,7 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=CorkedHttpToolsProtocol,  # httptools, one send per answer
         log_level="warning",
         # nothing reads the client's address or scheme (rate limits are per API key,
         # URLs come from PIXELBUS_PUBLIC_BASE_URL): no X-Forwarded-* layer per request
