@@ -33,7 +33,7 @@ from pixelbus.faceswap_worker.engines.sessions import SessionCache, resolve_prov
 from pixelbus.faceswap_worker.models.registry import load_registry
 from pixelbus.faceswap_worker.models.store import ModelStore
 from pixelbus.faceswap_worker.testing.standins import install_standins, photos_found_by
-from pixelbus.media.images import decode_image
+from pixelbus.media.arrays import decode_image
 from tests.conftest import package_file
 
 

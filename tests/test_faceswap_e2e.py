@@ -24,7 +24,7 @@ from pixelbus.faceswap_worker.engines.setup import build_catalog
 from pixelbus.faceswap_worker.handler import FaceSwapHandler
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
 from pixelbus.faceswap_worker.testing.standins import install_standins, photos_found_by
-from pixelbus.media.images import decode_image
+from pixelbus.media.arrays import decode_image
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.worker import WorkerRuntime
 from pixelbus.testkit.nats_server import NatsServer

@@ -29,6 +29,7 @@ from tools.images import IMAGES, Buildah, base_image, build_images, cache_dir, c
 
 from pixelbus.testkit.fake_comfyui import FakeComfyUI
 from pixelbus.testkit.nats_server import NatsServer, free_port
+from pixelbus.testkit.s3_server import S3Server
 from tests.deployed import ENTRY_POINTS, processes, run_both_tasks, stack_settings, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]  # a cold build: about 6 min here
@@ -37,10 +38,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]  # a cold build: about
 LAUNCHER_FILES = {"etc/hosts", "etc/resolv.conf", "etc/hostname", "run/.containerenv"}
 
 
+#: MB per image on the debootstrapped base (129 MB, about python:3.12-slim-bookworm's
+#: size); where the face-swap worker's bytes go: deploy/k8s/README.md
+SIZE_BUDGET_MB = {**dict.fromkeys(IMAGES, 200), "faceswap-worker": 600}
+
+
 @dataclass(frozen=True)
 class Built:
     buildah: Buildah
     names: dict[str, str]
+    sizes_mb: dict[str, float]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +66,7 @@ def built() -> Built:
         f" ({buildah.driver}); base {base / 1e6:.0f} MB; "
         + ", ".join(f"{t} {mb:.0f} MB" for t, mb in sizes.items())
     )
-    return Built(buildah, names)
+    return Built(buildah, names, sizes)
 
 
 @contextlib.contextmanager
@@ -92,6 +99,11 @@ def written_since(built: Built, container: str, since: float) -> list[str]:
         built.buildah("umount", container)
 
 
+def test_every_image_stays_within_its_size_budget(built: Built) -> None:
+    over = {t: round(mb) for t, mb in built.sizes_mb.items() if mb > SIZE_BUDGET_MB[t]}
+    assert over == {}, f"over budget {SIZE_BUDGET_MB}: {over}"
+
+
 def test_each_image_runs_its_service_as_a_user_with_no_build_tools(built: Built) -> None:
     with containers(built) as made:
         for target, name in built.names.items():
@@ -115,6 +127,41 @@ def test_each_image_runs_its_service_as_a_user_with_no_build_tools(built: Built)
                 assert not any(s.joinpath("pip").exists() for s in sites), target
             finally:
                 built.buildah("umount", made[target])
+
+
+#: run in the uploader's image: its R2 provider stores one object (its image keeps only
+#: the S3 models of botocore's data, see the Dockerfile)
+R2_PUT = """
+import asyncio, sys
+from pixelbus.storage_uploader.providers.r2 import R2Provider
+from pixelbus.storage_uploader.settings import R2Settings
+
+async def put():
+    endpoint, key_id, secret, bucket = sys.argv[1:]
+    provider = R2Provider(R2Settings(access_key_id=key_id, secret_access_key=secret,
+        bucket=bucket, public_url=None, endpoint_url=endpoint))
+    try:
+        await provider.put("from-the-image/hello.txt", b"hello from the image", "text/plain")
+    finally:
+        await provider.aclose()
+
+asyncio.run(put())
+"""
+
+
+def test_the_uploader_image_stores_into_an_s3_server(
+    built: Built, s3_server: S3Server, s3_bucket: str
+) -> None:
+    with containers(built) as made:
+        credentials = s3_server.credentials
+        built.buildah(
+            "run", "--isolation", "chroot", "--network", "host", made["storage-uploader"],
+            "--", "python", "-c", R2_PUT, s3_server.endpoint_url,
+            credentials.access_key_id, credentials.secret_access_key, s3_bucket,
+        )  # fmt: skip
+    stored = s3_server.client().get_object(Bucket=s3_bucket, Key="from-the-image/hello.txt")
+    assert stored["Body"].read() == b"hello from the image"
+    assert stored["ContentType"] == "text/plain"
 
 
 async def test_stack_from_the_images_completes_a_face_swap_and_a_comfy_task(

@@ -4,7 +4,8 @@ No Docker daemon is needed: buildah builds (``--storage-driver vfs --isolation c
 as root) from a base image made with Debian's own packages: ``debootstrap`` of a minimal
 bookworm with python3, python3-venv and ca-certificates, from the apt mirror this machine
 is configured with (read from its apt sources now), trimmed of apt's lists, docs and
-locales, and imported with ``buildah from scratch``. A build fetches nothing: the wheels
+locales, and imported with ``buildah from scratch``; the build stages run on the same
+with binutils added (their ``strip``). A build fetches nothing: the wheels
 are made on this machine first (``tools.wheels``) and installed in the image with
 ``--no-index``.
 
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
@@ -60,6 +61,9 @@ IMAGES: dict[str, tuple[str, ...]] = {
 }
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+#: the build stages' image: the base and binutils (strip takes the debug info out of the
+#: wheels' compiled modules; the runtime stages never hold it)
+BUILDER_PACKAGES = (*BASE_PACKAGES, "binutils")
 #: removed from the debootstrapped tree: apt's downloads and lists, docs (each package's
 #: copyright file stays), manuals, translations, logs
 TRIM = (
@@ -188,16 +192,17 @@ def apt_mirror(suite: str = SUITE, etc: Path = Path("/etc/apt")) -> str:
     raise RuntimeError(f"no apt source for {suite} in {etc}: cannot debootstrap a base")
 
 
-def base_image(buildah: Buildah, log: Iterable[str] | None = None) -> str:
-    """``localhost/pixelbus-base:<suite>-<key>``, made once (debootstrap, about a minute)."""
-    key = digest([SUITE.encode(), " ".join(BASE_PACKAGES).encode(), " ".join(TRIM).encode(), b"1"])
+def base_image(buildah: Buildah, packages: Sequence[str] = BASE_PACKAGES) -> str:
+    """``localhost/pixelbus-base:<suite>-<key>``: Debian minbase with ``packages``, made
+    once (debootstrap, about a minute)."""
+    key = digest([SUITE.encode(), " ".join(packages).encode(), " ".join(TRIM).encode(), b"1"])
     name = f"localhost/pixelbus-base:{SUITE}-{key}"
     if buildah.has_image(name):
         return name
     cache = cache_dir()
     tarball = cache / f"base-{SUITE}-{key}.tar"
     if not tarball.exists():
-        _debootstrap(tarball)
+        _debootstrap(tarball, packages)
     container = buildah("from", "scratch")
     try:
         buildah("add", container, str(tarball), "/")
@@ -207,7 +212,7 @@ def base_image(buildah: Buildah, log: Iterable[str] | None = None) -> str:
             "--env", "LANG=C.UTF-8",
             "--cmd", "python3",
             "--label", f"org.opencontainers.image.description=Debian {SUITE} minbase: "
-            + ", ".join(BASE_PACKAGES),
+            + ", ".join(packages),
             container,
         )  # fmt: skip
         buildah("commit", "--quiet", "--rm", container, name)
@@ -217,14 +222,14 @@ def base_image(buildah: Buildah, log: Iterable[str] | None = None) -> str:
     return name
 
 
-def _debootstrap(tarball: Path) -> None:
+def _debootstrap(tarball: Path, packages: Sequence[str]) -> None:
     tarball.parent.mkdir(parents=True, exist_ok=True)
     mirror = apt_mirror()
     with tempfile.TemporaryDirectory(dir=tarball.parent) as work:
         rootfs = Path(work) / "rootfs"
-        print(f"images: debootstrap {SUITE} (minbase + {', '.join(BASE_PACKAGES)})", flush=True)
+        print(f"images: debootstrap {SUITE} (minbase + {', '.join(packages)})", flush=True)
         subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+            ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
              SUITE, str(rootfs), mirror],
             check=True,
             stdout=subprocess.DEVNULL,
@@ -331,6 +336,7 @@ def build_images(
 ) -> dict[str, str]:
     """Build ``targets``; target → image name. Layers are cached in buildah's storage."""
     base = base_image(buildah)
+    builder = base_image(buildah, BUILDER_PACKAGES)
     context = make_context(context or ROOT / ".pixelbus" / "images" / "context")
     names = {}
     for target in targets:
@@ -338,7 +344,8 @@ def build_images(
         before = buildah.image_id(name)
         buildah(
             "build", "--quiet", "--isolation", "chroot", "--layers", "--pull=never",
-            "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"VERSION={version()}",
+            "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"BUILDER_IMAGE={builder}",
+            "--build-arg", f"VERSION={version()}",
             "--build-arg", f"REVISION={revision()}",
             "--target", target, "--tag", name, "--file", str(DOCKERFILE), str(context),
         )  # fmt: skip

@@ -6,7 +6,15 @@
 #   install-venv.sh deps NAME     /opt/pixelbus: a virtualenv with image NAME's third-party
 #                                 pins, from /wheels/third-party only (--no-index)
 #   install-venv.sh own DIST...   pixelbus' own wheels into it (--no-index), then pip and
-#                                 setuptools out of it: nothing that builds is left behind
+#                                 setuptools out of it: nothing that builds is left behind;
+#                                 the compiled modules' debug info stripped
+#   install-venv.sh prune PATH... files of installed packages that the service never reads
+#                                 (relative to site-packages; each must exist, so that a
+#                                 package that moves them is noticed, not silently kept)
+#   install-venv.sh prune-tests PACKAGE...
+#                                 the test suites (every tests/ folder) of PACKAGE
+#   install-venv.sh prune-except DIR KEEP...
+#                                 the folders of DIR (in site-packages) other than KEEP
 set -eu
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 venv=/opt/pixelbus
@@ -36,9 +44,43 @@ own)
     "$venv/bin/pip" install --quiet $offline --find-links /wheels/pixelbus \
         --constraint /wheels/constraints.txt $wheels
     "$venv/bin/python" -m pip uninstall --quiet --yes pip setuptools
+    # debug info out of compiled modules (not of the libraries auditwheel vendored in
+    # *.libs, which are stripped already)
+    find "$venv" -name '*.so' -not -path '*.libs/*' -exec strip --strip-debug {} +
+    ;;
+prune)
+    shift
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    for path in "$@"; do
+        rm -r "${site:?}/$path"
+    done
+    ;;
+prune-tests)
+    shift
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    for package in "$@"; do
+        test -n "$(find "${site:?}/$package" -type d -name tests -print -quit)"
+        find "$site/$package" -depth -type d -name tests -exec rm -r {} +
+    done
+    ;;
+prune-except)
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    dir="${site:?}/$2"
+    shift 2
+    for keep in "$@"; do
+        test -d "$dir/$keep"  # a name that is not there is a mistake, not a no-op
+    done
+    for folder in "$dir"/*/; do
+        name=$(basename "$folder")
+        case " $* " in
+        *" $name "*) ;;
+        *) rm -r "$folder" ;;
+        esac
+    done
     ;;
 *)
-    echo "usage: install-venv.sh wheels | deps NAME | own DIST..." >&2
+    echo "usage: install-venv.sh wheels | deps NAME | own DIST... | prune PATH..." \
+        "| prune-tests PACKAGE... | prune-except DIR KEEP..." >&2
     exit 2
     ;;
 esac

@@ -30,7 +30,8 @@ from pixelbus.media import (
     decode_image,
     encode_image,
 )
-from pixelbus.media.images import AnimatedInputs, RGBImage
+from pixelbus.media.arrays import RGBImage
+from pixelbus.media.images import AnimatedInputs
 
 MAX_BYTES = 10_000_000
 MAX_PIXELS = 16_000_000

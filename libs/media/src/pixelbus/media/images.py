@@ -1,14 +1,14 @@
-"""Decoding untrusted image bytes into RGB arrays, resizing and encoding them.
+"""Opening untrusted image bytes with bounds: Pillow only (``arrays`` makes RGB arrays).
 
 Only JPEG, PNG and WebP are opened (GIF, BMP, TIFF and everything else are refused);
 the byte count is checked first and the pixel count from the header before the pixels are
 decoded; Pillow's ``DecompressionBombWarning`` is an error; truncated files are refused;
-EXIF orientation is applied so that arrays are upright; CMYK, 16-bit, palette and alpha
-images become RGB (transparency composed onto white). Animated inputs (animated WebP,
+EXIF orientation is applied so that images are upright. Animated inputs (animated WebP,
 APNG) are decoded to their first frame or refused, as ``animated`` says: a service reads
 it from ``PIXELBUS_ANIMATED_INPUTS`` (``refuse`` or ``first_frame``, the default) with
-``animated_inputs_from``. Encoded outputs are written from the pixels alone, so no
-metadata of the input (EXIF, ICC, text chunks, appended data) survives.
+``animated_inputs_from``. This module needs Pillow only, so that a service which only
+checks images (the comfy-worker) does not carry numpy; ``pixelbus.media.arrays`` turns
+the checked image into an RGB array and encodes arrays.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Literal, TypeAlias, get_args
 
-import numpy as np
-from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pixelbus.media.errors import InvalidImage
@@ -28,18 +26,9 @@ __all__ = [
     "ACCEPTED_FORMATS",
     "ANIMATED_INPUTS_ENV",
     "AnimatedInputs",
-    "EncodeFormat",
-    "RGBImage",
     "animated_inputs_from",
-    "decode_image",
-    "encode_image",
-    "fit_within",
+    "open_image",
 ]
-
-RGBImage: TypeAlias = NDArray[np.uint8]
-"""An HxWx3 uint8 array in RGB order."""
-
-EncodeFormat: TypeAlias = Literal["png", "jpeg", "webp"]
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 
@@ -49,8 +38,9 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_JPEG_SCANS = 100
 
 AnimatedInputs: TypeAlias = Literal["first_frame", "refuse"]
-"""What ``decode_image`` does with an animated input: decode its first frame only
-(the default: a moving avatar still works, at the cost of one frame), or refuse it."""
+"""What ``open_image`` (and so ``arrays.decode_image``) does with an animated input:
+decode its first frame only (the default: a moving avatar still works, at the cost of one
+frame), or refuse it."""
 
 ANIMATED_INPUTS_ENV = "PIXELBUS_ANIMATED_INPUTS"
 
@@ -81,19 +71,19 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 )
 
 
-def decode_image(
+def open_image(
     data: bytes,
     *,
     max_bytes: int,
     max_pixels: int,
     content_type: str | None = None,
     animated: AnimatedInputs = "first_frame",
-) -> RGBImage:
-    """Decode JPEG, PNG or WebP bytes into an upright RGB array.
+) -> Image.Image:
+    """Decode JPEG, PNG or WebP bytes fully into an upright Pillow image, within bounds.
 
-    ``content_type`` (the server's claim) only improves error messages. Transparent
-    pixels are composed onto white; an animated image gives its first frame or is
-    refused, as ``animated`` says. Raises InvalidImage for anything else."""
+    ``content_type`` (the server's claim) only improves error messages. An animated
+    image gives its first frame or is refused, as ``animated`` says. Raises InvalidImage
+    for anything else (too many bytes or pixels, truncated, not an accepted format)."""
     if animated not in get_args(AnimatedInputs):
         raise ValueError(f"animated must be refuse or first_frame, not {animated!r}")
     if not data:
@@ -110,8 +100,7 @@ def decode_image(
                 _check_jpeg_scans(image, data)
                 _check_animation(image, animated)
                 image.load()
-                upright = ImageOps.exif_transpose(image)
-                return _to_rgb(upright)
+                return ImageOps.exif_transpose(image)
         except UnidentifiedImageError:
             raise InvalidImage(_not_an_image(data, content_type)) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -154,17 +143,6 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1_000_000:g} megapixels"
 
 
-def _to_rgb(image: Image.Image) -> RGBImage:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: keep the high byte
-        grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
-        return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return np.array(image.convert("RGB"), dtype=np.uint8)
-
-
 # The accepted formats' own signatures: a body that starts with one is a damaged image.
 _ACCEPTED_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -199,46 +177,3 @@ def _sniff_text(head: bytes) -> str:
     if text.startswith(("{", "[")):
         return "JSON text"
     return "text" if text.isprintable() or not text else "unrecognised data"
-
-
-def _check_array(image: RGBImage) -> None:
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-        raise ValueError(
-            f"expected an HxWx3 uint8 RGB array, got {image.dtype} with shape {image.shape}"
-        )
-
-
-def fit_within(image: RGBImage, width: int, height: int) -> RGBImage:
-    """Shrink ``image`` to fit a ``width`` x ``height`` box, keeping its aspect ratio.
-
-    Never enlarges: an image that already fits is returned as it is (upscaling adds no
-    detail, only cost). Uses Lanczos resampling. Raises ValueError for a bad array or box."""
-    _check_array(image)
-    if width < 1 or height < 1:
-        raise ValueError(f"box must be at least 1x1, got {width}x{height}")
-    rows, cols = image.shape[:2]
-    scale = min(width / cols, height / rows)
-    if scale >= 1:
-        return image
-    size = (max(1, min(width, round(cols * scale))), max(1, min(height, round(rows * scale))))
-    resized = Image.fromarray(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return np.array(resized, dtype=np.uint8)
-
-
-def encode_image(image: RGBImage, format: EncodeFormat = "png", quality: int = 90) -> bytes:
-    """Encode an RGB array; no metadata (EXIF) is written. ``quality`` (1-100) applies
-    to JPEG and WebP. Raises ValueError for a bad array, format or quality."""
-    _check_array(image)
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality must be within 1..100, got {quality}")
-    buffer = io.BytesIO()
-    picture = Image.fromarray(image)
-    if format == "png":
-        picture.save(buffer, format="PNG", compress_level=6)
-    elif format == "jpeg":
-        picture.save(buffer, format="JPEG", quality=quality, optimize=True)
-    elif format == "webp":
-        picture.save(buffer, format="WEBP", quality=quality, method=4)
-    else:
-        raise ValueError(f"unknown image format {format!r} (png, jpeg or webp)")
-    return buffer.getvalue()

@@ -47,7 +47,7 @@ from pixelbus.comfy_worker.templates import Template
 from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
 from pixelbus.media.errors import MediaError
 from pixelbus.media.fetch import FetchLimits, fetch_bytes
-from pixelbus.media.images import decode_image
+from pixelbus.media.images import open_image
 from pixelbus.media.ssrf import SsrfPolicy
 from pixelbus.runtime.errors import Permanent, Retryable
 from pixelbus.runtime.objects import ObjectReader
@@ -288,7 +288,7 @@ class ComfyHandler:
                 code="invalid_image",
             )
         try:  # a full, bounded decode: bombs and truncations stop here, not in ComfyUI
-            decode_image(
+            open_image(
                 data,
                 max_bytes=self._settings.max_image_bytes,
                 max_pixels=self._settings.max_image_pixels,

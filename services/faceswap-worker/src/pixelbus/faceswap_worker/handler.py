@@ -20,9 +20,9 @@ from pixelbus.faceswap_worker.engines.catalog import EngineCatalog, UnknownModel
 from pixelbus.faceswap_worker.engines.errors import EngineError
 from pixelbus.faceswap_worker.options import parse_options
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
+from pixelbus.media.arrays import RGBImage, decode_image, encode_image, fit_within
 from pixelbus.media.errors import MediaError
 from pixelbus.media.fetch import FetchLimits, fetch_bytes
-from pixelbus.media.images import RGBImage, decode_image, encode_image, fit_within
 from pixelbus.media.ssrf import SsrfPolicy
 from pixelbus.runtime.errors import Permanent, Retryable
 from pixelbus.runtime.objects import ObjectReader

@@ -22,8 +22,8 @@ import httpx
 
 from pixelbus.faceswap_worker.engines.base import RGBImage, SwapOptions, require_rgb
 from pixelbus.faceswap_worker.engines.errors import NoFaceFound, RemoteEngineError
+from pixelbus.media.arrays import decode_image, encode_image
 from pixelbus.media.errors import MediaError
-from pixelbus.media.images import decode_image, encode_image
 
 __all__ = ["RemoteEngine"]
 
