@@ -25,8 +25,11 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.read()
+        except ConnectionResetError:  # the sender died mid-request (chaos): nothing arrived
+            return web.Response(status=499)
         status = self.answers[len(self.received)] if len(self.received) < len(self.answers) else 200
         self.received.append(
             Received({k.lower(): v for k, v in request.headers.items()}, body, status)
