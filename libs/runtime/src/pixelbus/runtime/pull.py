@@ -166,7 +166,11 @@ class PullConsumer:
         first = await self.next()
         if first is None:
             return []
-        taken = [first]
+        return [first, *self.take(limit - 1)]
+
+    def take(self, limit: int) -> list[Msg]:
+        """What has arrived, up to ``limit`` messages, without waiting (maybe none)."""
+        taken: list[Msg] = []
         while self._queue and len(taken) < limit and self._held < self._credit:
             self._held += 1
             taken.append(self._queue.popleft())

@@ -51,6 +51,8 @@ __all__ = ["Folded", "Projector", "StateCache", "fold_into_kv"]
 log = structlog.get_logger("pixelbus.projector")
 
 _CAS_ATTEMPTS = 20
+#: A batch this big means load: the projector lingers for more (see ``Projector._linger``).
+LINGER_FROM = 16
 
 
 class StateCache:
@@ -159,10 +161,12 @@ class Projector:
         batch: int = 512,
         planner: WebhookPlanner | None = None,
         cache_bytes: int = 32 * 1024 * 1024,
+        linger_s: float = 0.002,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._batch = batch
+        self._linger_s = linger_s
         self._planner = planner
         self._stopping = asyncio.Event()
         self._cache = StateCache(cache_bytes)
@@ -185,6 +189,8 @@ class Projector:
         try:
             # Fold whatever has arrived as soon as the last fold is done.
             while msgs := await consumer.batch(self._batch):
+                if self._linger_s > 0 and LINGER_FROM <= len(msgs) < self._batch:
+                    msgs += await self._linger(consumer, self._batch - len(msgs))
                 try:
                     await self.project(kv, msgs)
                 finally:
@@ -192,6 +198,15 @@ class Projector:
         finally:
             stopper.cancel()
             await consumer.close()
+
+    async def _linger(self, consumer: PullConsumer, room: int) -> list[Msg]:
+        """Under load (a batch of ``LINGER_FROM`` or more), what arrives within
+        ``linger_s`` more: a task's events come a millisecond or so apart (created, then
+        started and outputs, then completed), and the events of one task in one batch
+        cost one KV write instead of one each. At light load no batch is that big, so
+        nothing waits."""
+        await asyncio.sleep(self._linger_s)
+        return consumer.take(room)
 
     async def project(self, kv: KeyValue, msgs: list[Msg]) -> None:
         """Fold, free slots, plan webhooks, then ack the batch (or nak it whole)."""

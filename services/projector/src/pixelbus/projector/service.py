@@ -49,6 +49,7 @@ class ProjectorService:
             batch=self._settings.batch,
             planner=self.planner,
             cache_bytes=self._settings.cache_bytes,
+            linger_s=self._settings.linger_ms / 1000,
         )
         log.info("projector prepared", webhook_duplicate_window_s=window)
 

@@ -19,6 +19,9 @@ class ProjectorSettings:
     #: Bytes of task states the projector keeps in memory (saves a read before a write);
     #: its cache of webhook targets holds one entry per KiB of it.
     cache_bytes: int = 32 * 1024 * 1024
+    #: Under load, how long a batch waits for more events, so that a task's events fold
+    #: into one KV write (0: never waits).
+    linger_ms: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ProjectorSettings:
@@ -28,7 +31,15 @@ class ProjectorSettings:
             cache_bytes=env_int(
                 environ, "PIXELBUS_PROJECTOR_CACHE_BYTES", cls.cache_bytes, lo=0, hi=1 << 40
             ),
+            linger_ms=env_int(
+                environ, "PIXELBUS_PROJECTOR_LINGER_MS", cls.linger_ms, lo=0, hi=1000
+            ),
         )
 
     def redacted(self) -> dict[str, Any]:
-        return {"bus": self.bus.redacted(), "batch": self.batch, "cache_bytes": self.cache_bytes}
+        return {
+            "bus": self.bus.redacted(),
+            "batch": self.batch,
+            "cache_bytes": self.cache_bytes,
+            "linger_ms": self.linger_ms,
+        }
