@@ -586,7 +586,8 @@ class WorkerRuntime:
                 input_objects=input_object_names(event.input_data),
             ),
         )
-        await asyncio.gather(started, ready)
+        await ready  # awaited in place (a gather would make it a task: one more loop turn)
+        await started
         await msg.ack()
         return "outputs_ready"
 

@@ -230,7 +230,10 @@ class Uploader:
                 bound.info("outputs skipped: task already final", outcome="skipped")
                 return
         try:
-            stored = list(await asyncio.gather(*(self._store(event, o) for o in event.outputs)))
+            if len(event.outputs) == 1:  # the common case: no task to gather
+                stored = [await self._store(event, event.outputs[0])]
+            else:
+                stored = list(await asyncio.gather(*(self._store(event, o) for o in event.outputs)))
         except StorageError as exc:
             self._health = self._health.verdict(str(exc), utcnow())
             self._metrics.upload_failed(self._provider.name, exc.code)
