@@ -504,6 +504,14 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             f"{subject['p99_ms']:.2f} ms; COMPLETED in a KV watch (what API clients see) "
             f"p50 {through_kv['p50_ms']:.2f} / p99 {through_kv['p99_ms']:.2f} ms",
         ]
+        hops = kv.get("hops") or {}
+        if hops:
+            out.append(
+                "  per hop, medians from the stream's store times: POST -> TaskCreated "
+                f"{hops['http_to_created']:.2f} ms, -> OutputsReady (worker) "
+                f"{hops['created_to_outputs']:.2f} ms, -> TaskCompleted (uploader) "
+                f"{hops['outputs_to_completed']:.2f} ms"
+            )
     nats = pixelbus.get("nats_per_task")
     if nats:
         out += ["", format_nats(nats["services"], nats["tasks"])]

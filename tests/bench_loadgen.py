@@ -67,6 +67,13 @@ __all__ = ["ADAPTERS", "Refused", "Rendezvous", "add_phase_arguments", "percenti
 PROBE_BODY = {"workflow": "probe", "environment": "face_swap"}
 COMPLETED_SUBJECTS = "pixelbus.tasks.*.*.completed.*"
 STATE_BUCKET = "PIXELBUS_TASK_STATE"
+TASK_STREAM = "PIXELBUS_TASKS"
+#: one-in-flight hops, from the client's send and the stream's own store times
+HOPS = (
+    ("http_to_created", None, "created"),
+    ("created_to_outputs", "created", "outputs"),
+    ("outputs_to_completed", "outputs", "completed"),
+)
 ERROR_SAMPLES = 5
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -211,9 +218,10 @@ class PixelbusAdapter(Adapter):
         subject_s: list[float] = []
         kv_s: list[float] = []
         errors: list[str] = []
+        sent_at: dict[str, float] = {}  # task id -> wall-clock time of its POST
         try:
             for _ in range(count):
-                started = time.perf_counter()
+                started, wall = time.perf_counter(), time.time()
                 try:
                     task_id = await asyncio.wait_for(self.create(), self.timeout_s)
                     seen = await asyncio.wait_for(
@@ -225,10 +233,35 @@ class PixelbusAdapter(Adapter):
                     continue
                 subject_s.append(seen[0] - started)
                 kv_s.append(seen[1] - started)
+                sent_at[task_id] = wall
         finally:
             follower.cancel()
             await watcher.stop()
-        return {"subject": summarize(subject_s, errors, count), "kv": summarize(kv_s, [], count)}
+        return {
+            "subject": summarize(subject_s, errors, count),
+            "kv": summarize(kv_s, [], count),
+            "hops": await self._hops(sent_at),
+        }
+
+    async def _hops(self, sent_at: dict[str, float]) -> dict[str, Any]:
+        """Per-hop medians (ms) of sequential tasks, from the stream's store times of
+        their events (the server's clock; the POST's from this machine's, the same)."""
+        from datetime import datetime
+
+        js = self._nc.jetstream()
+        hops: dict[str, list[float]] = {name: [] for name, _, _ in HOPS}
+        for task_id, sent in sent_at.items():
+            stored: dict[str | None, float] = {None: sent}
+            for kind in ("created", "outputs", "completed"):
+                subject = f"pixelbus.tasks.face_swap.probe.{kind}.{task_id}"
+                msg = await js.get_last_msg(TASK_STREAM, subject)
+                when = msg.time
+                if isinstance(when, str):
+                    when = datetime.fromisoformat(when)
+                stored[kind] = when.timestamp()
+            for name, start, end in HOPS:
+                hops[name].append(stored[end] - stored[start])
+        return {name: percentile(v, 0.5) * 1000 for name, v in hops.items() if v}
 
     async def close(self) -> None:
         await self._http.close()

@@ -49,3 +49,20 @@ def test_ratios_and_goals() -> None:
     assert got["celery"]["one_p50"] == pytest.approx(0.8)
     text = format_ratios(results)
     assert "met" in text and "MISSED" in text  # 3x Celery met, 0.75x arq missed
+
+
+def test_the_report_prints_pixelbus_hops_when_measured() -> None:
+    from argparse import Namespace
+
+    from tests.bench import report
+
+    timed = {"ok": 100, "p50_ms": 2.2, "p99_ms": 3.6}
+    kv_one = {
+        "subject": timed,
+        "kv": timed,
+        "hops": {"http_to_created": 0.58, "created_to_outputs": 0.65, "outputs_to_completed": 1.5},
+    }
+    args = Namespace(tasks=10, clients=2, one=5, rate=100.0, seconds=1.0, arq_max_jobs=10)
+    text = report({"pixelbus": {"system": "pixelbus", "kv_one": kv_one}}, args)
+    assert "POST -> TaskCreated 0.58 ms, -> OutputsReady (worker) 0.65 ms" in text
+    assert "-> TaskCompleted (uploader) 1.50 ms" in text
