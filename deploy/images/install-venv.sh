@@ -20,6 +20,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=i
 venv=/opt/pixelbus
 offline="--no-index --find-links /wheels/third-party"
 
+site_packages() {
+    "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
+}
+
 case "$1" in
 wheels)
     if ls /wheels/third-party/*.whl >/dev/null 2>&1; then exit 0; fi
@@ -50,21 +54,21 @@ own)
     ;;
 prune)
     shift
-    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    site=$(site_packages)
     for path in "$@"; do
         rm -r "${site:?}/$path"
     done
     ;;
 prune-tests)
     shift
-    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    site=$(site_packages)
     for package in "$@"; do
         test -n "$(find "${site:?}/$package" -type d -name tests -print -quit)"
         find "$site/$package" -depth -type d -name tests -exec rm -r {} +
     done
     ;;
 prune-except)
-    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    site=$(site_packages)
     dir="${site:?}/$2"
     shift 2
     for keep in "$@"; do

@@ -75,10 +75,7 @@ class CountingClient(Client):
         self._replies[token] = reply
         timer = loop.call_later(timeout, _time_out, reply)
         try:
-            TRAFFIC.sent += 1
-            await super().publish(
-                subject, payload, reply=self._reply_prefix + token, headers=headers
-            )
+            await self.publish(subject, payload, reply=self._reply_prefix + token, headers=headers)
             msg = await reply
         finally:
             timer.cancel()
