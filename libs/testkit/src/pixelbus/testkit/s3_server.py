@@ -261,6 +261,7 @@ class FaultyProxy:
         self.abandoned = 0
         self.forwarded: Counter[str] = Counter()
         self._open_paths: Counter[str] = Counter()
+        self._held: dict[socket.socket, str] = {}  # hung requests not counted out yet
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer((_HOST, 0), self._handler_class())
@@ -298,8 +299,14 @@ class FaultyProxy:
             self.fail_first = self.faults
 
     def _opened(self, path: str) -> bool:
-        """Count a request in; whether it is one to fail."""
+        """Count a request in; whether it is one to fail. Held requests whose client has
+        gone are counted out first: a client that gave one up and sent another at once
+        (its slot freed) must not look like one more request open at the same time."""
         with self._lock:
+            for connection in list(self._held):
+                readable, _, _ = select.select([connection], [], [], 0)
+                if readable and not _still_open(connection):
+                    self._release(connection, abandoned=True)
             self.requests += 1
             self.open += 1
             self.max_open = max(self.max_open, self.open)
@@ -312,19 +319,39 @@ class FaultyProxy:
 
     def _closed(self, path: str) -> None:
         with self._lock:
-            self.open -= 1
-            self._open_paths[path] -= 1
-            if not self._open_paths[path]:
-                del self._open_paths[path]
+            self._count_out(path)
 
-    def _hold(self, connection: socket.socket) -> None:
-        """Answer nothing until the client closes the connection or the proxy closes."""
-        while not self._closing.is_set():
-            readable, _, _ = select.select([connection], [], [], 0.02)
-            if readable and not _still_open(connection):
+    def _count_out(self, path: str) -> None:
+        self.open -= 1
+        self._open_paths[path] -= 1
+        if not self._open_paths[path]:
+            del self._open_paths[path]
+
+    def _release(self, connection: socket.socket, *, abandoned: bool) -> None:
+        """Count a held request out (under the lock), once."""
+        path = self._held.pop(connection, None)
+        if path is not None:
+            self.abandoned += abandoned
+            self._count_out(path)
+
+    def _hold(self, connection: socket.socket, path: str) -> None:
+        """Answer nothing until the client closes the connection or the proxy closes;
+        the request is counted out then (or earlier, by ``_opened``)."""
+        with self._lock:
+            self._held[connection] = path
+        try:
+            while not self._closing.is_set():
                 with self._lock:
-                    self.abandoned += 1
-                return
+                    if connection not in self._held:
+                        return  # counted out by ``_opened``
+                readable, _, _ = select.select([connection], [], [], 0.02)
+                if readable and not _still_open(connection):
+                    with self._lock:
+                        self._release(connection, abandoned=True)
+                    return
+        finally:
+            with self._lock:
+                self._release(connection, abandoned=False)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -348,10 +375,12 @@ class FaultyProxy:
             def _handle(self) -> None:
                 path = urlsplit(self.path).path
                 fault = proxy._opened(path)
+                held = False
                 try:
                     body = self._body()
                     if fault and proxy.hang:
-                        proxy._hold(self.connection)
+                        held = True
+                        proxy._hold(self.connection, path)  # counts the request out
                         self.close_connection = True
                     elif fault:
                         self._send(
@@ -363,7 +392,8 @@ class FaultyProxy:
                             return
                         self._forward(body)
                 finally:
-                    proxy._closed(path)
+                    if not held:
+                        proxy._closed(path)
 
             def _forward(self, body: bytes) -> None:
                 conn = http.client.HTTPConnection(*proxy._upstream, timeout=30)
