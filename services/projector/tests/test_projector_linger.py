@@ -1,4 +1,10 @@
-"""Under load the projector lingers: a task's later events fold into the same KV write.
+"""The projector lingers: a task's later events fold into the same KV write.
+
+At light load a batch waits (up to the linger) until each of its tasks has its ending
+event: a task created, started and completed in a row is written once; a task that does
+not end within the linger is written when it is over.
+
+Under load it lingers over the whole batch.
 
 Counted by the state bucket's own stream: its last sequence is the number of writes the
 projector made. 20 tasks' ``TaskCreated`` are in the stream when the projector starts; once
@@ -17,7 +23,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from pixelbus.contracts.events import AnyEvent, TaskCompleted, TaskCreated, encode_event
+from pixelbus.contracts.events import (
+    AnyEvent,
+    TaskCompleted,
+    TaskCreated,
+    TaskStarted,
+    encode_event,
+)
 from pixelbus.contracts.subjects import STATE_BUCKET, task_subject
 from pixelbus.contracts.task import TaskStatus
 from pixelbus.projector.projector import LINGER_FROM, Projector
@@ -69,9 +81,10 @@ class ObservedProjector(Projector):
         super().__init__(nc, batch=512, linger_s=linger_s)
         self.lingering = asyncio.Event()
 
-    async def _linger(self, consumer: PullConsumer, room: int) -> list[Msg]:
-        self.lingering.set()
-        return await super()._linger(consumer, room)
+    async def _linger(self, consumer: PullConsumer, msgs: list[Msg]) -> list[Msg]:
+        if len(msgs) >= LINGER_FROM:
+            self.lingering.set()
+        return await super()._linger(consumer, msgs)
 
 
 async def project_created_then_completed(nc: Client, linger_s: float) -> tuple[int, int]:
@@ -119,3 +132,43 @@ async def test_a_lingering_projector_writes_each_task_of_its_batch_once(nc: Clie
 async def test_without_a_linger_each_event_is_a_write(nc: Client) -> None:
     writes, before = await project_created_then_completed(nc, linger_s=0.0)
     assert (before, writes) == (TASKS, 2 * TASKS)
+
+
+async def test_at_light_load_a_task_that_ends_within_the_linger_is_written_once(
+    nc: Client,
+) -> None:
+    js = nc.jetstream()
+    await ensure(js, BusSettings())
+    kv = await js.key_value(STATE_BUCKET)
+    projector = Projector(nc, batch=512, linger_s=2.0)
+    runner = asyncio.create_task(projector.run())
+    try:
+        quick = "task_light_quick"
+        started = TaskStarted(
+            event_id=f"{quick}:started:1", task_id=quick, attempt=1,
+            occurred_at=datetime.now(UTC), worker="w1",
+        )  # fmt: skip
+        for event in (created(quick), started, completed(quick)):  # one by one
+            await publish(js, [event])
+
+        async def status(task_id: str) -> TaskStatus | None:
+            state, _ = await read_state(kv, task_id)
+            return None if state is None else state.status
+
+        async def quick_completed() -> bool | None:
+            return True if await status(quick) == TaskStatus.COMPLETED else None
+
+        await eventually(quick_completed, timeout=10)
+        assert await state_writes(js) == 1  # not one per event
+
+        slow = "task_light_slow"  # created, nothing more: written once the linger is over
+        await publish(js, [created(slow)])
+
+        async def slow_pending() -> bool | None:
+            return True if await status(slow) == TaskStatus.PENDING else None
+
+        await eventually(slow_pending, timeout=10)
+        assert await state_writes(js) == 2
+    finally:
+        projector.stop()
+        await asyncio.wait_for(runner, 10)

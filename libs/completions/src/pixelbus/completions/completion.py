@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from pixelbus.contracts.events import AnyEvent, TaskCompleted, TaskFailed
+from pixelbus.contracts.subjects import parse_subject
 from pixelbus.contracts.task import StoredOutput
 
 __all__ = ["Completion", "completion_from"]
@@ -38,9 +39,8 @@ def completion_from(
     event: AnyEvent, subject: str, *, stream_seq: int = 0, delivery: int = 1
 ) -> Completion | None:
     """The completion an event is (None for other events, e.g. a retryable failure)."""
-    # Subject: pixelbus.tasks.<environment>.<workflow>.<kind>.<task id>
-    parts = subject.split(".")
-    environment, workflow = (parts[2], parts[3]) if len(parts) >= 6 else ("", "")
+    parsed = parse_subject(subject)
+    environment, workflow = (parsed.environment, parsed.workflow) if parsed else ("", "")
     common: dict[str, Any] = {
         "task_id": event.task_id,
         "environment": environment,

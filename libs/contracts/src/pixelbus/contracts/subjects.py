@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "ADVISORY_STREAM",
@@ -37,9 +38,11 @@ __all__ = [
     "WEBHOOK_SUBJECT_ROOT",
     "WORKERS_BUCKET",
     "Pool",
+    "TaskSubject",
     "created_filter",
     "event_filter",
     "input_object_names",
+    "parse_subject",
     "pool_for_environment",
     "sanitize_token",
     "task_subject",
@@ -120,6 +123,32 @@ def task_subject(environment: str, workflow: str, kind: str, task_id: str) -> st
             sanitize_token(task_id),
         )
     )
+
+
+class TaskSubject(NamedTuple):
+    """The tokens of a task event's subject (as sanitised when it was built)."""
+
+    environment: str
+    workflow: str
+    kind: str
+    task_id: str
+
+    def with_kind(self, kind: str) -> str:
+        """The subject of the same task's event of another kind."""
+        return ".".join((SUBJECT_ROOT, self.environment, self.workflow, kind, self.task_id))
+
+
+_SUBJECT_PREFIX = SUBJECT_ROOT + "."
+
+
+def parse_subject(subject: str) -> TaskSubject | None:
+    """The tokens of a task event's subject; ``None`` for any other subject."""
+    if not subject.startswith(_SUBJECT_PREFIX):
+        return None
+    tokens = subject[len(_SUBJECT_PREFIX) :].split(".")
+    if len(tokens) != 4 or not all(tokens):
+        return None
+    return TaskSubject(*tokens)
 
 
 def event_filter(kind: str = "*", environment: str = "*", workflow: str = "*") -> str:

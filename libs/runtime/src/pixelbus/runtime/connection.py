@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
-__all__ = ["TRAFFIC", "CountingClient", "Traffic", "connect"]
+__all__ = ["TRAFFIC", "CountingClient", "Traffic", "connect", "subscribe_direct"]
 
 log = structlog.get_logger("pixelbus.nats")
 
@@ -88,16 +90,61 @@ class CountingClient(Client):
         async with self._reply_setup:
             if not self._reply_prefix:
                 prefix = f"{self.new_inbox()}."
-                await self.subscribe(f"{prefix}*", cb=self._on_reply)
+                await subscribe_direct(self, f"{prefix}*", self._on_reply)
                 self._reply_prefix = prefix
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         reply = self._replies.get(msg.subject[len(self._reply_prefix) :])
         if reply is not None and not reply.done():
             reply.set_result(msg)
 
 
 _NO_RESPONDERS = "503"
+
+
+async def subscribe_direct(nc: Client, subject: str, handle: Callable[[Msg], None]) -> Subscription:
+    """Subscribe with ``handle`` called by the connection's read loop itself, as each
+    message is parsed.
+
+    nats.py hands a callback subscription's messages to a task of its own through a queue:
+    one more loop turn per message. That is the cost of each JetStream ack awaited and of
+    each pull-delivered message, on every hop of a task; this saves it. ``handle`` must be
+    quick and must not block (it may set futures, append to a queue, start tasks); what it
+    raises is logged, never let into the read loop.
+    """
+    sub = await nc.subscribe(subject)  # no callback: nats.py starts no task for it
+    sub._pending_queue = _Direct(sub, handle)  # type: ignore[assignment]
+    return sub
+
+
+class _Direct:
+    """Stands in for a subscription's message queue (what nats.py's read loop and drain use
+    of it): each message goes to ``handle`` at once; nothing is ever pending."""
+
+    __slots__ = ("_handle", "_sub")
+
+    def __init__(self, sub: Subscription, handle: Callable[[Msg], None]) -> None:
+        self._sub = sub
+        self._handle = handle
+
+    def put_nowait(self, msg: Msg) -> None:
+        self._sub._pending_size = 0  # counted by the read loop for a queue we do not keep
+        try:
+            self._handle(msg)
+        except Exception:
+            log.exception("message handler failed", subject=msg.subject)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def task_done(self) -> None:
+        pass
+
+    async def join(self) -> None:
+        return None
 
 
 def _time_out(reply: asyncio.Future[Msg]) -> None:

@@ -41,6 +41,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from pixelbus.runtime.connection import subscribe_direct
+
 __all__ = [
     "DurableLoop",
     "PullConsumer",
@@ -120,7 +122,7 @@ class PullConsumer:
         self._last_heard = loop.time()
         self._reconnects = self._nc.stats.get("reconnects", 0)
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        self._sub = await subscribe_direct(self._nc, self._inbox, self._on_message)
         self._watchdog = asyncio.create_task(self._watch())
         self._top_up()
 
@@ -167,6 +169,18 @@ class PullConsumer:
         if first is None:
             return []
         return [first, *self.take(limit - 1)]
+
+    async def arrival(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a message to take; whether one is there."""
+        if not (self._queue and self._held < self._credit) and not self._stopped:
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            timer = loop.call_later(timeout_s, self._wake)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+        return bool(self._queue) and self._held < self._credit and not self._stopped
 
     def take(self, limit: int) -> list[Msg]:
         """What has arrived, up to ``limit`` messages, without waiting (maybe none)."""
@@ -236,7 +250,7 @@ class PullConsumer:
         finally:
             self._pulling = None
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, msg: Msg) -> None:
         self._last_heard = asyncio.get_running_loop().time()
         headers = msg.headers
         if not msg.reply and headers and (status := headers.get("Status")):

@@ -26,6 +26,7 @@ from pixelbus.contracts.subjects import (
     STATE_BUCKET,
     TASK_STREAM,
     UPLOADER_CONSUMER,
+    parse_subject,
 )
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.publisher import EventPublisher
@@ -96,10 +97,14 @@ class ExhaustedWatcher(DurableLoop):
         if state is not None and state.is_final:
             await msg.ack()
             return
-        # Subject: pixelbus.tasks.<environment>.<workflow>.<kind>.<task id>
-        _, _, environment, workflow, *_ = (raw.subject or "").split(".")
+        parsed = parse_subject(raw.subject or "")
+        if parsed is None:  # not a task event: nothing to fail
+            await msg.ack()
+            return
         failure = exhaustion_failure(task_event, advisory.consumer, advisory.deliveries)
-        await self._publisher.publish(failure, environment=environment, workflow=workflow)
+        await self._publisher.publish(
+            failure, environment=parsed.environment, workflow=parsed.workflow
+        )
         await msg.ack()
         self.failed += 1
         log.warning(

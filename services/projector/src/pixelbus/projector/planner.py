@@ -36,7 +36,7 @@ from nats.js.errors import NotFoundError
 
 from pixelbus.contracts.events import AnyEvent, TaskCreated, decode_event
 from pixelbus.contracts.fold import apply
-from pixelbus.contracts.subjects import TASK_STREAM, WEBHOOK_STREAM, webhook_subject
+from pixelbus.contracts.subjects import TASK_STREAM, WEBHOOK_STREAM, parse_subject, webhook_subject
 from pixelbus.contracts.task import TaskState
 from pixelbus.contracts.webhooks import (
     WebhookJob,
@@ -184,14 +184,12 @@ class WebhookPlanner:
 
     async def _created(self, subject: str, task_id: str) -> TaskCreated | None:
         """The task's ``TaskCreated``: the last message on its ``created`` subject."""
-        # Subject: pixelbus.tasks.<environment>.<workflow>.<kind>.<task id>
-        tokens = subject.split(".")
-        if len(tokens) != 6:
+        parsed = parse_subject(subject)
+        if parsed is None:
             return None
-        tokens[4] = "created"
         self.lookups += 1
         try:
-            raw = await self._js.get_last_msg(TASK_STREAM, ".".join(tokens))
+            raw = await self._js.get_last_msg(TASK_STREAM, parsed.with_kind("created"))
         except NotFoundError:
             return None  # aged out of the stream (or never there)
         event = decode_event(raw.data or b"")

@@ -37,6 +37,7 @@ from pixelbus.contracts.subjects import (
     QUOTAS_BUCKET,
     STATE_BUCKET,
     TASK_STREAM,
+    parse_subject,
 )
 from pixelbus.contracts.task import TaskState
 from pixelbus.projector.planner import Candidate, WebhookPlanner
@@ -141,6 +142,20 @@ async def fold_into_kv(
     raise RuntimeError(f"projector: gave up on {task_id} after {_CAS_ATTEMPTS} CAS conflicts")
 
 
+_ENDING_KINDS = frozenset({"completed", "failed", "cancelled"})
+
+
+def _note_subject(open_tasks: set[str], subject: str) -> None:
+    """Track the tasks of a batch that have not ended yet, from event subjects."""
+    parsed = parse_subject(subject)
+    if parsed is None:
+        return
+    if parsed.kind in _ENDING_KINDS:
+        open_tasks.discard(parsed.task_id)
+    else:
+        open_tasks.add(parsed.task_id)
+
+
 def _observe_end_to_end(state: TaskState) -> None:
     if state.finished_at is not None and state.created_at is not None:
         seconds = (state.finished_at - state.created_at).total_seconds()
@@ -189,8 +204,8 @@ class Projector:
         try:
             # Fold whatever has arrived as soon as the last fold is done.
             while msgs := await consumer.batch(self._batch):
-                if self._linger_s > 0 and LINGER_FROM <= len(msgs) < self._batch:
-                    msgs += await self._linger(consumer, self._batch - len(msgs))
+                if self._linger_s > 0 and len(msgs) < self._batch:
+                    msgs += await self._linger(consumer, msgs)
                 try:
                     await self.project(kv, msgs)
                 finally:
@@ -199,14 +214,27 @@ class Projector:
             stopper.cancel()
             await consumer.close()
 
-    async def _linger(self, consumer: PullConsumer, room: int) -> list[Msg]:
-        """Under load (a batch of ``LINGER_FROM`` or more), what arrives within
-        ``linger_s`` more: a task's events come a millisecond or so apart (created, then
-        started and outputs, then completed), and the events of one task in one batch
-        cost one KV write instead of one each. At light load no batch is that big, so
-        nothing waits."""
-        await asyncio.sleep(self._linger_s)
-        return consumer.take(room)
+    async def _linger(self, consumer: PullConsumer, msgs: list[Msg]) -> list[Msg]:
+        """What arrives within ``linger_s`` more, so that a task's events fold into one
+        KV write: under load (a batch of ``LINGER_FROM`` or more) the whole linger; at
+        light load until every task of the batch has its ending event (a probe's
+        created, started, outputs and completed come within a millisecond or two)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._linger_s
+        more: list[Msg] = []
+        room = self._batch - len(msgs)
+        open_tasks: set[str] = set()
+        for msg in msgs:
+            _note_subject(open_tasks, msg.subject)
+        while room > 0 and (open_tasks or len(msgs) + len(more) >= LINGER_FROM):
+            left = deadline - loop.time()
+            if left <= 0 or not await consumer.arrival(left):
+                break
+            for msg in consumer.take(room):
+                more.append(msg)
+                room -= 1
+                _note_subject(open_tasks, msg.subject)
+        return more
 
     async def project(self, kv: KeyValue, msgs: list[Msg]) -> None:
         """Fold, free slots, plan webhooks, then ack the batch (or nak it whole)."""

@@ -19,8 +19,8 @@ class ProjectorSettings:
     #: Bytes of task states the projector keeps in memory (saves a read before a write);
     #: its cache of webhook targets holds one entry per KiB of it.
     cache_bytes: int = 32 * 1024 * 1024
-    #: Under load, how long a batch waits for more events, so that a task's events fold
-    #: into one KV write (0: never waits).
+    #: How long a batch waits for more events, so that a task's events fold into one KV
+    #: write: under load the whole time, at light load until its tasks ended (0: never).
     linger_ms: int = 2
 
     @classmethod
