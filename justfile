@@ -10,19 +10,22 @@ default:
 up *args:
     python tools/devstack.py "$@"
 
-# the whole test suite
+# the whole test suite: the lint (ruff, format check, strict mypy, import layers), then pytest
 test *args:
+    just lint
     python -m pytest -q "$@"
 
 # only the fast, pure unit tests
 unit *args:
     python -m pytest -q libs services "$@"
 
-# lint: ruff (style + bugs) and mypy (strict on libs/)
+# lint: ruff (style + bugs), the format check, mypy (strict on every lib and service) and
+# the import layers of .importlinter (contracts pure, no lib or service imports a service, ...)
 lint:
     ruff check .
     ruff format --check .
-    mypy libs/contracts/src libs/runtime/src libs/media/src
+    mypy libs/*/src services/*/src
+    lint-imports
 
 # format the code
 fmt:

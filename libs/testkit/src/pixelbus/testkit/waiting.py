@@ -73,7 +73,7 @@ async def wait_for_state(
 
         async def seen() -> TaskState:
             while True:
-                entry = await watcher.updates(timeout=timeout)
+                entry = await watcher.updates(timeout=timeout)  # type: ignore[no-untyped-call]
                 if entry is None or entry.value is None:
                     continue
                 state = decode_state(entry.value)
@@ -82,7 +82,7 @@ async def wait_for_state(
 
         return await asyncio.wait_for(seen(), timeout)
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 10) -> T:

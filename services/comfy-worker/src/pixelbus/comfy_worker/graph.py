@@ -13,7 +13,8 @@ from typing import Any
 
 from pixelbus.comfy_worker.errors import WorkflowError
 from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
-from pixelbus.media.file_names import InvalidFileName, check_relative_path
+from pixelbus.media.errors import InvalidFileName
+from pixelbus.media.file_names import check_relative_path
 
 __all__ = [
     "IMAGE_LOADERS",

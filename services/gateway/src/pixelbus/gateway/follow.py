@@ -107,17 +107,19 @@ class TaskFeed:
             watch.subscribing = asyncio.ensure_future(
                 self._nc.subscribe(task_events_filter(task_id), cb=watch.notify)
             )
+        subscribing = watch.subscribing
+        assert subscribing is not None
         changed = asyncio.Event()
         watch.listeners.add(changed)
         try:
-            await asyncio.shield(watch.subscribing)
+            await asyncio.shield(subscribing)
             yield changed
         finally:
             watch.listeners.discard(changed)
             if not watch.listeners and self._watched.get(task_id) is watch:
                 del self._watched[task_id]
                 with contextlib.suppress(Exception):
-                    await (await watch.subscribing).unsubscribe()
+                    await (await subscribing).unsubscribe()
 
 
 @dataclass(eq=False)

@@ -27,7 +27,7 @@ def backoff_s(failures: int, policy: RetrySettings, draw: float) -> float:
     """The wait after the ``failures``-th failure: ``base·2^(failures-1)`` capped at
     ``max_s``, scaled by a draw in [0, 1) into [½, 1) of that (jitter, so that uploaders
     throttled together do not come back together)."""
-    ceiling = min(policy.max_s, policy.base_s * 2 ** (failures - 1))
+    ceiling = min(policy.max_s, policy.base_s * 2.0 ** (failures - 1))
     return ceiling * (0.5 + draw / 2)
 
 

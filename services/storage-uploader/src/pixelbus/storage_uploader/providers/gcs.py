@@ -69,7 +69,7 @@ class _Storage(Storage):
     ``PUT`` five times with waits of 1 to 8 s, also after refusals that will not heal.
     Retries are the uploader's (with its backoff), then JetStream's."""
 
-    async def _do_upload(  # type: ignore[override]
+    async def _do_upload(
         self,
         session_uri: str,
         stream: Any,
