@@ -1,4 +1,4 @@
-"""Errors raised by pixelbus.media.
+"""Errors raised by pixelbus.media (all ``pixelbus.contracts.errors.PixelbusError``).
 
 Every error says whether trying again later could help (``retryable``) and carries a
 stable machine-readable ``code``; messages name the URL's host, never a whole URL
@@ -22,6 +22,8 @@ stable machine-readable ``code``; messages name the URL's host, never a whole UR
 """
 
 from __future__ import annotations
+
+from pixelbus.contracts.errors import PixelbusError
 
 __all__ = [
     "BadDataUri",
@@ -60,16 +62,10 @@ def describe_url(url: str) -> str:
     return f"host {host[:100]!r}" if host else f"a {scheme[:10]}: URL"
 
 
-class MediaError(Exception):
+class MediaError(PixelbusError):
     """Base of every error raised by pixelbus.media."""
 
-    code: str = "media_error"
-    retryable: bool = False
-
-    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
-        super().__init__(message)
-        if retryable is not None:
-            self.retryable = retryable
+    code = "media_error"
 
 
 class UrlRefused(MediaError):

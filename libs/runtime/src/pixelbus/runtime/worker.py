@@ -12,9 +12,10 @@ workers). For each ``TaskCreated`` it:
    keeps the message alive with in-progress acks;
 3. on success publishes ``OutputsReady`` — outputs up to ``inline_output_bytes`` in all
    travel inline in the event, larger ones go to the Object Store (concurrently) — and
-   acks; on ``Permanent`` publishes ``TaskFailed(final)`` and terms; on ``Retryable`` or
-   anything unexpected naks with a delay and publishes ``TaskFailed(retryable)``, or
-   ``TaskFailed(final)`` + term once the attempts are spent;
+   acks; on a permanent ``PixelbusError`` (any domain error, e.g. ``Permanent``) publishes
+   ``TaskFailed(final)`` and terms; on a retryable one or anything unexpected naks with a
+   delay and publishes ``TaskFailed(retryable)``, or ``TaskFailed(final)`` + term once the
+   attempts are spent;
 4. on a ``TaskCancelRequested`` for a task it runs, cancels the handler and publishes
    ``TaskCancelled``.
 
@@ -70,7 +71,7 @@ from pixelbus.contracts.subjects import (
 from pixelbus.contracts.task import OutputObject
 from pixelbus.contracts.validation import PROBE_WORKFLOW
 from pixelbus.runtime.clock import utcnow
-from pixelbus.runtime.errors import Permanent, Retryable
+from pixelbus.runtime.errors import Permanent, PixelbusError
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.pull import PullConsumer, PullGate, dispatch, keep_alive
@@ -545,16 +546,18 @@ class WorkerRuntime:
             self._metrics.observe_duration(
                 event.workflow, "handler", time.monotonic() - handler_started
             )
-        except Permanent as exc:
-            await coalescer.close()
-            await self._fail(msg, event, attempt, exc.code, exc.message, retryable=False)
-            return f"failed:{exc.code}"
-        except Retryable as exc:
+        except PixelbusError as exc:
             await coalescer.close()
             await self._fail(
-                msg, event, attempt, exc.code, exc.message, retryable=True, delay=exc.delay_s
+                msg,
+                event,
+                attempt,
+                exc.code,
+                exc.message,
+                retryable=exc.retryable,
+                delay=exc.delay_s,
             )
-            return f"retry:{exc.code}"
+            return f"{'retry' if exc.retryable else 'failed'}:{exc.code}"
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -24,7 +24,7 @@ from pixelbus.comfy_worker.backends import BackendPool
 from pixelbus.comfy_worker.settings import AgentSettings
 from pixelbus.contracts.events import TaskCreated
 from pixelbus.runtime.clock import utcnow
-from pixelbus.runtime.errors import Permanent, Retryable
+from pixelbus.runtime.errors import PixelbusError
 from pixelbus.runtime.worker import Handler, TaskContext, TaskResult
 
 __all__ = ["LeaseLost", "RemoteAgent"]
@@ -163,15 +163,11 @@ class RemoteAgent:
         except asyncio.CancelledError:
             bound.info("task stopped: lease lost")
             return
-        except Permanent as exc:
-            await self._end(task_id, "fail", token, code=exc.code, message=exc.message)
-            bound.info("task failed", code=exc.code)
-            return
-        except Retryable as exc:
+        except PixelbusError as exc:
             await self._end(
-                task_id, "fail", token, code=exc.code, message=exc.message, retryable=True
+                task_id, "fail", token, code=exc.code, message=exc.message, retryable=exc.retryable
             )
-            bound.info("task given back", code=exc.code)
+            bound.info("task given back" if exc.retryable else "task failed", code=exc.code)
             return
         except Exception as exc:
             bound.exception("handler raised unexpectedly")

@@ -1,4 +1,5 @@
-"""Errors of the comfy-worker, mapped onto the runtime's split at the handler.
+"""Errors of the comfy-worker (all ``pixelbus.contracts.errors.PixelbusError``: the worker
+runtime turns them into the task's outcome by ``code`` and ``retryable``).
 
 ::
 
@@ -15,6 +16,8 @@
 
 from __future__ import annotations
 
+from pixelbus.contracts.errors import PixelbusError
+
 __all__ = [
     "BackendUnavailable",
     "ComfyError",
@@ -26,13 +29,13 @@ __all__ = [
 ]
 
 
-class ComfyError(Exception):
+class ComfyError(PixelbusError):
     code = "comfy_error"
-    retryable = False
 
-    def __init__(self, message: str, *, node_id: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(
+        self, message: str, *, code: str | None = None, node_id: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
         self.node_id = node_id
 
 
@@ -59,8 +62,3 @@ class PromptInterrupted(ComfyError):
 
 class WorkflowError(ComfyError):
     code = "invalid_workflow"
-
-    def __init__(self, message: str, *, code: str | None = None, node_id: str | None = None):
-        super().__init__(message, node_id=node_id)
-        if code is not None:
-            self.code = code

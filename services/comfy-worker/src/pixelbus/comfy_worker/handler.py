@@ -34,7 +34,7 @@ from nats.js.errors import NotFoundError
 from PIL import Image, UnidentifiedImageError
 
 from pixelbus.comfy_worker.backends import Backend, BackendPool
-from pixelbus.comfy_worker.errors import BackendUnavailable, ComfyError, WorkflowError
+from pixelbus.comfy_worker.errors import BackendUnavailable, WorkflowError
 from pixelbus.comfy_worker.execution import RunLimits, run_prompt
 from pixelbus.comfy_worker.graph import ImageInput, check_graph, check_node_types, image_inputs
 from pixelbus.comfy_worker.graph import with_inputs as graph_with_inputs
@@ -49,7 +49,6 @@ from pixelbus.media.errors import MediaError
 from pixelbus.media.fetch import FetchLimits, fetch_bytes
 from pixelbus.media.images import open_image
 from pixelbus.media.ssrf import SsrfPolicy
-from pixelbus.runtime.errors import Permanent, Retryable
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult
 
@@ -96,14 +95,7 @@ class ComfyHandler:
         )
 
     async def __call__(self, ctx: TaskContext) -> TaskResult:
-        try:
-            return await self._handle(ctx)
-        except ComfyError as exc:
-            error = Retryable if exc.retryable else Permanent
-            raise error(exc.code, exc.message) from exc
-        except MediaError as exc:
-            error = Retryable if exc.retryable else Permanent
-            raise error(exc.code, str(exc)) from exc
+        return await self._handle(ctx)
 
     # --- 1. the graph (pure) ---
 
@@ -265,8 +257,8 @@ class ComfyHandler:
                     item.value, limits=self._limits, policy=self._policy, client=self._http
                 )
             except MediaError as exc:
-                error = Retryable if exc.retryable else Permanent
-                raise error(exc.code, f"{label}: {exc}") from exc
+                exc.about(label)
+                raise
             data = fetched.data
         extension = await asyncio.to_thread(self._image_extension, data, label)
         return data, f"{hashlib.sha256(data).hexdigest()[:24]}{extension}"

@@ -24,7 +24,7 @@ from pixelbus.media.arrays import RGBImage, decode_image, encode_image, fit_with
 from pixelbus.media.errors import MediaError
 from pixelbus.media.fetch import FetchLimits, fetch_bytes
 from pixelbus.media.ssrf import SsrfPolicy
-from pixelbus.runtime.errors import Permanent, Retryable
+from pixelbus.runtime.errors import Permanent
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult
 
@@ -111,12 +111,8 @@ class FaceSwapHandler:
 
     @staticmethod
     async def _run(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``function(*args)`` in a worker thread, engine errors mapped to task errors."""
-        try:
-            return await asyncio.to_thread(function, *args, **kwargs)
-        except EngineError as exc:
-            error = Retryable if exc.retryable else Permanent
-            raise error(exc.code, str(exc)) from exc
+        """``function(*args)`` in a worker thread."""
+        return await asyncio.to_thread(function, *args, **kwargs)
 
     async def _image(self, url: object, field: str) -> RGBImage:
         if not isinstance(url, str) or not url:
@@ -132,7 +128,8 @@ class FaceSwapHandler:
                 animated=self._settings.animated_inputs,
             )
         except MediaError as exc:
-            raise Permanent(exc.code, f"{field}: {exc}") from exc
+            exc.about(field)
+            raise
 
     async def _fetch(self, url: str, field: str) -> tuple[bytes, str | None]:
         if url.startswith(INPUT_OBJECT_PREFIX):
@@ -148,6 +145,6 @@ class FaceSwapHandler:
                 url, limits=self._limits, policy=self._policy, client=self._http
             )
         except MediaError as exc:
-            error = Retryable if exc.retryable else Permanent
-            raise error(exc.code, f"{field}: {exc}") from exc
+            exc.about(field)
+            raise
         return fetched.data, fetched.content_type

@@ -31,13 +31,9 @@ __all__ = [
 class StorageError(runtime_errors.PixelbusError):
     """Base of provider failures; ``code`` is the provider's error code (e.g. ``NoSuchBucket``)."""
 
-    retryable: bool = False
-
     def __init__(self, message: str, *, provider: str, code: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, code=code)
         self.provider = provider
-        self.code = code
 
 
 class StoragePermanentError(StorageError):

@@ -1,4 +1,4 @@
-"""Errors raised by face-swap engines.
+"""Errors raised by face-swap engines (all ``pixelbus.contracts.errors.PixelbusError``).
 
 Each says whether another try could help (``retryable``) and has a stable ``code``::
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Literal, TypeAlias
 
+from pixelbus.contracts.errors import PixelbusError
+
 __all__ = [
     "BadModelOutput",
     "EngineError",
@@ -29,9 +31,8 @@ __all__ = [
 Which: TypeAlias = Literal["source", "target"]
 
 
-class EngineError(Exception):
-    code: str = "engine_error"
-    retryable: bool = False
+class EngineError(PixelbusError):
+    code = "engine_error"
 
 
 class NoFaceFound(EngineError):
@@ -94,6 +95,4 @@ class BadModelOutput(EngineError):
 
 class RemoteEngineError(EngineError):
     def __init__(self, code: str, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retryable = retryable
+        super().__init__(message, code=code, retryable=retryable)
