@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
+import json
+import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +24,17 @@ from pixelbus.comfy_worker.handler import ComfyHandler
 from pixelbus.comfy_worker.settings import ComfySettings
 from pixelbus.comfy_worker.templates import builtin_templates
 from pixelbus.contracts.events import TaskCreated
-from pixelbus.runtime.errors import Permanent, Retryable
+from pixelbus.runtime.errors import PixelbusError
 from pixelbus.runtime.worker import TaskContext, TaskResult
 from pixelbus.testkit.fake_comfyui import FakeComfyUI
+
+
+@contextlib.contextmanager
+def raises(*, retryable: bool) -> Iterator[pytest.ExceptionInfo[PixelbusError]]:
+    """The handler's failure: a domain error whose ``retryable`` decides the task's fate."""
+    with pytest.raises(PixelbusError) as failed:
+        yield failed
+    assert failed.value.retryable is retryable
 
 
 def invert_graph(color: int = 0xFF0000, **save: Any) -> dict[str, Any]:
@@ -205,10 +216,18 @@ async def test_every_output_kind_is_kept_and_previews_only_when_asked(
     assert kinds == [("2", "image/webp"), ("4", "application/octet-stream")]
     assert result.result is not None and result.result["skipped_previews"] == 3
     assert result.result["values"] == {"2": {"animated": [True]}}
-    assert (
-        result.outputs[0].data[:4] in (b"RIFF", b"PK\x03\x04")
-        or result.outputs[1].data[:4] == b"RIFF"
-    )
+    by_node = {o.node_id: o.data for o in result.outputs}
+    webp = by_node["2"]
+    assert (webp[:4], webp[8:12]) == (b"RIFF", b"WEBP")
+    # the latent as SaveLatent writes it: safetensors, an 8-byte little-endian header
+    # length, the JSON header, then the float32 tensor of EmptyLatentImage's shape
+    latent = by_node["4"]
+    (header_len,) = struct.unpack("<Q", latent[:8])
+    header = json.loads(latent[8 : 8 + header_len])
+    assert header == {
+        "latent_tensor": {"dtype": "F32", "shape": [1, 4, 8, 8], "data_offsets": [0, 4 * 256]}
+    }
+    assert len(latent) == 8 + header_len + 4 * 256
     with_previews = await run(graph, include_previews=True)
     assert sorted(o.node_id for o in with_previews.outputs) == ["2", "4", "5", "5", "5"]
 
@@ -221,13 +240,13 @@ async def test_only_previews_fails_permanently_saying_why(run: Run) -> None:
         },
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     }
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(graph)
     assert failed.value.code == "no_outputs" and "include_previews" in failed.value.message
 
 
 async def test_graph_without_output_node_fails_permanently(run: Run) -> None:
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(
             {
                 "1": {
@@ -243,13 +262,13 @@ async def test_graph_without_output_node_fails_permanently(run: Run) -> None:
 async def test_invalid_graphs_fail_with_comfyuis_message_and_node(run: Run) -> None:
     unknown = invert_graph()
     unknown["2"]["class_type"] = "NoSuchNodeClass"
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(unknown)
     assert "Cannot execute because node NoSuchNodeClass does not exist" in failed.value.message
     assert "Node ID '#2'" in failed.value.message
     bad_value = invert_graph()
     bad_value["1"]["inputs"]["width"] = 0
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(bad_value)
     assert failed.value.code == "comfy_invalid_prompt"
     assert "node 1 (EmptyImage): Value 0 smaller than min of 1: width" in failed.value.message
@@ -261,7 +280,7 @@ async def test_partly_valid_graph_on_200_fails_and_is_withdrawn(
     graph = invert_graph()
     graph["4"] = {"class_type": "SaveImage", "inputs": {"filename_prefix": "broken"}}
     fake_comfyui.delays["ImageInvert"] = 0.3
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(graph)
     assert "node 4 (SaveImage): Required input is missing: images" in failed.value.message
     prompt_id = fake_comfyui.calls_to("POST", "/prompt")[0].body["prompt_id"]
@@ -275,7 +294,7 @@ async def test_execution_error_names_node_exception_and_message(
     run: Run, fake_comfyui: FakeComfyUI
 ) -> None:
     fake_comfyui.failures["ImageInvert"] = "tensor on fire"
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(invert_graph())
     assert failed.value.code == "comfy_execution_error"
     assert failed.value.message == "node 2 (ImageInvert) raised Exception: tensor on fire"
@@ -319,7 +338,7 @@ async def test_restart_mid_run_loses_the_prompt_and_is_retryable(
     await fake_comfyui.wait_until(lambda f: f._current_node == "2")
     await fake_comfyui.crash()
     await fake_comfyui.start()  # back on the same port, queue and history gone
-    with pytest.raises(Retryable) as failed:
+    with raises(retryable=True) as failed:
         await asyncio.wait_for(job, 10)
     assert failed.value.code == "comfy_prompt_lost"
 
@@ -328,7 +347,7 @@ async def test_server_down_is_retryable_and_marks_the_backend_down(
     run: Run, fake_comfyui: FakeComfyUI
 ) -> None:
     fake_comfyui.crash_on["ImageInvert"] = True
-    with pytest.raises(Retryable) as failed:
+    with raises(retryable=True) as failed:
         await asyncio.wait_for(run(invert_graph()), 10)
     assert failed.value.code == "comfy_unavailable"
     assert run.pool.free_slots() == 0 and not run.pool.any_healthy
@@ -383,7 +402,7 @@ async def test_timeout_stops_the_prompt_and_fails_permanently(
 ) -> None:
     fake_comfyui.delays["ImageInvert"] = 3.0
     fake_comfyui.steps["ImageInvert"] = 30
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(invert_graph(4), timeout_s=0.5)
     assert failed.value.code == "comfy_timeout" and "0.5 s" in failed.value.message
     assert len(fake_comfyui.calls_to("POST", "/interrupt")) == 1
@@ -402,7 +421,7 @@ async def test_node_type_outside_the_allowlist_never_reaches_comfyui(
     async with make_run(
         [fake_comfyui.url], PIXELBUS_COMFY_ALLOWED_NODE_TYPES="EmptyImage,SaveImage"
     ) as run:
-        with pytest.raises(Permanent) as failed:
+        with raises(retryable=False) as failed:
             await run(invert_graph())
         assert (
             failed.value.code == "node_type_not_allowed"
@@ -423,17 +442,17 @@ async def test_load_image_of_a_server_file_and_private_urls_are_refused(
         "1": {"class_type": "LoadImage", "inputs": {"image": "../../etc/passwd"}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
     }
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(graph)
     assert failed.value.code == "input_file_not_allowed"
     graph["1"]["inputs"]["image"] = f"{fake_comfyui.url}/view?filename=x.png"
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(graph)
     assert failed.value.code == "ssrf_blocked"
     graph["1"]["inputs"]["image"] = (
         "data:image/png;base64," + base64.b64encode(b"not an image").decode()
     )
-    with pytest.raises(Permanent) as failed:
+    with raises(retryable=False) as failed:
         await run(graph)
     assert failed.value.code == "invalid_image"
     assert fake_comfyui.calls_to("POST", "/prompt") == []
@@ -475,7 +494,7 @@ async def test_no_backend_with_room_is_retryable_after_the_reconnect_wait(
 ) -> None:
     await fake_comfyui.crash()
     await run.pool.check_all()
-    with pytest.raises(Retryable) as failed:
+    with raises(retryable=True) as failed:
         await run(invert_graph())
     assert (
         failed.value.code == "comfy_unavailable"
