@@ -4,13 +4,23 @@
         task = pb.face_swap("me.jpg", "https://example.com/poster.jpg")
         done = pb.wait(task.task_id, on_progress=lambda t: print(t.status, t.fraction))
 
+External consumers lease tasks with ``fetch_task``, keep the lease with
+``report_progress`` and end it with ``complete_task`` or ``fail_task``.
 ``verify_webhook`` checks a received webhook's Standard Webhooks signature.
 """
 
 from pixelbus.client.async_client import AsyncClient
 from pixelbus.client.errors import ApiError, PixelbusError, Unreachable, WaitTimeout
 from pixelbus.client.sync_client import Client
-from pixelbus.client.task import FINAL, Task, face_swap_body, image_ref, workflow_body
+from pixelbus.client.task import (
+    FINAL,
+    LeasedTask,
+    Output,
+    Task,
+    face_swap_body,
+    image_ref,
+    workflow_body,
+)
 from pixelbus.contracts.webhooks import InvalidSignature
 from pixelbus.contracts.webhooks import verify as verify_webhook
 
@@ -20,6 +30,8 @@ __all__ = [
     "AsyncClient",
     "Client",
     "InvalidSignature",
+    "LeasedTask",
+    "Output",
     "PixelbusError",
     "Task",
     "Unreachable",

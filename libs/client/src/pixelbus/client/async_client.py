@@ -1,21 +1,24 @@
-"""``AsyncClient``: the pixelbus API with asyncio (httpx.AsyncClient)."""
+"""``AsyncClient``: the pixelbus API with asyncio (httpx.AsyncClient); it sends the calls
+that ``pixelbus.client.calls`` describes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from pixelbus.client import calls
+from pixelbus.client.calls import Call, check, unreachable
 from pixelbus.client.errors import PixelbusError, WaitTimeout
-from pixelbus.client.http import check, headers, state_of, unreachable
-from pixelbus.client.sse import SseParser
-from pixelbus.client.task import Task, face_swap_body, workflow_body
+from pixelbus.client.task import LeasedTask, Output, Task, face_swap_body, workflow_body
 
 __all__ = ["AsyncClient"]
 
+T = TypeVar("T")
 ProgressCallback = Callable[[Task], Awaitable[None] | None]
 
 
@@ -31,7 +34,7 @@ class AsyncClient:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
-            headers=headers(api_key),
+            headers=calls.headers(api_key),
             timeout=timeout,
             transport=transport,
         )
@@ -45,18 +48,30 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _send(self, call: Call[T]) -> T:
         try:
-            response = await self._http.request(method, path, **kwargs)
+            response = await self._http.request(
+                call.method, call.path, params=call.params, json=call.json, headers=call.headers
+            )
         except httpx.HTTPError as exc:
             raise unreachable(self.base_url, exc) from None
-        return check(response)
+        return call.answer(response)
+
+    @contextlib.asynccontextmanager
+    async def _stream(
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> AsyncIterator[httpx.Response]:
+        async with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+            if not response.is_success:
+                await response.aread()
+                check(response)
+            yield response
 
     async def create(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> Task:
-        extra = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return Task.from_json(
-            await self._request("POST", "/api/tasks/create", json=body, headers=extra)
-        )
+        return await self._send(calls.create(body, idempotency_key))
 
     async def face_swap(self, source: str, target: str, **options: Any) -> Task:
         """``source``/``target``: URLs or local files (sent as ``data:`` URIs)."""
@@ -66,60 +81,38 @@ class AsyncClient:
         return await self.create(workflow_body(graph, **options))
 
     async def get(self, task_id: str) -> Task:
-        return Task.from_json(await self._request("GET", f"/api/tasks/{task_id}"))
+        return await self._send(calls.get(task_id))
 
     async def list(
         self, *, limit: int = 20, before: str | None = None, status: str | None = None
     ) -> tuple[list[Task], str | None]:
-        params: dict[str, Any] = {"limit": limit}
-        params.update({k: v for k, v in (("before", before), ("status", status)) if v})
-        page = await self._request("GET", "/api/tasks", params=params)
-        return [Task.from_json(t) for t in page["tasks"]], page["next"]
+        return await self._send(calls.list_tasks(limit, before, status))
 
     async def cancel(self, task_id: str, reason: str | None = None) -> Task:
-        params = {"reason": reason} if reason else {}
-        return Task.from_json(
-            await self._request("POST", f"/api/tasks/{task_id}/cancel", params=params)
-        )
+        return await self._send(calls.cancel(task_id, reason))
 
     async def webhooks(self, task_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("GET", f"/api/tasks/{task_id}/webhooks")
-        return result
+        return await self._send(calls.webhooks(task_id))
 
     async def events(
         self, task_id: str, *, last_event_id: str | None = None
     ) -> AsyncIterator[Task]:
         """Every state of the task until it is final; a dropped connection is resumed
         with ``Last-Event-ID`` (three tries in a row at most)."""
-        failures = 0
+        follow = calls.Follow(task_id, last_event_id)
         while True:
-            extra = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            error: httpx.HTTPError | None = None
             try:
-                async with self._http.stream(
-                    "GET", f"/api/tasks/{task_id}/events", headers=extra, timeout=None
-                ) as response:
-                    if not response.is_success:
-                        await response.aread()
-                        check(response)
-                    parser = SseParser()
+                async with self._stream(follow.path, follow.headers(), timeout=None) as response:
                     async for line in response.aiter_lines():
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        if event.event == "end":
+                        state = follow.feed(line)
+                        if follow.ended:
                             return
-                        state = state_of(event)
                         if state is not None:
-                            failures = 0
-                            last_event_id = event.id or last_event_id
                             yield state
-                error: httpx.HTTPError = httpx.RemoteProtocolError("the stream ended early")
             except httpx.HTTPError as exc:
                 error = exc
-            failures += 1  # dropped, or ended without its end event: resume
-            if failures >= 3:
-                raise unreachable(self.base_url, error) from None
-            await asyncio.sleep(0.2 * failures)
+            await asyncio.sleep(follow.retry_in(self.base_url, error))
 
     async def wait(
         self,
@@ -147,10 +140,7 @@ class AsyncClient:
 
     async def download(self, url: str, dest: Path) -> Path:
         try:
-            async with self._http.stream("GET", url) as response:
-                if not response.is_success:
-                    await response.aread()
-                    check(response)
+            async with self._stream(url) as response:
                 with dest.open("wb") as out:
                     async for chunk in response.aiter_bytes():
                         out.write(chunk)
@@ -159,3 +149,42 @@ class AsyncClient:
         except OSError as exc:
             raise PixelbusError(f"cannot write {dest}: {exc}") from None
         return dest
+
+    async def fetch_task(
+        self, *, environment: str = "comm", wait: float = 10, consumer: str = "external"
+    ) -> LeasedTask | None:
+        """Lease a task of ``environment``'s pool, waiting up to ``wait`` s (keep the
+        client's timeout above it); None when none came."""
+        return await self._send(calls.fetch_task(environment, wait, consumer))
+
+    async def report_progress(
+        self,
+        lease: LeasedTask,
+        *,
+        fraction: float | None = None,
+        node: str | None = None,
+        message: str | None = None,
+    ) -> float:
+        """Progress, which extends the lease: the seconds it now has. ``ApiError`` 409:
+        the lease is lost (expired, cancelled or completed)."""
+        return await self._send(calls.report_progress(lease, fraction, node, message))
+
+    async def complete_task(
+        self,
+        lease: LeasedTask,
+        outputs: Sequence[Output] = (),
+        *,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        await self._send(calls.complete_task(lease, outputs, result))
+
+    async def fail_task(
+        self,
+        lease: LeasedTask,
+        message: str,
+        *,
+        code: str = "consumer_error",
+        retryable: bool = False,
+    ) -> bool:
+        """Whether the failure is final (not retryable, or the last attempt)."""
+        return await self._send(calls.fail_task(lease, message, code, retryable))

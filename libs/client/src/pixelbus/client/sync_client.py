@@ -1,21 +1,24 @@
 """``Client``: the pixelbus API, blocking (httpx.Client); the same methods as
-``AsyncClient``."""
+``AsyncClient``, sending the same calls (``pixelbus.client.calls``)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from pixelbus.client import calls
+from pixelbus.client.calls import Call, check, unreachable
 from pixelbus.client.errors import PixelbusError, WaitTimeout
-from pixelbus.client.http import check, headers, state_of, unreachable
-from pixelbus.client.sse import SseParser
-from pixelbus.client.task import Task, face_swap_body, workflow_body
+from pixelbus.client.task import LeasedTask, Output, Task, face_swap_body, workflow_body
 
 __all__ = ["Client"]
+
+T = TypeVar("T")
 
 
 class Client:
@@ -29,7 +32,10 @@ class Client:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
-            base_url=self.base_url, headers=headers(api_key), timeout=timeout, transport=transport
+            base_url=self.base_url,
+            headers=calls.headers(api_key),
+            timeout=timeout,
+            transport=transport,
         )
 
     def __enter__(self) -> Client:
@@ -41,16 +47,30 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, call: Call[T]) -> T:
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._http.request(
+                call.method, call.path, params=call.params, json=call.json, headers=call.headers
+            )
         except httpx.HTTPError as exc:
             raise unreachable(self.base_url, exc) from None
-        return check(response)
+        return call.answer(response)
+
+    @contextlib.contextmanager
+    def _stream(
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> Iterator[httpx.Response]:
+        with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+            if not response.is_success:
+                response.read()
+                check(response)
+            yield response
 
     def create(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> Task:
-        extra = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return Task.from_json(self._request("POST", "/api/tasks/create", json=body, headers=extra))
+        return self._send(calls.create(body, idempotency_key))
 
     def face_swap(self, source: str, target: str, **options: Any) -> Task:
         return self.create(face_swap_body(source, target, **options))
@@ -59,55 +79,35 @@ class Client:
         return self.create(workflow_body(graph, **options))
 
     def get(self, task_id: str) -> Task:
-        return Task.from_json(self._request("GET", f"/api/tasks/{task_id}"))
+        return self._send(calls.get(task_id))
 
     def list(
         self, *, limit: int = 20, before: str | None = None, status: str | None = None
     ) -> tuple[list[Task], str | None]:
-        params: dict[str, Any] = {"limit": limit}
-        params.update({k: v for k, v in (("before", before), ("status", status)) if v})
-        page = self._request("GET", "/api/tasks", params=params)
-        return [Task.from_json(t) for t in page["tasks"]], page["next"]
+        return self._send(calls.list_tasks(limit, before, status))
 
     def cancel(self, task_id: str, reason: str | None = None) -> Task:
-        params = {"reason": reason} if reason else {}
-        return Task.from_json(self._request("POST", f"/api/tasks/{task_id}/cancel", params=params))
+        return self._send(calls.cancel(task_id, reason))
 
     def webhooks(self, task_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", f"/api/tasks/{task_id}/webhooks")
-        return result
+        return self._send(calls.webhooks(task_id))
 
     def events(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[Task]:
         """Every state of the task until it is final, resuming a dropped connection."""
-        failures = 0
+        follow = calls.Follow(task_id, last_event_id)
         while True:
-            extra = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            error: httpx.HTTPError | None = None
             try:
-                with self._http.stream(
-                    "GET", f"/api/tasks/{task_id}/events", headers=extra, timeout=None
-                ) as response:
-                    if not response.is_success:
-                        response.read()
-                        check(response)
-                    parser = SseParser()
+                with self._stream(follow.path, follow.headers(), timeout=None) as response:
                     for line in response.iter_lines():
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        if event.event == "end":
+                        state = follow.feed(line)
+                        if follow.ended:
                             return
-                        state = state_of(event)
                         if state is not None:
-                            failures = 0
-                            last_event_id = event.id or last_event_id
                             yield state
-                error: httpx.HTTPError = httpx.RemoteProtocolError("the stream ended early")
             except httpx.HTTPError as exc:
                 error = exc
-            failures += 1  # dropped, or ended without its end event: resume
-            if failures >= 3:
-                raise unreachable(self.base_url, error) from None
-            time.sleep(0.2 * failures)
+            time.sleep(follow.retry_in(self.base_url, error))
 
     def wait(
         self,
@@ -128,15 +128,45 @@ class Client:
 
     def download(self, url: str, dest: Path) -> Path:
         try:
-            with self._http.stream("GET", url) as response:
-                if not response.is_success:
-                    response.read()
-                    check(response)
-                with dest.open("wb") as out:
-                    for chunk in response.iter_bytes():
-                        out.write(chunk)
+            with self._stream(url) as response, dest.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
         except httpx.HTTPError as exc:
             raise unreachable(self.base_url, exc) from None
         except OSError as exc:
             raise PixelbusError(f"cannot write {dest}: {exc}") from None
         return dest
+
+    def fetch_task(
+        self, *, environment: str = "comm", wait: float = 10, consumer: str = "external"
+    ) -> LeasedTask | None:
+        return self._send(calls.fetch_task(environment, wait, consumer))
+
+    def report_progress(
+        self,
+        lease: LeasedTask,
+        *,
+        fraction: float | None = None,
+        node: str | None = None,
+        message: str | None = None,
+    ) -> float:
+        return self._send(calls.report_progress(lease, fraction, node, message))
+
+    def complete_task(
+        self,
+        lease: LeasedTask,
+        outputs: Sequence[Output] = (),
+        *,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        self._send(calls.complete_task(lease, outputs, result))
+
+    def fail_task(
+        self,
+        lease: LeasedTask,
+        message: str,
+        *,
+        code: str = "consumer_error",
+        retryable: bool = False,
+    ) -> bool:
+        return self._send(calls.fail_task(lease, message, code, retryable))

@@ -1,4 +1,5 @@
-"""A task as the API shows it, and the request bodies the SDK sends (pure)."""
+"""A task as the API shows it, a task leased by an external consumer, and the request
+bodies the SDK sends (pure)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FINAL", "Task", "face_swap_body", "image_ref", "workflow_body"]
+__all__ = [
+    "FINAL",
+    "LeasedTask",
+    "Output",
+    "Task",
+    "face_swap_body",
+    "image_ref",
+    "workflow_body",
+]
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
@@ -50,6 +59,59 @@ class Task:
     @property
     def output_urls(self) -> list[str]:
         return [o["url"] for o in (self.result or {}).get("outputs", [])]
+
+
+@dataclass(frozen=True)
+class LeasedTask:
+    """A task leased by an external consumer (``fetch_task``): report progress within
+    ``expires_in_s`` to keep the lease, then complete or fail it."""
+
+    task_id: str
+    token: str
+    attempt: int
+    expires_in_s: float
+    workflow: str
+    environment: str
+    input_data: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LeasedTask:
+        return cls(
+            task_id=data["taskId"],
+            token=data["lease"]["token"],
+            attempt=int(data.get("attempt") or 1),
+            expires_in_s=float(data["lease"].get("expires_in_s") or 0),
+            workflow=str(data.get("workflow")),
+            environment=str(data.get("environment")),
+            input_data=(data.get("params") or {}).get("input_data") or {},
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output handed over by ``complete_task``: its bytes (stored through the gateway)
+    or the URL where it is stored already."""
+
+    filename: str
+    data: bytes | None = None
+    url: str | None = None
+    content_type: str = "application/octet-stream"
+    node_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        where = (
+            {"url": self.url}
+            if self.data is None
+            else {"data_base64": base64.b64encode(self.data).decode()}
+        )
+        return {
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "node_id": self.node_id,
+            **where,
+        }
 
 
 def image_ref(value: str) -> str:
