@@ -12,10 +12,10 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
+from pixelbus.client import AsyncClient
 from pixelbus.comfy_worker.agent import RemoteAgent
 from pixelbus.comfy_worker.handler import ComfyHandler
 from pixelbus.comfy_worker.service import build_pool
@@ -104,9 +104,9 @@ async def agent_in_process(stack: Stack, fake: FakeComfyUI) -> AsyncIterator[Rem
     assert settings.agent is not None
     pool = build_pool(settings)
     await pool.start()
-    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
+    async with AsyncClient(stack.base_url, timeout=30) as client:
         handler = ComfyHandler(settings, pool, builtin_templates())
-        agent = RemoteAgent(settings.agent, handler, pool, concurrency=1, http=http)
+        agent = RemoteAgent(settings.agent, handler, pool, concurrency=1, client=client)
         running = asyncio.create_task(agent.run())
         try:
             yield agent

@@ -12,28 +12,25 @@ the run, which withdraws the prompt from ComfyUI.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import structlog
 
+from pixelbus.client import ApiError, AsyncClient, LeasedTask, Output, Unreachable
 from pixelbus.comfy_worker.backends import BackendPool
 from pixelbus.comfy_worker.settings import AgentSettings
 from pixelbus.contracts.events import TaskCreated
 from pixelbus.runtime.clock import utcnow
-from pixelbus.runtime.errors import PixelbusError
+from pixelbus.runtime.errors import Permanent, Retryable
 from pixelbus.runtime.worker import Handler, TaskContext, TaskResult
 
-__all__ = ["LeaseLost", "RemoteAgent"]
+__all__ = ["RemoteAgent"]
 
 log = structlog.get_logger("pixelbus.comfy_worker.agent")
-
-
-class LeaseLost(Exception):
-    """The gateway refused the lease token (expired, re-leased or cancelled)."""
 
 
 @dataclass
@@ -51,20 +48,20 @@ class RemoteAgent:
         pool: BackendPool,
         *,
         concurrency: int,
-        http: httpx.AsyncClient | None = None,
+        client: AsyncClient | None = None,
     ) -> None:
         self._settings = settings
         self._handler = handler
         self._pool = pool
         self._slots = asyncio.Semaphore(concurrency)
-        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
-        self._http = http or httpx.AsyncClient(
-            base_url=settings.gateway_url,
-            timeout=httpx.Timeout(settings.poll_wait_s + 30),
-            trust_env=False,
-            headers=headers,
+        self._client = client or AsyncClient(
+            settings.gateway_url,
+            api_key=settings.token,
+            timeout=settings.poll_wait_s + 30,
+            # no proxy or CA bundle from the environment (a given transport reads none)
+            transport=httpx.AsyncHTTPTransport(trust_env=False),
         )
-        self._own_http = http is None
+        self._own_client = client is None
         self._stopping = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self.completed = 0
@@ -91,10 +88,10 @@ class RemoteAgent:
         finally:
             if self._running:
                 await asyncio.wait(self._running, timeout=30)
-            if self._own_http:
-                await self._http.aclose()
+            if self._own_client:
+                await self._client.aclose()
 
-    async def _next_task(self) -> dict[str, Any] | None:
+    async def _next_task(self) -> LeasedTask | None:
         """One leased task, or None (nothing came, stopping, or the gateway failed)."""
         stopper = asyncio.ensure_future(self._stopping.wait())
         room = asyncio.ensure_future(self._pool.wait_free())
@@ -103,49 +100,43 @@ class RemoteAgent:
             room.cancel()
             return None
         stopper.cancel()
-        params: dict[str, str | float] = {
-            "environment": "comm",
-            "wait": self._settings.poll_wait_s,
-            "consumer": self._settings.name,
-        }
         try:
-            fetch = asyncio.ensure_future(self._http.get("/api/comm/task/fetch", params=params))
+            fetch = asyncio.ensure_future(
+                self._client.fetch_task(
+                    environment="comm",
+                    wait=self._settings.poll_wait_s,
+                    consumer=self._settings.name,
+                )
+            )
             stopper = asyncio.ensure_future(self._stopping.wait())
             await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if not fetch.done():
                 fetch.cancel()  # no lease is handed out to a request that went away
                 return None
             stopper.cancel()
-            response = fetch.result()
-        except httpx.HTTPError as exc:
+            return fetch.result()
+        except Unreachable as exc:
             log.warning("task fetch failed", error=str(exc))
-            await asyncio.sleep(1.0)
-            return None
-        if response.status_code == 204:
-            return None
-        if response.status_code != 200:
-            log.warning("task fetch refused", status=response.status_code, body=response.text[:200])
-            await asyncio.sleep(1.0)
-            return None
-        body: dict[str, Any] = response.json()
-        return body
+        except ApiError as exc:
+            log.warning("task fetch refused", status=exc.status, body=str(exc.detail)[:200])
+        await asyncio.sleep(1.0)
+        return None
 
-    async def _process(self, task: dict[str, Any]) -> None:
+    async def _process(self, task: LeasedTask) -> None:
         try:
             await self._lease(task)
         finally:
             self._slots.release()
 
-    async def _lease(self, task: dict[str, Any]) -> None:
-        task_id = str(task["taskId"])
-        token = str(task["lease"]["token"])
+    async def _lease(self, lease: LeasedTask) -> None:
+        task_id = lease.task_id
         created = TaskCreated(
             event_id=f"{task_id}:created",
             task_id=task_id,
             occurred_at=utcnow(),
-            workflow=str(task.get("workflow")),
-            environment=str(task.get("environment")),
-            input_data=(task.get("params") or {}).get("input_data") or {},
+            workflow=lease.workflow,
+            environment=lease.environment,
+            input_data=lease.input_data,
         )
         latest = _Progress()
         changed = asyncio.Event()
@@ -154,55 +145,54 @@ class RemoteAgent:
             latest.fraction, latest.node, latest.message = fraction, node, message
             changed.set()
 
-        ctx = TaskContext(created, int(task.get("attempt") or 1), report)
+        ctx = TaskContext(created, lease.attempt, report)
         work: asyncio.Task[TaskResult] = asyncio.ensure_future(self._handler(ctx))
-        beat = asyncio.create_task(self._heartbeat(task_id, token, latest, changed, work))
+        beat = asyncio.create_task(self._heartbeat(lease, latest, changed, work))
         bound = log.bind(task_id=task_id, workflow=created.workflow)
+        failure: tuple[str, str, bool] | None = None  # code, message, retryable
         try:
             result = await work
         except asyncio.CancelledError:
             bound.info("task stopped: lease lost")
             return
-        except PixelbusError as exc:
-            await self._end(
-                task_id, "fail", token, code=exc.code, message=exc.message, retryable=exc.retryable
-            )
-            bound.info("task given back" if exc.retryable else "task failed", code=exc.code)
-            return
+        except Permanent as exc:
+            failure = (exc.code, exc.message, False)
+        except Retryable as exc:
+            failure = (exc.code, exc.message, True)
         except Exception as exc:
             bound.exception("handler raised unexpectedly")
-            await self._end(
-                task_id,
-                "fail",
-                token,
-                code="internal_error",
-                message=f"{type(exc).__name__}: {exc}",
-                retryable=True,
-            )
-            return
+            failure = ("internal_error", f"{type(exc).__name__}: {exc}", True)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+        if failure is not None:
+            code, message, retryable = failure
+            await self._end(
+                lease,
+                "fail",
+                lambda: self._client.fail_task(lease, message, code=code, retryable=retryable),
+            )
+            bound.info("task given back" if retryable else "task failed", code=code)
+            return
         outputs = [
-            {
-                "filename": f.filename,
-                "content_type": f.content_type,
-                "data_base64": base64.b64encode(f.data).decode(),
-                "node_id": f.node_id,
-            }
+            Output(f.filename, f.data, content_type=f.content_type, node_id=f.node_id)
             for f in result.outputs
         ]
-        status = await self._end(task_id, "complete", token, outputs=outputs, result=result.result)
+        answer = result.result
+        status = await self._end(
+            lease, "complete", lambda: self._client.complete_task(lease, outputs, result=answer)
+        )
         if status in (413, 422):  # too many or too large outputs for the gateway: say so
             size = sum(len(f.data) for f in result.outputs)
+            refused = (
+                f"the gateway refused the {len(outputs)} output(s) ({size} bytes, "
+                f"HTTP {status}); remote agents hand outputs over in one request"
+            )
             await self._end(
-                task_id,
+                lease,
                 "fail",
-                token,
-                code="outputs_refused",
-                message=f"the gateway refused the {len(outputs)} output(s) ({size} bytes, "
-                f"HTTP {status}); remote agents hand outputs over in one request",
+                lambda: self._client.fail_task(lease, refused, code="outputs_refused"),
             )
             bound.warning("outputs refused by the gateway", status=status)
             return
@@ -211,8 +201,7 @@ class RemoteAgent:
 
     async def _heartbeat(
         self,
-        task_id: str,
-        token: str,
+        lease: LeasedTask,
         latest: _Progress,
         changed: asyncio.Event,
         work: asyncio.Task[Any],
@@ -223,41 +212,35 @@ class RemoteAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), self._settings.heartbeat_s)
             changed.clear()
-            body = {
-                "lease_token": token,
-                "fraction": latest.fraction,
-                "node": latest.node,
-                "message": latest.message,
-            }
             try:
-                response = await self._http.post(f"/api/comm/task/{task_id}/progress", json=body)
-            except httpx.HTTPError as exc:
-                log.warning("progress report failed", task_id=task_id, error=str(exc))
-            else:
-                if response.status_code in (403, 409):
-                    log.warning("lease lost", task_id=task_id, answer=response.text[:200])
+                await self._client.report_progress(
+                    lease, fraction=latest.fraction, node=latest.node, message=latest.message
+                )
+            except Unreachable as exc:
+                log.warning("progress report failed", task_id=lease.task_id, error=str(exc))
+            except ApiError as exc:
+                if exc.status in (403, 409):
+                    log.warning("lease lost", task_id=lease.task_id, answer=str(exc)[:200])
                     work.cancel()
                     return
+                log.warning("progress report refused", task_id=lease.task_id, status=exc.status)
             await asyncio.sleep(0.25)
 
-    async def _end(self, task_id: str, action: str, token: str, **body: Any) -> int | None:
-        """Post ``complete``/``fail`` (retrying transport trouble and 5xx); the status."""
-        if "message" in body:  # the gateway's limits on a failure
-            body["message"] = str(body["message"])[:4000]
-            body["code"] = str(body.get("code", "consumer_error"))[:100]
+    async def _end(
+        self, lease: LeasedTask, action: str, send: Callable[[], Awaitable[object]]
+    ) -> int | None:
+        """``complete``/``fail`` (``send``), retrying transport trouble and 5xx: the
+        answer's status (None: no answer after five tries)."""
         for attempt in range(5):
             try:
-                response = await self._http.post(
-                    f"/api/comm/task/{task_id}/{action}", json={"lease_token": token, **body}
-                )
-            except httpx.HTTPError as exc:
-                log.warning(f"{action} failed", task_id=task_id, error=str(exc))
-                await asyncio.sleep(0.5 * (attempt + 1))
-                continue
-            if response.status_code >= 500:
-                await asyncio.sleep(0.5 * (attempt + 1))
-                continue
-            if response.status_code != 200:
-                log.warning(f"{action} refused", task_id=task_id, answer=response.text[:300])
-            return response.status_code
+                await send()
+            except Unreachable as exc:
+                log.warning(f"{action} failed", task_id=lease.task_id, error=str(exc))
+            except ApiError as exc:
+                if exc.status < 500:
+                    log.warning(f"{action} refused", task_id=lease.task_id, answer=str(exc)[:300])
+                    return exc.status
+            else:
+                return 200
+            await asyncio.sleep(0.5 * (attempt + 1))
         return None
