@@ -1,10 +1,13 @@
-"""The ``pixelbus`` dispatcher: one argparse subcommand per module of ``COMMANDS``.
+"""The ``pixelbus`` dispatcher: one argparse subcommand per module of ``COMMANDS``, and
+one per entry point of the ``pixelbus.cli.commands`` group (``PLUGINS``).
 
 A command module defines ``register(subparsers)``, which adds its parser and sets the
 ``run`` default to a function ``(args) -> int`` (the exit status). Command modules import
-what they drive lazily, inside ``run``, so that ``pixelbus --help`` stays fast and a
-command whose service is not installed fails only when used. To add a command, write
-its module under ``pixelbus.cli.commands`` and name it here.
+what they drive lazily, inside ``run``, so that ``pixelbus --help`` stays fast. The
+command line's own commands are modules under ``pixelbus.cli.commands``, named here; a
+service adds a command by naming its ``register`` in that entry point group (the face-swap
+worker adds ``pixelbus models``), so the command exists where the service is installed
+and no library imports a service.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "PLUGINS", "build_parser", "main"]
 
 COMMANDS: tuple[str, ...] = (
-    "pixelbus.cli.commands.models",
     "pixelbus.cli.commands.keys",
     "pixelbus.cli.commands.tasks",
 )
+PLUGINS = "pixelbus.cli.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(name).register(subparsers)
+    for entry in sorted(entry_points(group=PLUGINS), key=lambda e: e.name):
+        entry.load()(subparsers)
     return parser
 
 

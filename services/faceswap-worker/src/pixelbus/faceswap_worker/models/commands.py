@@ -1,5 +1,5 @@
-"""What ``pixelbus models list`` and ``pixelbus models pull`` do (the ``pixelbus`` command
-line in ``libs/cli`` parses the arguments and imports this lazily)."""
+"""What ``pixelbus models list`` and ``pixelbus models pull`` do (``pixelbus.faceswap_worker.cli``
+parses the arguments and imports this when the command runs)."""
 
 from __future__ import annotations
 

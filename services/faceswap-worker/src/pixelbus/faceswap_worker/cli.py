@@ -1,13 +1,23 @@
 """``pixelbus models list`` and ``pixelbus models pull NAME...``: the face-swap models in
 the models directory (``PIXELBUS_MODELS_DIR``), downloaded from
-``PIXELBUS_MODELS_BASE_URL`` with resume, size and sha256 checks."""
+``PIXELBUS_MODELS_BASE_URL`` with resume, size and sha256 checks.
+
+The worker adds this command to the ``pixelbus`` command line (``libs/cli``) through the
+``pixelbus.cli.commands`` entry point group, so the command exists where the worker is
+installed and the command line imports no service. This module stays light (it is loaded
+by every ``pixelbus`` run); what the command does is imported when it runs
+(``models.commands``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pixelbus.faceswap_worker.settings import ModelSettings
 
 __all__ = ["register"]
 
@@ -36,15 +46,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", type=Path, help="pins file (PIXELBUS_MODELS_MANIFEST)")
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    try:
-        from pixelbus.faceswap_worker.models.commands import with_overrides
-        from pixelbus.faceswap_worker.settings import ModelSettings
-    except ImportError as exc:
-        raise SystemExit(
-            f"pixelbus models: the face-swap worker is not installed ({exc}); "
-            "install pixelbus-cli[models]"
-        ) from None
+def _settings(args: argparse.Namespace) -> ModelSettings:
+    from pixelbus.faceswap_worker.models.commands import with_overrides
+    from pixelbus.faceswap_worker.settings import ModelSettings
     from pixelbus.runtime.errors import SettingsError
 
     try:
