@@ -30,6 +30,7 @@ class AsyncClient:
         api_key: str | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        trust_env: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
@@ -37,6 +38,7 @@ class AsyncClient:
             headers=calls.headers(api_key),
             timeout=timeout,
             transport=transport,
+            trust_env=trust_env,  # proxies and CA bundle from the environment (httpx's)
         )
 
     async def __aenter__(self) -> AsyncClient:

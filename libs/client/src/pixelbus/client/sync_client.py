@@ -29,6 +29,7 @@ class Client:
         api_key: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        trust_env: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
@@ -36,6 +37,7 @@ class Client:
             headers=calls.headers(api_key),
             timeout=timeout,
             transport=transport,
+            trust_env=trust_env,  # proxies and CA bundle from the environment (httpx's)
         )
 
     def __enter__(self) -> Client:

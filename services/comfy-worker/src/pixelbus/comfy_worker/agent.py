@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import structlog
 
 from pixelbus.client import ApiError, AsyncClient, LeasedTask, Output, Unreachable
@@ -58,8 +57,7 @@ class RemoteAgent:
             settings.gateway_url,
             api_key=settings.token,
             timeout=settings.poll_wait_s + 30,
-            # no proxy or CA bundle from the environment (a given transport reads none)
-            transport=httpx.AsyncHTTPTransport(trust_env=False),
+            trust_env=False,
         )
         self._own_client = client is None
         self._stopping = asyncio.Event()
