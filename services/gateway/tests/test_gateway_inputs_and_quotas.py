@@ -38,7 +38,7 @@ def spec(input_data: dict[str, Any]) -> TaskSpec:
 
 async def test_every_inline_image_is_stored_and_replaced_by_a_reference_wherever_it_is() -> None:
     source, target, loaded = b"source-bytes", b"target-bytes", b"graph-image"
-    input_data = {
+    input_data: dict[str, Any] = {
         "wf_json": {
             "source_url": data_uri(source),
             "target_url": data_uri(target, "image/jpeg"),
