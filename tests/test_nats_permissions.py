@@ -21,7 +21,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,13 +240,20 @@ async def services(auth_server: AuthServer, tmp_path: Path) -> AsyncIterator[Ser
             await client.close()
 
 
-async def refused(coro: Any) -> bool:
-    """True when the server refused the request (no reply comes to a denied publish)."""
-    try:
-        await coro
-    except Exception:
-        return True
-    return False
+async def refused(server: AuthServer, user: str, request: Awaitable[Any], subject: str) -> None:
+    """The server refused ``user``'s publish to ``subject``: it drops it, so the request
+    gets no answer, and it tells the client 'Permissions Violation for Publish to
+    "<subject>"' (any other error, such as a JetStream API error, fails the test)."""
+    seen = server.violations[user]
+    before = len(seen)
+    with pytest.raises(nats.errors.TimeoutError):
+        await request
+    wanted = f'permissions violation for publish to "{subject}"'.lower()
+
+    async def told() -> bool | None:
+        return True if any(wanted in v.lower() for v in seen[before:]) else None
+
+    await eventually(told)
 
 
 async def test_each_service_runs_with_only_its_own_permissions(
@@ -313,38 +320,83 @@ async def test_what_each_service_must_not_do_is_refused(
     gateway = services.clients["gateway"].jetstream()
     forged = task_subject("face_swap", "probe", "created", "task_forged")
     # the uploader cannot create a task, nor cancel one
-    assert await refused(uploader.publish(forged, b"{}", stream=TASK_STREAM))
-    assert await refused(
-        uploader.publish(task_subject("face_swap", "probe", "cancel_requested", "t"), b"{}")
+    await refused(
+        auth_server, "storage-uploader", uploader.publish(forged, b"{}", stream=TASK_STREAM), forged
     )
+    cancel = task_subject("face_swap", "probe", "cancel_requested", "t")
+    await refused(auth_server, "storage-uploader", uploader.publish(cancel, b"{}"), cancel)
     # a worker cannot write the task state, complete a task, or create one
     worker_state = await worker.key_value(STATE_BUCKET)
-    assert await refused(worker_state.put("task_forged", b'{"status": "COMPLETED"}'))
+    forged_state = f"$KV.{STATE_BUCKET}.task_forged"
+    await refused(
+        auth_server,
+        "faceswap-worker",
+        worker_state.put("task_forged", b'{"status": "COMPLETED"}'),
+        forged_state,
+    )
     completed = task_subject("face_swap", "probe", "completed", "task_forged")
-    assert await refused(worker.publish(completed, b"{}", stream=TASK_STREAM))
-    assert await refused(worker.publish(forged, b"{}", stream=TASK_STREAM))
+    await refused(
+        auth_server,
+        "faceswap-worker",
+        worker.publish(completed, b"{}", stream=TASK_STREAM),
+        completed,
+    )
+    await refused(
+        auth_server, "faceswap-worker", worker.publish(forged, b"{}", stream=TASK_STREAM), forged
+    )
     # a worker cannot serve another pool's consumer nor publish another environment's events
-    assert await refused(worker.consumer_info(TASK_STREAM, "pool-comfy"))
+    await refused(
+        auth_server,
+        "faceswap-worker",
+        worker.consumer_info(TASK_STREAM, "pool-comfy"),
+        f"$JS.API.CONSUMER.INFO.{TASK_STREAM}.pool-comfy",
+    )
     started = task_subject("comm", "wf", "started", "task_forged")
-    assert await refused(worker.publish(started, b"{}", stream=TASK_STREAM))
+    await refused(
+        auth_server, "faceswap-worker", worker.publish(started, b"{}", stream=TASK_STREAM), started
+    )
     # one writer per view: the gateway cannot write, purge or trim the task state, nor
     # write the delivery log, nor queue a webhook (the projector's and webhooks' jobs)
     gateway_state = await gateway_quick.key_value(STATE_BUCKET)
-    assert await refused(gateway_state.put("task_forged", b'{"status": "COMPLETED"}'))
-    assert await refused(gateway_state.create("task_forged_too", b"{}"))
-    assert await refused(gateway_quick.purge_stream(f"KV_{STATE_BUCKET}"))
+    await refused(
+        auth_server,
+        "gateway",
+        gateway_state.put("task_forged", b'{"status": "COMPLETED"}'),
+        forged_state,
+    )
+    await refused(
+        auth_server,
+        "gateway",
+        gateway_state.create("task_forged_too", b"{}"),
+        f"$KV.{STATE_BUCKET}.task_forged_too",
+    )
+    purge_state = f"$JS.API.STREAM.PURGE.KV_{STATE_BUCKET}"
+    await refused(
+        auth_server, "gateway", gateway_quick.purge_stream(f"KV_{STATE_BUCKET}"), purge_state
+    )
     gateway_log = await gateway_quick.key_value(WEBHOOK_LOG_BUCKET)
-    assert await refused(gateway_log.put("task_forged", b"{}"))
-    assert await refused(gateway_quick.publish(webhook_subject("task_forged"), b"{}"))
+    await refused(
+        auth_server,
+        "gateway",
+        gateway_log.put("task_forged", b"{}"),
+        f"$KV.{WEBHOOK_LOG_BUCKET}.task_forged",
+    )
+    queued = webhook_subject("task_forged")
+    await refused(auth_server, "gateway", gateway_quick.publish(queued, b"{}"), queued)
     # the webhooks service cannot publish task events nor write the state
-    assert await refused(webhooks.publish(completed, b"{}", stream=TASK_STREAM))
+    await refused(
+        auth_server, "webhooks", webhooks.publish(completed, b"{}", stream=TASK_STREAM), completed
+    )
     webhooks_state = await webhooks.key_value(STATE_BUCKET)
-    assert await refused(webhooks_state.put("task_forged", b"{}"))
+    await refused(auth_server, "webhooks", webhooks_state.put("task_forged", b"{}"), forged_state)
     # no service purges the state bucket (only the projector's rebuild --replace may);
     # not even the gateway deletes the stream
-    assert await refused(uploader.purge_stream(f"KV_{STATE_BUCKET}"))
-    assert await refused(worker.delete_stream(TASK_STREAM))
-    assert await refused(gateway.delete_stream(TASK_STREAM))
+    await refused(
+        auth_server, "storage-uploader", uploader.purge_stream(f"KV_{STATE_BUCKET}"), purge_state
+    )
+    delete = f"$JS.API.STREAM.DELETE.{TASK_STREAM}"
+    await refused(auth_server, "faceswap-worker", worker.delete_stream(TASK_STREAM), delete)
+    await refused(auth_server, "gateway", gateway.delete_stream(TASK_STREAM), delete)
     # and nothing of it landed
     info = await gateway.stream_info(TASK_STREAM, subjects_filter="pixelbus.tasks.>")
     assert not [s for s in (info.state.subjects or {}) if "task_forged" in s or s.endswith(".t")]
