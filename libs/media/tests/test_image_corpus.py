@@ -1,5 +1,6 @@
 """A hostile image corpus, generated here: every case is refused with a clear error or
-normalised to a plain RGB array, each within a small time and memory bound.
+normalised to a plain RGB array, each within a small memory bound (how long each case
+takes is a benchmark's business, not a test's: a busy machine would fail a time bound).
 
 Memory is measured twice: ``tracemalloc`` (Python and numpy allocations) and the growth
 of the process's peak resident set (Pillow's own C allocations, which tracemalloc does
@@ -12,7 +13,6 @@ from __future__ import annotations
 import io
 import re
 import struct
-import time
 import tracemalloc
 import zlib
 from collections.abc import Callable
@@ -35,7 +35,6 @@ from pixelbus.media.images import AnimatedInputs
 
 MAX_BYTES = 10_000_000
 MAX_PIXELS = 16_000_000
-TIME_BOUND_S = 1.0
 MEMORY_BOUND = 64 * 1024 * 1024
 
 
@@ -325,7 +324,6 @@ def _reset_peak_rss() -> bool:
 
 @dataclass(frozen=True)
 class Measured:
-    seconds: float
     traced_peak: int
     rss_growth: int | None
 
@@ -337,18 +335,16 @@ def measured(run: Callable[[], object]) -> tuple[object, Measured]:
     already_tracing = tracemalloc.is_tracing()
     tracemalloc.start()
     tracemalloc.reset_peak()
-    started = time.perf_counter()
     try:
         outcome: object = run()
     except InvalidImage as error:
         outcome = error
     finally:
-        seconds = time.perf_counter() - started
         traced_peak = tracemalloc.get_traced_memory()[1]
         if not already_tracing:
             tracemalloc.stop()
     growth = max(0, _status_kib("VmHWM") - rss_before) * 1024 if rss_tracked else None
-    return outcome, Measured(seconds, traced_peak, growth)
+    return outcome, Measured(traced_peak, growth)
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[case.name for case in CORPUS])
@@ -365,10 +361,9 @@ def test_corpus_case(case: Case) -> None:
     rss = "n/a" if cost.rss_growth is None else f"{cost.rss_growth / 2**20:.1f} MiB"
     verdict = str(outcome) if isinstance(outcome, InvalidImage) else "normalised"
     print(
-        f"\n{case.name:34} {len(data):>9} B  {cost.seconds * 1000:7.1f} ms  "
+        f"\n{case.name:34} {len(data):>9} B  "
         f"traced {cost.traced_peak / 2**20:5.1f} MiB  peak RSS +{rss}  {verdict}"
     )
-    assert cost.seconds < TIME_BOUND_S
     assert cost.traced_peak < MEMORY_BOUND
     assert cost.rss_growth is None or cost.rss_growth < MEMORY_BOUND
     if case.refused is not None:

@@ -100,12 +100,11 @@ async def test_a_hanging_check_is_not_ready_within_the_check_timeout(probe) -> N
     server, readiness, _, _ = probe
     readiness.mode = "hang"
     async with client(server) as http:
-        started = time.monotonic()
         answer = await http.get("/readyz")
-        elapsed = time.monotonic() - started
+    # the check was asked once and never answers: the 503 is the probe's own timeout
+    assert readiness.calls == 1
     assert answer.status_code == 503
     assert "longer than 0.3s" in answer.text
-    assert elapsed < 2
 
 
 async def test_metrics_show_the_counters_moving(probe) -> None:
