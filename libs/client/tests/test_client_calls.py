@@ -1,7 +1,6 @@
-"""The SDK's one description of the API (``pixelbus.client.calls``), through both clients
-on a recording transport: the blocking and the async client send the same requests and
-read the same answers; the event stream resumes and gives up as it should. Pure: no
-server."""
+"""The SDK on a recording transport, no server: the blocking client (which drives the
+async one) and the async client send the same requests and read the same answers, task
+and external-consumer calls alike; the event stream resumes and gives up as it should."""
 
 from __future__ import annotations
 
@@ -101,6 +100,7 @@ async def test_both_clients_send_the_same_requests_and_read_the_same_answers() -
     assert output == {
         "filename": "a.png",
         "content_type": "image/png",
+        "url": None,
         "node_id": None,
         "data_base64": "iVBORw==",
     }

@@ -1,24 +1,22 @@
-"""``AsyncClient``: the pixelbus API with asyncio (httpx.AsyncClient); it sends the calls
-that ``pixelbus.client.calls`` describes."""
+"""``AsyncClient``: the pixelbus API with asyncio (httpx.AsyncClient); the one
+implementation, which the blocking ``Client`` drives."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-from pixelbus.client import calls
-from pixelbus.client.calls import Call, check, unreachable
 from pixelbus.client.errors import PixelbusError, WaitTimeout
+from pixelbus.client.http import check, headers, state_of, unreachable
+from pixelbus.client.sse import SseParser
 from pixelbus.client.task import LeasedTask, Output, Task, face_swap_body, workflow_body
 
 __all__ = ["AsyncClient"]
 
-T = TypeVar("T")
 ProgressCallback = Callable[[Task], Awaitable[None] | None]
 
 
@@ -35,7 +33,7 @@ class AsyncClient:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
-            headers=calls.headers(api_key),
+            headers=headers(api_key),
             timeout=timeout,
             transport=transport,
             trust_env=trust_env,  # proxies and CA bundle from the environment (httpx's)
@@ -50,30 +48,18 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, call: Call[T]) -> T:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            response = await self._http.request(
-                call.method, call.path, params=call.params, json=call.json, headers=call.headers
-            )
+            response = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise unreachable(self.base_url, exc) from None
-        return call.answer(response)
-
-    @contextlib.asynccontextmanager
-    async def _stream(
-        self,
-        path: str,
-        headers: dict[str, str] | None = None,
-        timeout: Any = httpx.USE_CLIENT_DEFAULT,
-    ) -> AsyncIterator[httpx.Response]:
-        async with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
-            if not response.is_success:
-                await response.aread()
-                check(response)
-            yield response
+        return check(response)
 
     async def create(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> Task:
-        return await self._send(calls.create(body, idempotency_key))
+        extra = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Task.from_json(
+            await self._request("POST", "/api/tasks/create", json=body, headers=extra)
+        )
 
     async def face_swap(self, source: str, target: str, **options: Any) -> Task:
         """``source``/``target``: URLs or local files (sent as ``data:`` URIs)."""
@@ -83,38 +69,60 @@ class AsyncClient:
         return await self.create(workflow_body(graph, **options))
 
     async def get(self, task_id: str) -> Task:
-        return await self._send(calls.get(task_id))
+        return Task.from_json(await self._request("GET", f"/api/tasks/{task_id}"))
 
     async def list(
         self, *, limit: int = 20, before: str | None = None, status: str | None = None
     ) -> tuple[list[Task], str | None]:
-        return await self._send(calls.list_tasks(limit, before, status))
+        params: dict[str, Any] = {"limit": limit}
+        params.update({k: v for k, v in (("before", before), ("status", status)) if v})
+        page = await self._request("GET", "/api/tasks", params=params)
+        return [Task.from_json(t) for t in page["tasks"]], page["next"]
 
     async def cancel(self, task_id: str, reason: str | None = None) -> Task:
-        return await self._send(calls.cancel(task_id, reason))
+        params = {"reason": reason} if reason else {}
+        return Task.from_json(
+            await self._request("POST", f"/api/tasks/{task_id}/cancel", params=params)
+        )
 
     async def webhooks(self, task_id: str) -> dict[str, Any]:
-        return await self._send(calls.webhooks(task_id))
+        result: dict[str, Any] = await self._request("GET", f"/api/tasks/{task_id}/webhooks")
+        return result
 
     async def events(
         self, task_id: str, *, last_event_id: str | None = None
-    ) -> AsyncIterator[Task]:
+    ) -> AsyncGenerator[Task, None]:
         """Every state of the task until it is final; a dropped connection is resumed
         with ``Last-Event-ID`` (three tries in a row at most)."""
-        follow = calls.Follow(task_id, last_event_id)
+        failures = 0
         while True:
-            error: httpx.HTTPError | None = None
+            extra = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
-                async with self._stream(follow.path, follow.headers(), timeout=None) as response:
+                async with self._http.stream(
+                    "GET", f"/api/tasks/{task_id}/events", headers=extra, timeout=None
+                ) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        check(response)
+                    parser = SseParser()
                     async for line in response.aiter_lines():
-                        state = follow.feed(line)
-                        if follow.ended:
+                        event = parser.feed(line)
+                        if event is None:
+                            continue
+                        if event.event == "end":
                             return
+                        state = state_of(event)
                         if state is not None:
+                            failures = 0
+                            last_event_id = event.id or last_event_id
                             yield state
+                error: httpx.HTTPError = httpx.RemoteProtocolError("the stream ended early")
             except httpx.HTTPError as exc:
                 error = exc
-            await asyncio.sleep(follow.retry_in(self.base_url, error))
+            failures += 1  # dropped, or ended without its end event: resume
+            if failures >= 3:
+                raise unreachable(self.base_url, error) from None
+            await asyncio.sleep(0.2 * failures)
 
     async def wait(
         self,
@@ -142,7 +150,10 @@ class AsyncClient:
 
     async def download(self, url: str, dest: Path) -> Path:
         try:
-            async with self._stream(url) as response:
+            async with self._http.stream("GET", url) as response:
+                if not response.is_success:
+                    await response.aread()
+                    check(response)
                 with dest.open("wb") as out:
                     async for chunk in response.aiter_bytes():
                         out.write(chunk)
@@ -155,9 +166,11 @@ class AsyncClient:
     async def fetch_task(
         self, *, environment: str = "comm", wait: float = 10, consumer: str = "external"
     ) -> LeasedTask | None:
-        """Lease a task of ``environment``'s pool, waiting up to ``wait`` s (keep the
+        """Lease a task of ``environment``'s pool, long-polling up to ``wait`` s (keep the
         client's timeout above it); None when none came."""
-        return await self._send(calls.fetch_task(environment, wait, consumer))
+        params = {"environment": environment, "wait": wait, "consumer": consumer}
+        data = await self._request("GET", "/api/comm/task/fetch", params=params)
+        return None if data is None else LeasedTask.from_json(data)
 
     async def report_progress(
         self,
@@ -167,18 +180,16 @@ class AsyncClient:
         node: str | None = None,
         message: str | None = None,
     ) -> float:
-        """Progress, which extends the lease: the seconds it now has. ``ApiError`` 409:
-        the lease is lost (expired, cancelled or completed)."""
-        return await self._send(calls.report_progress(lease, fraction, node, message))
+        """Progress, which extends the lease: the seconds it now has. ``ApiError`` 409: the
+        lease is lost (it expired, or the task was cancelled or completed)."""
+        body = {"fraction": fraction, "node": node, "message": message}
+        return float((await self._lease_call(lease, "progress", body))["lease_expires_in_s"])
 
     async def complete_task(
-        self,
-        lease: LeasedTask,
-        outputs: Sequence[Output] = (),
-        *,
-        result: dict[str, Any] | None = None,
+        self, lease: LeasedTask, outputs: Sequence[Output] = (), *, result: Any = None
     ) -> None:
-        await self._send(calls.complete_task(lease, outputs, result))
+        body = {"outputs": [o.to_json() for o in outputs], "result": result}
+        await self._lease_call(lease, "complete", body)
 
     async def fail_task(
         self,
@@ -188,5 +199,11 @@ class AsyncClient:
         code: str = "consumer_error",
         retryable: bool = False,
     ) -> bool:
-        """Whether the failure is final (not retryable, or the last attempt)."""
-        return await self._send(calls.fail_task(lease, message, code, retryable))
+        """Whether the failure is final. The message and code are cut to the gateway's
+        limits (4000 and 100 characters)."""
+        body = {"message": message[:4000], "code": code[:100], "retryable": retryable}
+        return bool((await self._lease_call(lease, "fail", body))["final"])
+
+    async def _lease_call(self, lease: LeasedTask, action: str, body: dict[str, Any]) -> Any:
+        path = f"/api/comm/task/{lease.task_id}/{action}"
+        return await self._request("POST", path, json={"lease_token": lease.token, **body})

@@ -1,24 +1,41 @@
-"""``Client``: the pixelbus API, blocking (httpx.Client); the same methods as
-``AsyncClient``, sending the same calls (``pixelbus.client.calls``)."""
+"""``Client``: the pixelbus API, blocking. It drives an ``AsyncClient`` on a private event
+loop in a thread of its own, so both clients are one implementation; a call costs a hop to
+that thread (microseconds beside the HTTP request) and works in any thread, a notebook's
+with a running loop included."""
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+import asyncio
+import functools
+import threading
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
-from pixelbus.client import calls
-from pixelbus.client.calls import Call, check, unreachable
-from pixelbus.client.errors import PixelbusError, WaitTimeout
-from pixelbus.client.task import LeasedTask, Output, Task, face_swap_body, workflow_body
+from pixelbus.client.async_client import AsyncClient
+from pixelbus.client.task import Task
 
 __all__ = ["Client"]
 
+P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Client, P], T]:
+    """``AsyncClient.method`` as a blocking method of ``Client``."""
+
+    def run(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._async, *args, **kwargs))
+
+    functools.update_wrapper(run, method)
+    return run
+
+
+async def _next(stream: AsyncGenerator[Task, None]) -> Task | None:
+    return await anext(stream, None)
 
 
 class Client:
@@ -28,17 +45,18 @@ class Client:
         *,
         api_key: str | None = None,
         timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         trust_env: bool = True,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=calls.headers(api_key),
-            timeout=timeout,
-            transport=transport,
-            trust_env=trust_env,  # proxies and CA bundle from the environment (httpx's)
+        self._async = AsyncClient(
+            base_url, api_key=api_key, timeout=timeout, transport=transport, trust_env=trust_env
         )
+        self.base_url = self._async.base_url
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="pixelbus-client", daemon=True
+        )
+        self._thread.start()
 
     def __enter__(self) -> Client:
         return self
@@ -47,128 +65,45 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        if self._loop.is_closed():
+            return
+        self._run(self._async.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
-    def _send(self, call: Call[T]) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            response = self._http.request(
-                call.method, call.path, params=call.params, json=call.json, headers=call.headers
-            )
-        except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, exc) from None
-        return call.answer(response)
-
-    @contextlib.contextmanager
-    def _stream(
-        self,
-        path: str,
-        headers: dict[str, str] | None = None,
-        timeout: Any = httpx.USE_CLIENT_DEFAULT,
-    ) -> Iterator[httpx.Response]:
-        with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
-            if not response.is_success:
-                response.read()
-                check(response)
-            yield response
-
-    def create(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> Task:
-        return self._send(calls.create(body, idempotency_key))
-
-    def face_swap(self, source: str, target: str, **options: Any) -> Task:
-        return self.create(face_swap_body(source, target, **options))
-
-    def comfy(self, graph: dict[str, Any], **options: Any) -> Task:
-        return self.create(workflow_body(graph, **options))
-
-    def get(self, task_id: str) -> Task:
-        return self._send(calls.get(task_id))
-
-    def list(
-        self, *, limit: int = 20, before: str | None = None, status: str | None = None
-    ) -> tuple[list[Task], str | None]:
-        return self._send(calls.list_tasks(limit, before, status))
-
-    def cancel(self, task_id: str, reason: str | None = None) -> Task:
-        return self._send(calls.cancel(task_id, reason))
-
-    def webhooks(self, task_id: str) -> dict[str, Any]:
-        return self._send(calls.webhooks(task_id))
+            return future.result()
+        except BaseException:  # interrupted (Ctrl-C): the call stops too
+            future.cancel()
+            raise
 
     def events(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[Task]:
         """Every state of the task until it is final, resuming a dropped connection."""
-        follow = calls.Follow(task_id, last_event_id)
-        while True:
-            error: httpx.HTTPError | None = None
-            try:
-                with self._stream(follow.path, follow.headers(), timeout=None) as response:
-                    for line in response.iter_lines():
-                        state = follow.feed(line)
-                        if follow.ended:
-                            return
-                        if state is not None:
-                            yield state
-            except httpx.HTTPError as exc:
-                error = exc
-            time.sleep(follow.retry_in(self.base_url, error))
-
-    def wait(
-        self,
-        task_id: str,
-        *,
-        on_progress: Callable[[Task], None] | None = None,
-        timeout: float | None = None,
-    ) -> Task:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for task in self.events(task_id):
-            if on_progress is not None:
-                on_progress(task)
-            if task.is_final:
-                return task
-            if deadline is not None and time.monotonic() > deadline:
-                raise WaitTimeout(f"task {task_id} was not final after {timeout} s")
-        return self.get(task_id)
-
-    def download(self, url: str, dest: Path) -> Path:
+        stream = self._async.events(task_id, last_event_id=last_event_id)
         try:
-            with self._stream(url) as response, dest.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-        except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, exc) from None
-        except OSError as exc:
-            raise PixelbusError(f"cannot write {dest}: {exc}") from None
-        return dest
+            while (task := self._run(_next(stream))) is not None:
+                yield task
+        finally:
+            if not self._loop.is_closed():
+                self._run(stream.aclose())
 
-    def fetch_task(
-        self, *, environment: str = "comm", wait: float = 10, consumer: str = "external"
-    ) -> LeasedTask | None:
-        return self._send(calls.fetch_task(environment, wait, consumer))
+    def face_swap(self, source: str, target: str, **options: Any) -> Task:
+        return self._run(self._async.face_swap(source, target, **options))
 
-    def report_progress(
-        self,
-        lease: LeasedTask,
-        *,
-        fraction: float | None = None,
-        node: str | None = None,
-        message: str | None = None,
-    ) -> float:
-        return self._send(calls.report_progress(lease, fraction, node, message))
+    def comfy(self, graph: dict[str, Any], **options: Any) -> Task:
+        return self._run(self._async.comfy(graph, **options))
 
-    def complete_task(
-        self,
-        lease: LeasedTask,
-        outputs: Sequence[Output] = (),
-        *,
-        result: dict[str, Any] | None = None,
-    ) -> None:
-        self._send(calls.complete_task(lease, outputs, result))
-
-    def fail_task(
-        self,
-        lease: LeasedTask,
-        message: str,
-        *,
-        code: str = "consumer_error",
-        retryable: bool = False,
-    ) -> bool:
-        return self._send(calls.fail_task(lease, message, code, retryable))
+    create = _blocking(AsyncClient.create)
+    get = _blocking(AsyncClient.get)
+    list = _blocking(AsyncClient.list)
+    cancel = _blocking(AsyncClient.cancel)
+    webhooks = _blocking(AsyncClient.webhooks)
+    wait = _blocking(AsyncClient.wait)  # on_progress is called on the client's thread
+    download = _blocking(AsyncClient.download)
+    fetch_task = _blocking(AsyncClient.fetch_task)
+    report_progress = _blocking(AsyncClient.report_progress)
+    complete_task = _blocking(AsyncClient.complete_task)
+    fail_task = _blocking(AsyncClient.fail_task)

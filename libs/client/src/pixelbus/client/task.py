@@ -73,19 +73,18 @@ class LeasedTask:
     workflow: str
     environment: str
     input_data: dict[str, Any]
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LeasedTask:
+        lease, params = data["lease"], data.get("params") or {}
         return cls(
-            task_id=data["taskId"],
-            token=data["lease"]["token"],
-            attempt=int(data.get("attempt") or 1),
-            expires_in_s=float(data["lease"].get("expires_in_s") or 0),
-            workflow=str(data.get("workflow")),
-            environment=str(data.get("environment")),
-            input_data=(data.get("params") or {}).get("input_data") or {},
-            raw=data,
+            data["taskId"],
+            lease["token"],
+            int(data.get("attempt") or 1),
+            float(lease.get("expires_in_s") or 0),
+            str(data.get("workflow")),
+            str(data.get("environment")),
+            params.get("input_data") or {},
         )
 
 
@@ -101,17 +100,10 @@ class Output:
     node_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        where = (
-            {"url": self.url}
-            if self.data is None
-            else {"data_base64": base64.b64encode(self.data).decode()}
-        )
-        return {
-            "filename": self.filename,
-            "content_type": self.content_type,
-            "node_id": self.node_id,
-            **where,
-        }
+        body = {"filename": self.filename, "content_type": self.content_type, "url": self.url}
+        if self.data is not None:
+            body["data_base64"] = base64.b64encode(self.data).decode()
+        return {**body, "node_id": self.node_id}
 
 
 def image_ref(value: str) -> str:
