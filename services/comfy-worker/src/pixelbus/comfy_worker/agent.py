@@ -24,7 +24,7 @@ from pixelbus.comfy_worker.backends import BackendPool
 from pixelbus.comfy_worker.settings import AgentSettings
 from pixelbus.contracts.events import TaskCreated
 from pixelbus.runtime.clock import utcnow
-from pixelbus.runtime.errors import Permanent, Retryable
+from pixelbus.runtime.errors import PixelbusError
 from pixelbus.runtime.worker import Handler, TaskContext, TaskResult
 
 __all__ = ["RemoteAgent"]
@@ -153,10 +153,8 @@ class RemoteAgent:
         except asyncio.CancelledError:
             bound.info("task stopped: lease lost")
             return
-        except Permanent as exc:
-            failure = (exc.code, exc.message, False)
-        except Retryable as exc:
-            failure = (exc.code, exc.message, True)
+        except PixelbusError as exc:  # any domain error: its code and retryable decide
+            failure = (exc.code, exc.message, exc.retryable)
         except Exception as exc:
             bound.exception("handler raised unexpectedly")
             failure = ("internal_error", f"{type(exc).__name__}: {exc}", True)
