@@ -106,5 +106,5 @@ def test_the_remote_url_is_logged_without_credentials() -> None:
     settings = FaceSwapSettings.from_env(
         {"FACE_SWAP_API_URL": "https://user:secret@swap.example/api"}
     )
-    assert settings.redacted()["face_swap_api_url"] == "https://***@swap.example/api"
+    assert settings.redacted()["FACE_SWAP_API_URL"] == "https://***@swap.example/api"
     assert "secret" not in str(settings.redacted())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
+from pixelbus.runtime.errors import SettingsError
 
 
 def test_animated_inputs_setting() -> None:
@@ -14,5 +15,5 @@ def test_animated_inputs_setting() -> None:
         FaceSwapSettings.from_env({"PIXELBUS_ANIMATED_INPUTS": "refuse"}).animated_inputs
         == "refuse"
     )
-    with pytest.raises(ValueError, match="PIXELBUS_ANIMATED_INPUTS"):
+    with pytest.raises(SettingsError, match="PIXELBUS_ANIMATED_INPUTS"):
         FaceSwapSettings.from_env({"PIXELBUS_ANIMATED_INPUTS": "all_frames"})

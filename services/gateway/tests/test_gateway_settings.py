@@ -61,4 +61,4 @@ def test_the_logged_settings_hide_the_lease_secret_and_nats_credentials() -> Non
     )
     shown = repr(settings.redacted())
     assert "top-secret" not in shown and "pw" not in shown
-    assert settings.redacted()["bus"]["nats_url"] == "nats://***@nats:4222"
+    assert settings.redacted()["NATS_URL"] == "nats://***@nats:4222"

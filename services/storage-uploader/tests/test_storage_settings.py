@@ -152,6 +152,9 @@ def test_redacted_local_settings_show_where_files_go() -> None:
         "PIXELBUS_PUBLIC_BASE_URL": DEFAULT_PUBLIC_BASE_URL,
         "PIXELBUS_LOCAL_FSYNC": "false",
         "PIXELBUS_STORAGE_RETRY_ATTEMPTS": "3",
+        "PIXELBUS_STORAGE_RETRY_BASE_S": "0.5",
+        "PIXELBUS_STORAGE_RETRY_MAX_S": "8",
+        "PIXELBUS_STORAGE_HEALTH_INTERVAL_S": "30",
     }
 
 

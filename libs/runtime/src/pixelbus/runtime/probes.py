@@ -25,13 +25,13 @@ import contextlib
 import ipaddress
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from pixelbus.runtime.settings import env_float, env_int, env_str
+from pixelbus.runtime.settings import Settings, integer, number, setting
 
 __all__ = [
     "DEFAULT_PROBE_PORT",
@@ -58,24 +58,32 @@ ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
-class ProbeSettings:
-    host: str = "0.0.0.0"  # noqa: S104 — the kubelet probes the pod IP
-    port: int = DEFAULT_PROBE_PORT
-    check_timeout_s: float = 2.0
-    max_loop_lag_s: float = 10.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> ProbeSettings:
-        return cls(
-            host=env_str(environ, "PIXELBUS_PROBE_HOST", cls.host),
-            port=env_int(environ, "PIXELBUS_PROBE_PORT", cls.port, lo=0, hi=65535),
-            check_timeout_s=env_float(
-                environ, "PIXELBUS_PROBE_CHECK_TIMEOUT_S", cls.check_timeout_s, lo=0.1, hi=60
-            ),
-            max_loop_lag_s=env_float(
-                environ, "PIXELBUS_PROBE_MAX_LOOP_LAG_S", cls.max_loop_lag_s, lo=0.1, hi=600
-            ),
-        )
+class ProbeSettings(Settings):
+    host: str = setting(
+        "PIXELBUS_PROBE_HOST",
+        "0.0.0.0",  # noqa: S104 — the kubelet probes the pod IP
+        "address of the probe server",
+    )
+    port: int = setting(
+        "PIXELBUS_PROBE_PORT",
+        DEFAULT_PROBE_PORT,
+        "every service serves `/healthz`, `/readyz`, `/metrics` and the loopback-only "
+        "`/drain` (preStop) on this port when it is set; the Kubernetes manifests set `9090`",
+        parse=integer(0, 65535),
+        default_doc="unset: no probe server",
+    )
+    check_timeout_s: float = setting(
+        "PIXELBUS_PROBE_CHECK_TIMEOUT_S",
+        2.0,
+        "longest a readiness check may take",
+        parse=number(0.1, 60),
+    )
+    max_loop_lag_s: float = setting(
+        "PIXELBUS_PROBE_MAX_LOOP_LAG_S",
+        10.0,
+        "`/healthz` fails when the event loop lags more than this",
+        parse=number(0.1, 600),
+    )
 
 
 async def _always_ready() -> bool:

@@ -1,25 +1,64 @@
-"""Bus settings from the environment, validated once at start."""
+"""Settings declared once, read from the environment once at start.
+
+Each field of a settings class names its variable, default, parser and meaning; reading,
+the start log's redacted view and the README's tables all come from that declaration::
+
+    @dataclass(frozen=True)
+    class ProjectorSettings(Settings):
+        bus: BusSettings = section(BusSettings)
+        batch: int = setting(
+            "PIXELBUS_PROJECTOR_BATCH", 512, "events folded per batch", parse=integer(1, 10_000)
+        )
+
+``from_env(environ)`` reads every declared field (blank counts as unset) and raises one
+``SettingsError`` naming every bad or missing setting; ``redacted()`` is the effective
+environment by variable, secrets masked; ``settings_table`` writes the documentation's
+rows. A parser takes the variable's name and its stripped value and raises
+``SettingsError`` naming the variable. A class adds what cannot be declared (a value
+derived from others, a check across fields) by overriding ``read``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+import dataclasses
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Any
+from pathlib import Path
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 from pixelbus.contracts.subjects import POOLS
 from pixelbus.runtime.errors import SettingsError
 
 __all__ = [
+    "REQUIRED",
     "BusSettings",
-    "env_bool",
-    "env_float",
-    "env_int",
-    "env_networks",
-    "env_str",
+    "Env",
+    "Reader",
+    "Settings",
+    "boolean",
+    "http_url",
+    "integer",
+    "matching",
+    "networks",
+    "number",
+    "one_of",
+    "path",
+    "section",
+    "setting",
+    "settings_table",
+    "text",
     "with_secret_files",
+    "without_credentials",
+    "words",
 ]
 
+T = TypeVar("T")
+Parse = Callable[[str, str], T]
+#: The default of a setting that must be set.
+REQUIRED: Any = MISSING
 
 #: Only our settings are read from files; other ``*_FILE`` variables are left alone.
 SECRET_FILE_PREFIXES = ("PIXELBUS_", "R2_", "CLOUDFLARE_", "NATS_", "FACE_SWAP_", "APP_")
@@ -46,152 +85,398 @@ def with_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
     return expanded
 
 
-def env_networks(
-    environ: Mapping[str, str], name: str, *, strict: bool = True
-) -> tuple[IPv4Network | IPv6Network, ...]:
-    """A comma-separated list of CIDR networks (``PIXELBUS_SSRF_ALLOW_NETWORKS``)."""
-    networks = []
-    for raw in environ.get(name, "").split(","):
-        if raw.strip():
-            try:
-                networks.append(ip_network(raw.strip(), strict=strict))
-            except ValueError:
-                raise SettingsError(f"{name}: {raw.strip()!r} is not a network") from None
-    return tuple(networks)
+# -- parsers: (variable, stripped value) -> value -----------------------------------------
 
 
-def env_str(environ: Mapping[str, str], name: str, default: str) -> str:
-    value = environ.get(name, "").strip()
-    return value or default
+def text(name: str, raw: str) -> str:
+    return raw
 
 
-def env_int(environ: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+def _within(name: str, value: T, lo: Any, hi: Any) -> T:
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={value} is out of range [{lo}, {hi}]")
     return value
 
 
-def env_float(
-    environ: Mapping[str, str], name: str, default: float, *, lo: float, hi: float
-) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name}={value} is out of range [{lo}, {hi}]")
-    return value
+def integer(lo: int, hi: int) -> Parse[int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            return _within(name, int(raw), lo, hi)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not an integer") from None
+
+    return parse
 
 
-def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
+def number(lo: float, hi: float) -> Parse[float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            return _within(name, float(raw), lo, hi)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+    return parse
+
+
+def boolean(name: str, raw: str) -> bool:
+    word = raw.lower()
+    if word in ("1", "true", "yes", "on"):
         return True
-    if raw in ("0", "false", "no", "off"):
+    if word in ("0", "false", "no", "off"):
         return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+    raise SettingsError(f"{name}={word!r} is not a boolean (true/false)")
+
+
+def one_of(*choices: str, lower: bool = False) -> Parse[str]:
+    said = " or ".join(choices) if len(choices) == 2 else "one of " + ", ".join(choices)
+
+    def parse(name: str, raw: str) -> str:
+        if (raw.lower() if lower else raw) in choices:
+            return raw.lower() if lower else raw
+        raise SettingsError(f"{name}={raw!r} is not {said}")
+
+    return parse
+
+
+def words(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list (blank items dropped)."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def networks(strict: bool = True) -> Parse[tuple[IPv4Network | IPv6Network, ...]]:
+    """A comma-separated list of CIDR networks (``PIXELBUS_SSRF_ALLOW_NETWORKS``)."""
+
+    def parse(name: str, raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
+        found = []
+        for item in words(name, raw):
+            try:
+                found.append(ip_network(item, strict=strict))
+            except ValueError:
+                raise SettingsError(f"{name}: {item!r} is not a network") from None
+        return tuple(found)
+
+    return parse
+
+
+def path(name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{name}={raw!r} is not an http(s) URL")
+    return raw
+
+
+def matching(pattern: str, what: str) -> Parse[str]:
+    """A value the whole of which matches ``pattern``; else "is not ``what``"."""
+    compiled = re.compile(pattern)
+
+    def parse(name: str, raw: str) -> str:
+        if not compiled.fullmatch(raw):
+            raise SettingsError(f"{name}={raw!r} is not {what}")
+        return raw
+
+    return parse
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
+
+
+# -- declarations ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class BusSettings:
-    """How services reach NATS and how the JetStream assets are sized.
+class Env:
+    """One setting's declaration, kept in its field's metadata. ``default_doc`` says the
+    default where its value does not (and stands for an unset value in the start log)."""
 
-    Durations in seconds. ``ack_wait_s`` is the lease of every in-cluster consumer (pool
-    workers, the uploader, the projector): work in flight keeps it by heartbeating (an
-    in-progress ack every third of it), so it is short and a killed process's work comes
-    back within it. ``pool_ack_wait_s`` overrides it per pool (``PIXELBUS_ACK_WAIT_S_<POOL>``);
-    the ``comfy`` pool's default is longer because external consumers
-    (``/api/comm/task/fetch``) draw from it and heartbeat over HTTP.
-    ``inline_output_bytes``: a task's outputs travel inline in ``OutputsReady`` up to this
-    many bytes in all (a probe's JSON, a thumbnail); larger ones go through the Object
-    Store. Kept well under the stream's 1 MiB message limit (base64 adds a third).
-    """
+    name: str
+    doc: str
+    parse: Callable[[str, str], Any]
+    secret: bool = False
+    show: Callable[[Any], str] | None = None
+    default_doc: str | None = None
 
-    nats_url: str = "nats://127.0.0.1:4222"
-    replicas: int = 1
-    stream_max_age_s: float = 7 * 24 * 3600
-    duplicate_window_s: float = 600
-    ack_wait_s: float = 3
-    pool_ack_wait_s: tuple[tuple[str, float], ...] = (("comfy", 30.0),)
-    max_deliver: int = 5
-    retry_delay_s: float = 2
-    outputs_ttl_s: float = 24 * 3600
-    idempotency_ttl_s: float = 24 * 3600
-    progress_interval_s: float = 0.25
-    inline_output_bytes: int = 256 * 1024
+    def shown(self, value: Any) -> str:
+        """``value`` as the environment would spell it; secrets masked."""
+        if value is None or (isinstance(value, str | tuple | frozenset | Mapping) and not value):
+            return f"({self.default_doc})" if self.default_doc else ""
+        if self.secret:
+            return "***"
+        return self.show(value) if self.show else _spelt(value)
+
+
+def _spelt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, tuple):
+        return ",".join(_spelt(item) for item in value)
+    if isinstance(value, frozenset):
+        return ",".join(sorted(_spelt(item) for item in value))
+    return str(value)
+
+
+def setting(
+    name: str,
+    default: T,
+    doc: str,
+    *,
+    parse: Parse[T] = text,  # type: ignore[assignment]
+    secret: bool = False,
+    show: Callable[[Any], str] | None = None,
+    default_doc: str | None = None,
+    factory: Callable[[], T] | None = None,
+) -> T:
+    """A field read from the variable ``name`` (``REQUIRED``: no default; ``factory``: a
+    default made per instance)."""
+    metadata = {"env": Env(name, doc, parse, secret, show, default_doc)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
+
+
+def section(cls: type[Settings], *, when: str | None = None, optional: bool = False) -> Any:
+    """A nested settings class read from the same environment; with ``when``, only when
+    that variable is set (else ``None``); ``optional``: ``None`` unless the class's ``read``
+    gives it."""
+    if when is not None or optional:
+        return field(default=None, metadata={"section": cls, "when": when, "optional": True})
+    return field(default_factory=cls, metadata={"section": cls})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Base of settings classes whose fields are declared with ``setting`` and ``section``."""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> BusSettings:
-        return cls(
-            nats_url=env_str(environ, "NATS_URL", cls.nats_url),
-            replicas=env_int(environ, "PIXELBUS_STREAM_REPLICAS", cls.replicas, lo=1, hi=5),
-            stream_max_age_s=env_float(
-                environ, "PIXELBUS_STREAM_MAX_AGE_S", cls.stream_max_age_s, lo=60, hi=3.2e7
-            ),
-            duplicate_window_s=env_float(
-                environ, "PIXELBUS_DUPLICATE_WINDOW_S", cls.duplicate_window_s, lo=1, hi=86400
-            ),
-            ack_wait_s=env_float(environ, "PIXELBUS_ACK_WAIT_S", cls.ack_wait_s, lo=0.5, hi=3600),
-            pool_ack_wait_s=_pool_ack_waits(environ),
-            max_deliver=env_int(environ, "PIXELBUS_MAX_DELIVER", cls.max_deliver, lo=1, hi=100),
-            retry_delay_s=env_float(
-                environ, "PIXELBUS_RETRY_DELAY_S", cls.retry_delay_s, lo=0, hi=3600
-            ),
-            outputs_ttl_s=env_float(
-                environ, "PIXELBUS_OUTPUTS_TTL_S", cls.outputs_ttl_s, lo=60, hi=3.2e7
-            ),
-            idempotency_ttl_s=env_float(
-                environ, "PIXELBUS_IDEMPOTENCY_TTL_S", cls.idempotency_ttl_s, lo=60, hi=3.2e7
-            ),
-            progress_interval_s=env_float(
-                environ, "PIXELBUS_PROGRESS_INTERVAL_S", cls.progress_interval_s, lo=0, hi=60
-            ),
-            inline_output_bytes=env_int(
-                environ,
-                "PIXELBUS_INLINE_OUTPUT_BYTES",
-                cls.inline_output_bytes,
-                lo=0,
-                hi=512 * 1024,
-            ),
-        )
+    def from_env(cls, environ: Mapping[str, str]) -> Self:
+        reader = Reader(environ)
+        return reader.done(cls.read(reader))
+
+    @classmethod
+    def read(cls, reader: Reader) -> Self | None:
+        """This class from ``reader``'s environment (``None`` when a required setting is
+        missing); override to add derived values and checks across fields."""
+        return reader.fields(cls)
+
+    def redacted(self) -> dict[str, str]:
+        """The effective settings by variable, secrets masked: for the start log."""
+        shown: dict[str, str] = {}
+        for each in dataclasses.fields(self):
+            value = getattr(self, each.name)
+            if "section" in each.metadata:
+                shown.update(value.redacted() if value is not None else {})
+            elif "env" in each.metadata:
+                shown[each.metadata["env"].name] = each.metadata["env"].shown(value)
+        return shown
+
+
+def _required(each: dataclasses.Field[Any]) -> bool:
+    return each.default is MISSING and each.default_factory is MISSING
+
+
+class Reader:
+    """Reads declared settings from an environment and collects every problem, so that one
+    error names them all."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        #: (variable, how the message names it), (variable, message)
+        self.missing: list[tuple[str, str]] = []
+        self.invalid: list[tuple[str, str]] = []
+
+    def get(self, name: str) -> str | None:
+        """The stripped value, or ``None`` when unset or blank (``R2_BUCKET=`` is unset)."""
+        return self.environ.get(name, "").strip() or None
+
+    def fields(self, cls: type[T], **given: Any) -> T | None:
+        """``cls`` from its declared fields and ``given``; ``None`` when one is missing."""
+        values = dict(given)
+        whole = True
+        for each in dataclasses.fields(cls):  # type: ignore[arg-type]
+            env, part = each.metadata.get("env"), each.metadata.get("section")
+            if each.name in values:
+                continue
+            if env is not None and (raw := self.get(env.name)) is not None:
+                try:
+                    values[each.name] = env.parse(env.name, raw)
+                except (SettingsError, ValueError) as exc:
+                    self.invalid.append((env.name, str(exc)))
+                    whole = whole and not _required(each)
+            elif env is not None and _required(each):
+                self.missing.append((env.name, env.name))
+                whole = False
+            elif part is not None:
+                when = each.metadata.get("when")
+                if self.get(when) is not None if when else not each.metadata.get("optional"):
+                    values[each.name] = part.read(self)
+                    whole = whole and values[each.name] is not None
+        return cls(**values) if whole else None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in (*self.missing, *self.invalid))
+
+    def message(self, who: str = "this service") -> str:
+        problems = [message for _, message in self.invalid]
+        if self.missing:
+            labels = ", ".join(label for _, label in self.missing)
+            problems.insert(0, f"{who} needs {labels} (missing)")
+        return "; ".join(problems)
+
+    def done(self, settings: T | None) -> T:
+        """``settings``, or one ``SettingsError`` naming every problem found."""
+        if self.missing or self.invalid or settings is None:
+            raise SettingsError(self.message())
+        return settings
+
+
+def declared(cls: type[Any], skip: tuple[type[Any], ...] = ()) -> Iterator[tuple[Env, Any]]:
+    """Every setting ``cls`` reads, sections included (but not those in ``skip``), with its
+    default."""
+    for each in dataclasses.fields(cls):
+        if "env" in each.metadata:
+            yield each.metadata["env"], each.default
+        elif "section" in each.metadata and each.metadata["section"] not in skip:
+            yield from declared(each.metadata["section"], skip)
+
+
+def settings_table(cls: type[Any], skip: tuple[type[Any], ...] = ()) -> str:
+    """The Markdown table of ``cls``'s settings (a variable read twice is listed once)."""
+    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    seen: set[str] = set()
+    for env, default in declared(cls, skip):
+        if env.name not in seen:
+            seen.add(env.name)
+            unset = default is MISSING or default is None or default in ("", ())
+            shown = env.default_doc or ("—" if unset else f"`{_spelt(default)}`")
+            rows.append(f"| `{env.name}` | {shown} | {env.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+# -- the bus -------------------------------------------------------------------------------
+
+_DAYS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class BusSettings(Settings):
+    """How services reach NATS and how the JetStream assets are sized (durations in s).
+
+    ``ack_wait_s`` is the lease of every in-cluster consumer: work in flight keeps it by
+    heartbeating (an in-progress ack every third of it), so it is short and a killed
+    process's work comes back within it. ``pool_ack_wait_s`` overrides it per pool
+    (``PIXELBUS_ACK_WAIT_S_<POOL>``). ``inline_output_bytes`` is kept well under the
+    stream's 1 MiB message limit (base64 adds a third).
+    """
+
+    nats_url: str = setting(
+        "NATS_URL", "nats://127.0.0.1:4222", "the NATS server", show=without_credentials
+    )
+    replicas: int = setting(
+        "PIXELBUS_STREAM_REPLICAS",
+        1,
+        "replicas of the stream and buckets (3 in production)",
+        parse=integer(1, 5),
+    )
+    stream_max_age_s: float = setting(
+        "PIXELBUS_STREAM_MAX_AGE_S",
+        7.0 * _DAYS,
+        "how long events (and task states) are kept",
+        parse=number(60, 3.2e7),
+        default_doc="7 days",
+    )
+    duplicate_window_s: float = setting(
+        "PIXELBUS_DUPLICATE_WINDOW_S",
+        600.0,
+        "JetStream de-duplication window of the task stream and the webhook queue; the "
+        "projector plans no webhook for an event stored longer ago than this less 10 s",
+        parse=number(1, 86400),
+    )
+    ack_wait_s: float = setting(
+        "PIXELBUS_ACK_WAIT_S",
+        3.0,
+        "the lease of every in-cluster consumer (workers, uploader, projector, webhook "
+        "dispatcher) without a heartbeat: work under way heartbeats every third of it, so a "
+        "killed process's work comes back within it",
+        parse=number(0.5, 3600),
+    )
+    pool_ack_wait_s: tuple[tuple[str, float], ...] = setting(
+        "PIXELBUS_ACK_WAIT_S_<POOL>",
+        (("comfy", 30.0),),
+        "one pool's lease (`_FACESWAP`, `_COMFY`); the comfy pool's is longer because "
+        "external consumers (`/api/comm/task/fetch`) draw from it and heartbeat over HTTP",
+        default_doc="`COMFY`: `30`; others: `PIXELBUS_ACK_WAIT_S`",
+        show=lambda waits: ",".join(f"{pool}={wait:g}" for pool, wait in waits),
+    )
+    max_deliver: int = setting(
+        "PIXELBUS_MAX_DELIVER",
+        5,
+        "attempts before a retryable failure becomes final",
+        parse=integer(1, 100),
+    )
+    retry_delay_s: float = setting(
+        "PIXELBUS_RETRY_DELAY_S",
+        2.0,
+        "base delay of a retry (times the attempt)",
+        parse=number(0, 3600),
+    )
+    outputs_ttl_s: float = setting(
+        "PIXELBUS_OUTPUTS_TTL_S",
+        1.0 * _DAYS,
+        "how long the Object Store keeps an output or inline input not yet removed",
+        parse=number(60, 3.2e7),
+        default_doc="1 day",
+    )
+    idempotency_ttl_s: float = setting(
+        "PIXELBUS_IDEMPOTENCY_TTL_S",
+        1.0 * _DAYS,
+        "how long an `Idempotency-Key` is remembered",
+        parse=number(60, 3.2e7),
+        default_doc="1 day",
+    )
+    progress_interval_s: float = setting(
+        "PIXELBUS_PROGRESS_INTERVAL_S",
+        0.25,
+        "least time between two progress events of one task (reports in between are coalesced)",
+        parse=number(0, 60),
+    )
+    inline_output_bytes: int = setting(
+        "PIXELBUS_INLINE_OUTPUT_BYTES",
+        256 * 1024,
+        "outputs of a task up to this size in all travel inline in `OutputsReady`; larger "
+        "ones through the Object Store",
+        parse=integer(0, 512 * 1024),
+        default_doc="256 KiB (at most 512 KiB)",
+    )
+
+    @classmethod
+    def read(cls, reader: Reader) -> Self | None:
+        """``PIXELBUS_ACK_WAIT_S_<POOL>`` for each pool that has one (else the defaults); a
+        pool without one follows ``PIXELBUS_ACK_WAIT_S``."""
+        defaults = dict(cls.pool_ack_wait_s)
+        waits: dict[str, float] = {}
+        for pool in POOLS:
+            name = f"PIXELBUS_ACK_WAIT_S_{pool.name.upper()}"
+            raw = reader.get(name)
+            if raw is not None:
+                try:
+                    waits[pool.name] = number(0.5, 3600)(name, raw)
+                except SettingsError as exc:
+                    reader.invalid.append((name, str(exc)))
+            elif pool.name in defaults:
+                waits[pool.name] = defaults[pool.name]
+        return reader.fields(cls, pool_ack_wait_s=tuple(sorted(waits.items())))
 
     def ack_wait_for(self, pool: str) -> float:
         """The lease of ``pool``'s tasks: its own setting, else ``ack_wait_s``."""
         return dict(self.pool_ack_wait_s).get(pool, self.ack_wait_s)
-
-    def redacted(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["nats_url"] = _redact_url(self.nats_url)
-        return values
-
-
-def _pool_ack_waits(environ: Mapping[str, str]) -> tuple[tuple[str, float], ...]:
-    """``PIXELBUS_ACK_WAIT_S_<POOL>`` for each pool that has one (else the defaults); a pool
-    without one follows ``PIXELBUS_ACK_WAIT_S``."""
-    defaults = dict(BusSettings.pool_ack_wait_s)
-    waits: dict[str, float] = {}
-    for pool in POOLS:
-        name = f"PIXELBUS_ACK_WAIT_S_{pool.name.upper()}"
-        if name in environ or pool.name in defaults:
-            default = defaults.get(pool.name, BusSettings.ack_wait_s)
-            waits[pool.name] = env_float(environ, name, default, lo=0.5, hi=3600)
-    return tuple(sorted(waits.items()))
-
-
-def _redact_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

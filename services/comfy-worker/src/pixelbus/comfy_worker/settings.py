@@ -7,10 +7,9 @@ then takes tasks over HTTP and needs no NATS.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Self
 
 import httpx
 
@@ -18,12 +17,17 @@ from pixelbus.media.images import AnimatedInputs, animated_inputs_from
 from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.settings import (
+    REQUIRED,
     BusSettings,
-    env_bool,
-    env_float,
-    env_int,
-    env_networks,
-    env_str,
+    Reader,
+    Settings,
+    boolean,
+    integer,
+    networks,
+    number,
+    section,
+    setting,
+    words,
 )
 
 __all__ = ["AgentSettings", "ComfySettings", "parse_urls"]
@@ -51,149 +55,190 @@ def parse_urls(raw: str, name: str) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _csv(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in environ.get(name, "").split(",") if p.strip())
+def _first_url(name: str, raw: str) -> str:
+    return parse_urls(raw, name)[0]
+
+
+def _node_types(name: str, raw: str) -> frozenset[str] | None:
+    return frozenset(words(name, raw)) or None
+
+
+def _directory(name: str, raw: str) -> Path:
+    if not Path(raw).is_dir():
+        raise SettingsError(f"{name}={raw!r} is not a directory")
+    return Path(raw)
+
+
+def _animated_inputs(name: str, raw: str) -> AnimatedInputs:
+    return animated_inputs_from({name: raw})
 
 
 @dataclass(frozen=True)
-class AgentSettings:
+class AgentSettings(Settings):
     """Remote agent mode: tasks come from a gateway's ``/api/comm/task/*`` endpoints."""
 
-    gateway_url: str
-    name: str = "comfy-agent"
-    poll_wait_s: float = 10.0
-    heartbeat_s: float = 5.0
-    token: str | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> AgentSettings | None:
-        raw = environ.get("PIXELBUS_COMFY_AGENT_URL", "").strip()
-        if not raw:
-            return None
-        (url,) = parse_urls(raw, "PIXELBUS_COMFY_AGENT_URL")[:1]
-        return cls(
-            gateway_url=url,
-            name=env_str(environ, "PIXELBUS_COMFY_AGENT_NAME", cls.name),
-            poll_wait_s=env_float(
-                environ, "PIXELBUS_COMFY_AGENT_POLL_S", cls.poll_wait_s, lo=0, hi=60
-            ),
-            heartbeat_s=env_float(
-                environ, "PIXELBUS_COMFY_AGENT_HEARTBEAT_S", cls.heartbeat_s, lo=0.05, hi=600
-            ),
-            token=environ.get("PIXELBUS_COMFY_AGENT_TOKEN", "").strip() or None,
-        )
+    gateway_url: str = setting(
+        "PIXELBUS_COMFY_AGENT_URL",
+        REQUIRED,
+        "remote agent mode: the gateway to lease tasks from (no NATS then)",
+        parse=_first_url,
+    )
+    name: str = setting("PIXELBUS_COMFY_AGENT_NAME", "comfy-agent", "the agent's consumer name")
+    poll_wait_s: float = setting(
+        "PIXELBUS_COMFY_AGENT_POLL_S", 10.0, "the agent's long-poll wait", parse=number(0, 60)
+    )
+    heartbeat_s: float = setting(
+        "PIXELBUS_COMFY_AGENT_HEARTBEAT_S",
+        5.0,
+        "the agent's progress heartbeat",
+        parse=number(0.05, 600),
+    )
+    token: str | None = setting(
+        "PIXELBUS_COMFY_AGENT_TOKEN",
+        None,
+        "a bearer token the agent sends to the gateway",
+        secret=True,
+    )
 
 
 @dataclass(frozen=True)
-class ComfySettings:
-    bus: BusSettings = field(default_factory=BusSettings)
-    urls: tuple[str, ...] = (DEFAULT_COMFYUI_URL,)
-    backend_capacity: int = 2
-    """Prompts one worker keeps on one server at once (running + queued there)."""
-    task_timeout_s: float = 600.0
-    http_timeout_s: float = 30.0
-    health_interval_s: float = 5.0
-    reconnect_s: float = 10.0
-    """How long a run waits for its server to come back before giving the task back."""
-    poll_interval_s: float = 5.0
-    """A safety net beside the WebSocket: ``/history`` is asked this often while waiting."""
-    progress_delay_s: float = 0.25
-    """No progress is reported before a task has run this long (0: from the start): a task
-    done sooner publishes none, since its completion follows at once."""
-    allowed_node_types: frozenset[str] | None = None
-    raw_graphs: bool = True
-    allowed_input_files: tuple[str, ...] = ()
-    templates_dir: Path | None = None
-    include_previews: bool = False
-    max_output_bytes: int = 512 * 1024 * 1024
-    max_image_bytes: int = 15 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    animated_inputs: AnimatedInputs = "first_frame"
-    fetch_timeout_s: float = 20.0
-    ssrf_allow_networks: tuple[IPNetwork, ...] = ()
-    agent: AgentSettings | None = None
+class ComfySettings(Settings):
+    bus: BusSettings = section(BusSettings)  # noqa: RUF009
+    urls: tuple[str, ...] = setting(
+        "COMFYUI_URL",
+        (DEFAULT_COMFYUI_URL,),
+        "the ComfyUI servers of the comfy-worker, comma-separated",
+        parse=lambda name, raw: parse_urls(raw, name),
+    )
+    backend_capacity: int = setting(
+        "PIXELBUS_COMFY_BACKEND_CAPACITY",
+        2,
+        "prompts a worker keeps on one ComfyUI server at once, running and queued there (its "
+        "concurrency is this times the servers)",
+        parse=integer(1, 64),
+    )
+    task_timeout_s: float = setting(
+        "PIXELBUS_COMFY_TASK_TIMEOUT_S",
+        600.0,
+        "longest run of a workflow; a stored workflow's `timeout_s` overrides it",
+        parse=number(0.5, 86400),
+    )
+    http_timeout_s: float = setting(
+        "PIXELBUS_COMFY_HTTP_TIMEOUT_S",
+        30.0,
+        "HTTP timeout of ComfyUI calls",
+        parse=number(0.5, 600),
+    )
+    health_interval_s: float = setting(
+        "PIXELBUS_COMFY_HEALTH_INTERVAL_S",
+        5.0,
+        "how often each ComfyUI server's health is checked",
+        parse=number(0.05, 600),
+    )
+    reconnect_s: float = setting(
+        "PIXELBUS_COMFY_RECONNECT_S",
+        10.0,
+        "how long a run waits for its server to come back before giving the task back",
+        parse=number(0.1, 600),
+    )
+    poll_interval_s: float = setting(
+        "PIXELBUS_COMFY_POLL_INTERVAL_S",
+        5.0,
+        "a safety net beside the WebSocket: `/history` is asked this often while waiting",
+        parse=number(0.1, 600),
+    )
+    progress_delay_s: float = setting(
+        "PIXELBUS_COMFY_PROGRESS_DELAY_S",
+        0.25,
+        "a ComfyUI task reports no progress before it has run this long (a quicker one "
+        "reports none: its completion follows at once)",
+        parse=number(0, 600),
+    )
+    allowed_node_types: frozenset[str] | None = setting(
+        "PIXELBUS_COMFY_ALLOWED_NODE_TYPES",
+        None,
+        "node types a raw graph may use (comma-separated)",
+        parse=_node_types,
+        default_doc="empty: any",
+    )
+    raw_graphs: bool = setting(
+        "PIXELBUS_COMFY_RAW_GRAPHS", True, "`false`: only stored workflows", parse=boolean
+    )
+    allowed_input_files: tuple[str, ...] = setting(
+        "PIXELBUS_COMFY_ALLOWED_INPUT_FILES",
+        (),
+        "glob patterns of server-side files `LoadImage` may name",
+        parse=words,
+        default_doc="empty: none",
+    )
+    templates_dir: Path | None = setting(  # noqa: RUF009
+        "PIXELBUS_COMFY_TEMPLATES_DIR",
+        None,
+        "more stored workflows (`<name>.json`)",
+        parse=_directory,
+    )
+    include_previews: bool = setting(
+        "PIXELBUS_COMFY_INCLUDE_PREVIEWS",
+        False,
+        "also store `PreviewImage` temp outputs",
+        parse=boolean,
+    )
+    max_output_bytes: int = setting(
+        "PIXELBUS_COMFY_MAX_OUTPUT_BYTES",
+        512 * 1024 * 1024,
+        "largest output file read from ComfyUI",
+        parse=integer(1, 1 << 34),
+        default_doc="512 MiB",
+    )
+    max_image_bytes: int = setting(
+        "PIXELBUS_MAX_INPUT_IMAGE_BYTES",
+        15 * 1024 * 1024,
+        "largest input image",
+        parse=integer(1024, 1 << 30),
+        default_doc="15 MiB",
+    )
+    max_image_pixels: int = setting(
+        "PIXELBUS_MAX_IMAGE_PIXELS",
+        40_000_000,
+        "largest input image in pixels",
+        parse=integer(1024, 1 << 31),
+        default_doc="40 Mpx",
+    )
+    animated_inputs: AnimatedInputs = setting(  # noqa: RUF009
+        "PIXELBUS_ANIMATED_INPUTS",
+        "first_frame",
+        "an animated input image: `first_frame` (use it) or `refuse`",
+        parse=_animated_inputs,
+    )
+    fetch_timeout_s: float = setting(
+        "PIXELBUS_FETCH_TIMEOUT_S", 20.0, "timeout of an input image fetch", parse=number(0.1, 600)
+    )
+    ssrf_allow_networks: tuple[IPNetwork, ...] = setting(
+        "PIXELBUS_SSRF_ALLOW_NETWORKS",
+        (),
+        "CIDRs the SSRF guard lets image fetches reach (development only)",
+        parse=networks(),
+    )
+    agent: AgentSettings | None = section(AgentSettings, when="PIXELBUS_COMFY_AGENT_URL")  # noqa: RUF009
 
     @property
     def concurrency(self) -> int:
         return self.backend_capacity * len(self.urls)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> ComfySettings:
-        urls = parse_urls(environ.get("COMFYUI_URL", "") or DEFAULT_COMFYUI_URL, "COMFYUI_URL")
-        allowed = _csv(environ, "PIXELBUS_COMFY_ALLOWED_NODE_TYPES")
-        templates = environ.get("PIXELBUS_COMFY_TEMPLATES_DIR", "").strip()
-        if templates and not Path(templates).is_dir():
-            raise SettingsError(f"PIXELBUS_COMFY_TEMPLATES_DIR={templates!r} is not a directory")
-        raw_graphs = env_bool(environ, "PIXELBUS_COMFY_RAW_GRAPHS", cls.raw_graphs)
-        if environ.get("APP_ENV") == "production" and raw_graphs and not allowed:
-            raise SettingsError(
-                "APP_ENV=production: raw ComfyUI graphs need PIXELBUS_COMFY_ALLOWED_NODE_TYPES "
-                "(the node types clients may use), or PIXELBUS_COMFY_RAW_GRAPHS=false "
-                "(stored workflows only)"
+    def read(cls, reader: Reader) -> Self | None:
+        raw_graphs = reader.get("PIXELBUS_COMFY_RAW_GRAPHS") or "true"
+        if (
+            reader.get("APP_ENV") == "production"
+            and raw_graphs.lower() in ("1", "true", "yes", "on")
+            and not reader.get("PIXELBUS_COMFY_ALLOWED_NODE_TYPES")
+        ):
+            reader.invalid.append(
+                (
+                    "PIXELBUS_COMFY_RAW_GRAPHS",
+                    "APP_ENV=production: raw ComfyUI graphs need PIXELBUS_COMFY_ALLOWED_NODE_TYPES "
+                    "(the node types clients may use), or PIXELBUS_COMFY_RAW_GRAPHS=false "
+                    "(stored workflows only)",
+                )
             )
-        return cls(
-            bus=BusSettings.from_env(environ),
-            urls=urls,
-            backend_capacity=env_int(
-                environ, "PIXELBUS_COMFY_BACKEND_CAPACITY", cls.backend_capacity, lo=1, hi=64
-            ),
-            task_timeout_s=env_float(
-                environ, "PIXELBUS_COMFY_TASK_TIMEOUT_S", cls.task_timeout_s, lo=0.5, hi=86400
-            ),
-            http_timeout_s=env_float(
-                environ, "PIXELBUS_COMFY_HTTP_TIMEOUT_S", cls.http_timeout_s, lo=0.5, hi=600
-            ),
-            health_interval_s=env_float(
-                environ, "PIXELBUS_COMFY_HEALTH_INTERVAL_S", cls.health_interval_s, lo=0.05, hi=600
-            ),
-            reconnect_s=env_float(
-                environ, "PIXELBUS_COMFY_RECONNECT_S", cls.reconnect_s, lo=0.1, hi=600
-            ),
-            poll_interval_s=env_float(
-                environ, "PIXELBUS_COMFY_POLL_INTERVAL_S", cls.poll_interval_s, lo=0.1, hi=600
-            ),
-            progress_delay_s=env_float(
-                environ, "PIXELBUS_COMFY_PROGRESS_DELAY_S", cls.progress_delay_s, lo=0, hi=600
-            ),
-            allowed_node_types=frozenset(allowed) if allowed else None,
-            raw_graphs=raw_graphs,
-            allowed_input_files=_csv(environ, "PIXELBUS_COMFY_ALLOWED_INPUT_FILES"),
-            templates_dir=Path(templates) if templates else None,
-            include_previews=env_bool(
-                environ, "PIXELBUS_COMFY_INCLUDE_PREVIEWS", cls.include_previews
-            ),
-            max_output_bytes=env_int(
-                environ, "PIXELBUS_COMFY_MAX_OUTPUT_BYTES", cls.max_output_bytes, lo=1, hi=1 << 34
-            ),
-            max_image_bytes=env_int(
-                environ, "PIXELBUS_MAX_INPUT_IMAGE_BYTES", cls.max_image_bytes, lo=1024, hi=1 << 30
-            ),
-            max_image_pixels=env_int(
-                environ, "PIXELBUS_MAX_IMAGE_PIXELS", cls.max_image_pixels, lo=1024, hi=1 << 31
-            ),
-            animated_inputs=animated_inputs_from(environ),
-            fetch_timeout_s=env_float(
-                environ, "PIXELBUS_FETCH_TIMEOUT_S", cls.fetch_timeout_s, lo=0.1, hi=600
-            ),
-            ssrf_allow_networks=env_networks(environ, "PIXELBUS_SSRF_ALLOW_NETWORKS"),
-            agent=AgentSettings.from_env(environ),
-        )
-
-    def redacted(self) -> dict[str, Any]:
-        return {
-            "bus": self.bus.redacted(),
-            "comfyui_urls": list(self.urls),
-            "backend_capacity": self.backend_capacity,
-            "task_timeout_s": self.task_timeout_s,
-            "health_interval_s": self.health_interval_s,
-            "progress_delay_s": self.progress_delay_s,
-            "allowed_node_types": sorted(self.allowed_node_types)
-            if self.allowed_node_types is not None
-            else "any",
-            "raw_graphs": self.raw_graphs,
-            "allowed_input_files": list(self.allowed_input_files),
-            "templates_dir": str(self.templates_dir) if self.templates_dir else None,
-            "include_previews": self.include_previews,
-            "agent_url": self.agent.gateway_url if self.agent else None,
-            "agent_token": "***" if self.agent and self.agent.token else None,
-        }
+        return reader.fields(cls)

@@ -3,144 +3,150 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Self
 
 from pixelbus.contracts.validation import FACE_SWAP_MODELS
 from pixelbus.media.images import AnimatedInputs, animated_inputs_from
 from pixelbus.media.ssrf import IPNetwork
-from pixelbus.runtime.errors import SettingsError
-from pixelbus.runtime.settings import BusSettings, env_float, env_int, env_networks, env_str
+from pixelbus.runtime.settings import (
+    BusSettings,
+    Reader,
+    Settings,
+    http_url,
+    integer,
+    networks,
+    number,
+    one_of,
+    path,
+    section,
+    setting,
+    without_credentials,
+)
 
 __all__ = ["FaceSwapSettings", "ModelSettings", "RemoteSettings"]
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    directory: Path = Path(".pixelbus/models")
-    manifest: Path | None = None
-    base_url: str | None = None
-    """Where ``pixelbus models pull`` downloads from (no default: the operator's mirror)."""
-    providers: str = "auto"
-    """onnxruntime execution providers: ``auto`` (CUDA when present, then CPU) or a list."""
-    detect_size: int = 640
-    detect_threshold: float = 0.5
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> ModelSettings:
-        manifest = environ.get("PIXELBUS_MODELS_MANIFEST", "").strip()
-        base_url = environ.get("PIXELBUS_MODELS_BASE_URL", "").strip() or None
-        if base_url is not None and not base_url.lower().startswith(("http://", "https://")):
-            raise SettingsError(f"PIXELBUS_MODELS_BASE_URL={base_url!r} is not an http(s) URL")
-        return cls(
-            directory=Path(env_str(environ, "PIXELBUS_MODELS_DIR", str(cls.directory))),
-            manifest=Path(manifest) if manifest else None,
-            base_url=base_url,
-            providers=env_str(environ, "PIXELBUS_ONNX_PROVIDERS", cls.providers),
-            detect_size=env_int(
-                environ, "PIXELBUS_FACE_DETECT_SIZE", cls.detect_size, lo=128, hi=2048
-            ),
-            detect_threshold=env_float(
-                environ, "PIXELBUS_FACE_DETECT_THRESHOLD", cls.detect_threshold, lo=0.05, hi=0.99
-            ),
-        )
+def _animated_inputs(name: str, raw: str) -> AnimatedInputs:
+    return animated_inputs_from({name: raw})
 
 
 @dataclass(frozen=True)
-class RemoteSettings:
+class ModelSettings(Settings):
+    directory: Path = setting(  # noqa: RUF009
+        "PIXELBUS_MODELS_DIR",
+        Path(".pixelbus/models"),
+        "where the face-swap models are (`pixelbus models list`)",
+        parse=path,
+    )
+    manifest: Path | None = setting(  # noqa: RUF009
+        "PIXELBUS_MODELS_MANIFEST",
+        None,
+        "JSON file of model pins (sha256, size) added to the registry",
+        parse=path,
+    )
+    base_url: str | None = setting(
+        "PIXELBUS_MODELS_BASE_URL",
+        None,
+        "where `pixelbus models pull` downloads from (your mirror; no default)",
+        parse=http_url,
+    )
+    providers: str = setting(
+        "PIXELBUS_ONNX_PROVIDERS",
+        "auto",
+        "onnxruntime execution providers: `auto` (CUDA when present, else CPU), or a list "
+        "such as `cuda,cpu`",
+    )
+    detect_size: int = setting(
+        "PIXELBUS_FACE_DETECT_SIZE", 640, "SCRFD input size", parse=integer(128, 2048)
+    )
+    detect_threshold: float = setting(
+        "PIXELBUS_FACE_DETECT_THRESHOLD", 0.5, "SCRFD score threshold", parse=number(0.05, 0.99)
+    )
+
+
+@dataclass(frozen=True)
+class RemoteSettings(Settings):
     """The seed's external face-swap service (``FACE_SWAP_API_URL``)."""
 
-    url: str | None = None
-    timeout_s: float = 120.0
-    retry_count: int = 3
-    backoff_s: float = 1.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> RemoteSettings:
-        url = environ.get("FACE_SWAP_API_URL", "").strip() or None
-        if url is not None and not url.lower().startswith(("http://", "https://")):
-            raise SettingsError(f"FACE_SWAP_API_URL={url!r} is not an http(s) URL")
-        return cls(
-            url=url,
-            timeout_s=env_float(environ, "FACE_SWAP_TIMEOUT", cls.timeout_s, lo=0.05, hi=3600),
-            retry_count=env_int(environ, "FACE_SWAP_RETRY_COUNT", cls.retry_count, lo=0, hi=20),
-            backoff_s=env_float(
-                environ, "PIXELBUS_FACE_SWAP_BACKOFF_S", cls.backoff_s, lo=0.0, hi=600
-            ),
-        )
+    url: str | None = setting(
+        "FACE_SWAP_API_URL",
+        None,
+        "the external face-swap service (enables `model: remote`)",
+        parse=http_url,
+        show=without_credentials,
+    )
+    timeout_s: float = setting(
+        "FACE_SWAP_TIMEOUT", 120.0, "its per-call timeout (s)", parse=number(0.05, 3600)
+    )
+    retry_count: int = setting(
+        "FACE_SWAP_RETRY_COUNT", 3, "its retries on timeouts and 5xx", parse=integer(0, 20)
+    )
+    backoff_s: float = setting(
+        "PIXELBUS_FACE_SWAP_BACKOFF_S",
+        1.0,
+        "its first backoff (s, doubling)",
+        parse=number(0.0, 600),
+    )
 
 
 @dataclass(frozen=True)
-class FaceSwapSettings:
-    bus: BusSettings = field(default_factory=BusSettings)
-    concurrency: int = 2
-    default_model: str = "builtin"
-    max_image_bytes: int = 15 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    fetch_timeout_s: float = 20.0
-    ssrf_allow_networks: tuple[IPNetwork, ...] = ()
-    animated_inputs: AnimatedInputs = "first_frame"
-    models: ModelSettings = field(default_factory=ModelSettings)
-    remote: RemoteSettings = field(default_factory=RemoteSettings)
+class FaceSwapSettings(Settings):
+    bus: BusSettings = section(BusSettings)  # noqa: RUF009
+    concurrency: int = setting(
+        "PIXELBUS_WORKER_CONCURRENCY",
+        2,
+        "tasks a face-swap worker runs at once",
+        parse=integer(1, 256),
+    )
+    default_model: str = setting(
+        "PIXELBUS_FACESWAP_DEFAULT_MODEL",
+        "builtin",
+        "engine used when a task names no `model`; must be installed, or the worker does not start",
+        parse=one_of(*FACE_SWAP_MODELS),
+    )
+    max_image_bytes: int = setting(
+        "PIXELBUS_MAX_INPUT_IMAGE_BYTES",
+        15 * 1024 * 1024,
+        "largest input image",
+        parse=integer(1024, 1 << 30),
+        default_doc="15 MiB",
+    )
+    max_image_pixels: int = setting(
+        "PIXELBUS_MAX_IMAGE_PIXELS",
+        40_000_000,
+        "largest input image in pixels",
+        parse=integer(1024, 1 << 31),
+        default_doc="40 Mpx",
+    )
+    fetch_timeout_s: float = setting(
+        "PIXELBUS_FETCH_TIMEOUT_S", 20.0, "timeout of an input image fetch", parse=number(0.1, 600)
+    )
+    ssrf_allow_networks: tuple[IPNetwork, ...] = setting(
+        "PIXELBUS_SSRF_ALLOW_NETWORKS",
+        (),
+        "CIDRs the SSRF guard lets image fetches reach (development only)",
+        parse=networks(),
+    )
+    animated_inputs: AnimatedInputs = setting(  # noqa: RUF009
+        "PIXELBUS_ANIMATED_INPUTS",
+        "first_frame",
+        "an animated input image: `first_frame` (use it) or `refuse`",
+        parse=_animated_inputs,
+    )
+    models: ModelSettings = section(ModelSettings)  # noqa: RUF009
+    remote: RemoteSettings = section(RemoteSettings)  # noqa: RUF009
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> FaceSwapSettings:
-        default_model = env_str(environ, "PIXELBUS_FACESWAP_DEFAULT_MODEL", cls.default_model)
-        if default_model not in FACE_SWAP_MODELS:
-            raise SettingsError(
-                f"PIXELBUS_FACESWAP_DEFAULT_MODEL={default_model!r} is not one of "
-                f"{', '.join(FACE_SWAP_MODELS)}"
+    def read(cls, reader: Reader) -> Self | None:
+        if reader.get("PIXELBUS_FACESWAP_DEFAULT_MODEL") == "remote" and not reader.get(
+            "FACE_SWAP_API_URL"
+        ):
+            reader.invalid.append(
+                (
+                    "PIXELBUS_FACESWAP_DEFAULT_MODEL",
+                    "PIXELBUS_FACESWAP_DEFAULT_MODEL=remote needs FACE_SWAP_API_URL to be set",
+                )
             )
-        remote = RemoteSettings.from_env(environ)
-        if default_model == "remote" and remote.url is None:
-            raise SettingsError(
-                "PIXELBUS_FACESWAP_DEFAULT_MODEL=remote needs FACE_SWAP_API_URL to be set"
-            )
-        return cls(
-            bus=BusSettings.from_env(environ),
-            concurrency=env_int(
-                environ, "PIXELBUS_WORKER_CONCURRENCY", cls.concurrency, lo=1, hi=256
-            ),
-            default_model=default_model,
-            max_image_bytes=env_int(
-                environ, "PIXELBUS_MAX_INPUT_IMAGE_BYTES", cls.max_image_bytes, lo=1024, hi=1 << 30
-            ),
-            max_image_pixels=env_int(
-                environ, "PIXELBUS_MAX_IMAGE_PIXELS", cls.max_image_pixels, lo=1024, hi=1 << 31
-            ),
-            fetch_timeout_s=env_float(
-                environ, "PIXELBUS_FETCH_TIMEOUT_S", cls.fetch_timeout_s, lo=0.1, hi=600
-            ),
-            ssrf_allow_networks=env_networks(environ, "PIXELBUS_SSRF_ALLOW_NETWORKS"),
-            animated_inputs=animated_inputs_from(environ),
-            models=ModelSettings.from_env(environ),
-            remote=remote,
-        )
-
-    def redacted(self) -> dict[str, Any]:
-        return {
-            "bus": self.bus.redacted(),
-            "concurrency": self.concurrency,
-            "default_model": self.default_model,
-            "max_image_bytes": self.max_image_bytes,
-            "max_image_pixels": self.max_image_pixels,
-            "fetch_timeout_s": self.fetch_timeout_s,
-            "ssrf_allow_networks": [str(n) for n in self.ssrf_allow_networks],
-            "models_dir": str(self.models.directory),
-            "models_manifest": str(self.models.manifest) if self.models.manifest else None,
-            "onnx_providers": self.models.providers,
-            "face_detect_size": self.models.detect_size,
-            "face_swap_api_url": _without_credentials(self.remote.url),
-            "face_swap_timeout": self.remote.timeout_s,
-            "face_swap_retry_count": self.remote.retry_count,
-        }
-
-
-def _without_credentials(url: str | None) -> str | None:
-    """``url`` with any user:password@ replaced, for logs."""
-    if url is None or "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+        return reader.fields(cls)

@@ -2,44 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from pixelbus.runtime.settings import BusSettings, env_int
+from pixelbus.runtime.settings import BusSettings, Settings, integer, section, setting
 
 __all__ = ["ProjectorSettings"]
 
 
 @dataclass(frozen=True)
-class ProjectorSettings:
-    bus: BusSettings = field(default_factory=BusSettings)
-    #: Events folded per batch at most (one KV read and write per task per batch).
-    batch: int = 512
-    #: Bytes of task states the projector keeps in memory (saves a read before a write);
-    #: its cache of webhook targets holds one entry per KiB of it.
-    cache_bytes: int = 32 * 1024 * 1024
-    #: How long a batch waits for more events, so that a task's events fold into one KV
-    #: write: under load the whole time, at light load until its tasks ended (0: never).
-    linger_ms: int = 2
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> ProjectorSettings:
-        return cls(
-            bus=BusSettings.from_env(environ),
-            batch=env_int(environ, "PIXELBUS_PROJECTOR_BATCH", cls.batch, lo=1, hi=10_000),
-            cache_bytes=env_int(
-                environ, "PIXELBUS_PROJECTOR_CACHE_BYTES", cls.cache_bytes, lo=0, hi=1 << 40
-            ),
-            linger_ms=env_int(
-                environ, "PIXELBUS_PROJECTOR_LINGER_MS", cls.linger_ms, lo=0, hi=1000
-            ),
-        )
-
-    def redacted(self) -> dict[str, Any]:
-        return {
-            "bus": self.bus.redacted(),
-            "batch": self.batch,
-            "cache_bytes": self.cache_bytes,
-            "linger_ms": self.linger_ms,
-        }
+class ProjectorSettings(Settings):
+    bus: BusSettings = section(BusSettings)  # noqa: RUF009
+    batch: int = setting(
+        "PIXELBUS_PROJECTOR_BATCH",
+        512,
+        "events the projector folds per batch at most (one KV read and write per task per batch)",
+        parse=integer(1, 10_000),
+    )
+    cache_bytes: int = setting(
+        "PIXELBUS_PROJECTOR_CACHE_BYTES",
+        32 * 1024 * 1024,
+        "task states the projector keeps in memory, counted in encoded bytes (a state takes "
+        "about three times that as Python objects); it saves the read before each write; least "
+        "recently used out; the webhook-target cache holds one entry per KiB of it",
+        parse=integer(0, 1 << 40),
+        default_doc="32 MiB",
+    )
+    linger_ms: int = setting(
+        "PIXELBUS_PROJECTOR_LINGER_MS",
+        2,
+        "how long the projector waits for more events before folding a batch, so that a task's "
+        "events, which come about a millisecond apart, cost one KV write instead of one each: "
+        "under load (a batch of 16 events or more) the whole time, at light load only until "
+        "each task of the batch has ended; `0` never waits",
+        parse=integer(0, 1000),
+    )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import structlog
 
@@ -12,30 +10,12 @@ from pixelbus.contracts.subjects import TASK_STREAM, UPLOADER_CONSUMER
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.provision import ensure
 from pixelbus.runtime.service import consumer_ready, run_service, service_shell
-from pixelbus.runtime.settings import BusSettings, env_int
 from pixelbus.storage_uploader.providers import build_provider
-from pixelbus.storage_uploader.settings import DEFAULT_UPLOAD_CONCURRENCY, StorageSettings
+from pixelbus.storage_uploader.settings import UploaderSettings
 from pixelbus.storage_uploader.uploader import Uploader
 
 NAME = "pixelbus-storage-uploader"
 log = structlog.get_logger("pixelbus.storage_uploader")
-
-
-@dataclass(frozen=True)
-class UploaderSettings:
-    bus: BusSettings
-    storage: StorageSettings
-    concurrency: int
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> UploaderSettings:
-        return cls(
-            bus=BusSettings.from_env(environ),
-            storage=StorageSettings.from_env(environ),
-            concurrency=env_int(
-                environ, "PIXELBUS_UPLOAD_CONCURRENCY", DEFAULT_UPLOAD_CONCURRENCY, lo=1, hi=1024
-            ),
-        )
 
 
 async def serve(settings: UploaderSettings) -> None:

@@ -10,15 +10,25 @@ for ``cf_images``), and every problem with them is reported at once, in one line
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal, Self, TypeVar, cast
 
-from pixelbus.runtime import errors as runtime_errors
-from pixelbus.runtime.settings import env_bool
+from pixelbus.runtime.settings import (
+    REQUIRED,
+    BusSettings,
+    Reader,
+    Settings,
+    boolean,
+    http_url,
+    integer,
+    matching,
+    one_of,
+    path,
+    section,
+    setting,
+)
 from pixelbus.storage_uploader.errors import SettingsError
 
 __all__ = [
@@ -39,6 +49,7 @@ __all__ = [
     "R2Settings",
     "RetrySettings",
     "StorageSettings",
+    "UploaderSettings",
 ]
 
 ProviderName = Literal["local", "r2", "gcs", "cf_images"]
@@ -58,369 +69,380 @@ MAX_URL_TTL_S = 7 * 24 * 3600  # the longest a SigV4 / GOOG4 signed URL may live
 # R2 client keeps for them
 DEFAULT_UPLOAD_CONCURRENCY = 32
 
-_REDACTED = "***"
-_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9-]{1,63}$")  # it becomes a host name label
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_VARIANT = re.compile(r"^[A-Za-z0-9_-]{1,99}$")
+T = TypeVar("T")
+_ACCOUNT_ID = matching(r"[A-Za-z0-9-]{1,63}", "a Cloudflare account id")  # a host label
+
+
+def _provider(name: str, raw: str) -> ProviderName:
+    return cast(ProviderName, one_of(*_PROVIDERS, lower=True)(name, raw))
+
+
+def _fallback(name: str, raw: str) -> ProviderName | None:
+    choice = one_of("none", "local", "r2", "gcs", lower=True)(name, raw)
+    return None if choice == "none" else cast(ProviderName, choice)
+
+
+def _url(name: str, raw: str) -> str:
+    """An http(s) URL without its trailing slash."""
+    return http_url(name, raw).rstrip("/")
+
+
+def _positive(name: str, raw: str) -> float:
+    try:
+        number = float(raw)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise SettingsError(f"{name}={raw!r} is not a positive number")
+    return number
+
+
+def _integer(lo: int, hi: int) -> Any:
+    def parse(name: str, raw: str) -> int:
+        try:
+            number = int(raw)
+        except ValueError:
+            number = lo - 1
+        if not lo <= number <= hi:
+            raise SettingsError(f"{name}={raw!r} is not an integer in [{lo}, {hi}]")
+        return number
+
+    return parse
+
+
+def _mask(value: str) -> str:
+    """Keep the last four characters of a long identifier, so operators can tell keys apart."""
+    return f"***{value[-4:]}" if len(value) >= 12 else "***"
+
+
+def _cache_control() -> Any:
+    return setting(
+        "PIXELBUS_STORAGE_CACHE_CONTROL",
+        DEFAULT_CACHE_CONTROL,
+        "`Cache-Control` of stored objects (r2, gcs)",
+    )
+
+
+def _url_ttl(name: str) -> Any:
+    return setting(
+        name,
+        MAX_URL_TTL_S,
+        "lifetime of signed URLs",
+        parse=_integer(1, MAX_URL_TTL_S),
+        default_doc="`604800` (7 days, the most SigV4 and GOOG4 allow)",
+    )
+
+
+def _timeout(name: str, what: str) -> Any:
+    return setting(
+        name, DEFAULT_R2_TIMEOUT_S, f"connect and read timeout of {what} requests", parse=_positive
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
-class LocalSettings:
+class LocalSettings(Settings):
     """Files under ``directory``, served by the gateway at ``public_base_url/files/<key>``.
 
-    ``fsync`` (``PIXELBUS_LOCAL_FSYNC``): flush each file to the disk before the task is
-    completed, so a completed task's file survives a power loss or a kernel crash. Off by
-    default: a file is still written whole and renamed into place (never half a file), and
-    it survives the uploader's own crash; the page cache reaches the disk within seconds.
+    ``fsync``: a file is always written whole and renamed into place (never half a file),
+    and survives the uploader's own crash; the page cache reaches the disk within seconds.
     """
 
-    directory: Path
-    public_base_url: str
-    fsync: bool = False
+    directory: Path = setting(  # noqa: RUF009
+        "PIXELBUS_LOCAL_STORAGE_DIR",
+        Path(DEFAULT_LOCAL_STORAGE_DIR),
+        "where `local` storage writes",
+        parse=path,
+    )
+    public_base_url: str = setting(
+        "PIXELBUS_PUBLIC_BASE_URL",
+        DEFAULT_PUBLIC_BASE_URL,
+        "base of `local` output URLs",
+        parse=_url,
+    )
+    fsync: bool = setting(
+        "PIXELBUS_LOCAL_FSYNC",
+        False,
+        "`true`: `local` storage syncs each file to the disk before its task is reported done, "
+        "so it survives a power loss (see *The task path*)",
+        parse=boolean,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
-class R2Settings:
+class R2Settings(Settings):
     """Cloudflare R2 (S3 API). Without ``public_url`` the URLs are presigned GETs."""
 
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    bucket: str
-    public_url: str | None
-    endpoint_url: str
-    account_id: str | None = None
-    timeout_s: float = DEFAULT_R2_TIMEOUT_S
-    url_ttl_s: int = MAX_URL_TTL_S
-    part_size: int = DEFAULT_PART_SIZE
-    cache_control: str = DEFAULT_CACHE_CONTROL
-
-
-@dataclass(frozen=True, kw_only=True)
-class GcsSettings:
-    """Google Cloud Storage (JSON API). Without ``public_url`` the URLs are V4-signed GETs.
-
-    ``credentials_file`` unset means the metadata server (workload identity). ``api_url``
-    is the JSON API's root (``STORAGE_EMULATOR_HOST`` points it at an emulator);
-    ``emulator`` says whether it was. ``credentials`` is the parsed file (never logged).
-    """
-
-    bucket: str
-    credentials_file: Path | None
-    credentials: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    public_url: str | None = None
-    api_url: str = DEFAULT_GCS_API_URL
-    emulator: bool = False
-    url_ttl_s: int = MAX_URL_TTL_S
-    signer_email: str | None = None
-    timeout_s: float = DEFAULT_R2_TIMEOUT_S
-    cache_control: str = DEFAULT_CACHE_CONTROL
-
-
-@dataclass(frozen=True, kw_only=True)
-class CfImagesSettings:
-    """Cloudflare Images; ``fallback`` takes the outputs that are not images (or none)."""
-
-    account_id: str
-    api_token: str = field(repr=False)
-    variant: str = "public"
-    api_url: str = DEFAULT_CF_IMAGES_API_URL
-    fallback: ProviderName | None = None
-    timeout_s: float = DEFAULT_R2_TIMEOUT_S
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetrySettings:
-    """In-process retries of a retryable failure, before JetStream's redelivery takes over.
-
-    ``attempts`` tries in all; the waits double from ``base_s`` up to ``max_s``.
-    """
-
-    attempts: int = 3
-    base_s: float = 0.5
-    max_s: float = 8.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class StorageSettings:
-    """The chosen provider and its settings (other providers' fields are ``None``, except a
-    ``cf_images`` fallback's)."""
-
-    provider: ProviderName
-    local: LocalSettings | None = None
-    r2: R2Settings | None = None
-    gcs: GcsSettings | None = None
-    cf_images: CfImagesSettings | None = None
-    retry: RetrySettings = field(default_factory=RetrySettings)
-    health_interval_s: float = 30.0
+    access_key_id: str = setting(
+        "R2_ACCESS_KEY_ID", REQUIRED, "R2 access key id (required with `r2`)", show=_mask
+    )
+    secret_access_key: str = setting(
+        "R2_SECRET_ACCESS_KEY", REQUIRED, "R2 secret (required with `r2`)", secret=True
+    )
+    bucket: str = setting("R2_BUCKET", REQUIRED, "R2 bucket (required with `r2`)")
+    public_url: str | None = setting(
+        "R2_PUBLIC_URL",
+        None,
+        "public base URL of the bucket (custom domain); unset, output URLs are presigned GETs",
+        parse=_url,
+        default_doc="unset: presigned URLs",
+    )
+    endpoint_url: str = setting(
+        "PIXELBUS_R2_ENDPOINT_URL",
+        "",
+        "S3 endpoint override",
+        parse=_url,
+        default_doc="`https://<account>.r2.cloudflarestorage.com`",
+    )
+    account_id: str | None = setting(
+        "R2_ACCOUNT_ID",
+        None,
+        "Cloudflare account of the bucket (required with `r2` unless the endpoint is set)",
+        parse=_ACCOUNT_ID,
+    )
+    timeout_s: float = _timeout("PIXELBUS_R2_TIMEOUT_S", "R2")
+    url_ttl_s: int = _url_ttl("PIXELBUS_R2_URL_TTL_S")
+    part_size: int = setting(
+        "PIXELBUS_R2_PART_SIZE",
+        DEFAULT_PART_SIZE,
+        "multipart part size; outputs larger than one part are uploaded in parts",
+        parse=_integer(MIN_PART_SIZE, 5 * 1024 * MIB),
+        default_doc="8 MiB (at least 5 MiB)",
+    )
+    cache_control: str = _cache_control()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> StorageSettings:
-        """Read the settings; raises ``SettingsError`` naming every bad or missing one."""
-        env = _Reader(environ)
-        provider = _provider(env.get("STORAGE_PROVIDER") or "local")
-        chosen: dict[str, Any] = {}
-        cache_control = env.get("PIXELBUS_STORAGE_CACHE_CONTROL") or DEFAULT_CACHE_CONTROL
-        if provider == "cf_images":
-            cf = _cf_images(env)
-            chosen["cf_images"] = cf
-            if cf.fallback is not None:
-                chosen[cf.fallback] = _READERS[cf.fallback](env, cache_control)
-        else:
-            chosen[provider] = _READERS[provider](env, cache_control)
-        retry = RetrySettings(
-            attempts=env.integer("PIXELBUS_STORAGE_RETRY_ATTEMPTS", 3, lo=1, hi=20),
-            base_s=env.positive_float("PIXELBUS_STORAGE_RETRY_BASE_S", 0.5),
-            max_s=env.positive_float("PIXELBUS_STORAGE_RETRY_MAX_S", 8.0),
-        )
-        health_interval_s = env.positive_float("PIXELBUS_STORAGE_HEALTH_INTERVAL_S", 30.0)
-        env.raise_problems(provider)
-        return cls(provider=provider, retry=retry, health_interval_s=health_interval_s, **chosen)
+    def read(cls, reader: Reader) -> Self | None:
+        account, endpoint = reader.get("R2_ACCOUNT_ID"), reader.get("PIXELBUS_R2_ENDPOINT_URL")
+        if account is None and endpoint is None:
+            reader.missing.append(("R2_ACCOUNT_ID", "R2_ACCOUNT_ID (or PIXELBUS_R2_ENDPOINT_URL)"))
+        if endpoint is None and account is not None:
+            return reader.fields(cls, endpoint_url=f"https://{account}.r2.cloudflarestorage.com")
+        return reader.fields(cls)
 
-    def redacted(self) -> dict[str, str]:
-        """The effective settings by environment name, secrets masked, for the start log."""
-        out: dict[str, str] = {"STORAGE_PROVIDER": self.provider}
-        if self.local is not None:
-            out["PIXELBUS_LOCAL_STORAGE_DIR"] = str(self.local.directory)
-            out["PIXELBUS_PUBLIC_BASE_URL"] = self.local.public_base_url
-            out["PIXELBUS_LOCAL_FSYNC"] = str(self.local.fsync).lower()
-        if self.r2 is not None:
-            out["R2_ACCOUNT_ID"] = self.r2.account_id or ""
-            out["R2_ACCESS_KEY_ID"] = _mask(self.r2.access_key_id)
-            out["R2_SECRET_ACCESS_KEY"] = _REDACTED
-            out["R2_BUCKET"] = self.r2.bucket
-            out["R2_PUBLIC_URL"] = self.r2.public_url or "(unset: presigned URLs)"
-            out["PIXELBUS_R2_ENDPOINT_URL"] = self.r2.endpoint_url
-            out["PIXELBUS_R2_TIMEOUT_S"] = str(self.r2.timeout_s)
-            out["PIXELBUS_R2_URL_TTL_S"] = str(self.r2.url_ttl_s)
-            out["PIXELBUS_R2_PART_SIZE"] = str(self.r2.part_size)
-        if self.gcs is not None:
-            out["PIXELBUS_GCS_BUCKET"] = self.gcs.bucket
-            out["GOOGLE_APPLICATION_CREDENTIALS"] = str(
-                self.gcs.credentials_file or "(unset: metadata server)"
+
+@dataclass(frozen=True, kw_only=True)
+class GcsSettings(Settings):
+    """Google Cloud Storage (JSON API). Without ``public_url`` the URLs are V4-signed GETs.
+
+    ``credentials_file`` unset means the metadata server (workload identity); ``emulator``
+    says whether ``STORAGE_EMULATOR_HOST`` set ``api_url``. ``credentials`` is the parsed
+    file (never logged).
+    """
+
+    bucket: str = setting(
+        "PIXELBUS_GCS_BUCKET",
+        REQUIRED,
+        "Google Cloud Storage bucket (required with `gcs`)",
+        parse=matching(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", "a bucket name"),
+    )
+    credentials_file: Path | None = setting(  # noqa: RUF009
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        None,
+        "service-account key file; unset, workload identity (the metadata server)",
+        parse=path,
+        default_doc="unset: metadata server",
+    )
+    credentials: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    public_url: str | None = setting(
+        "PIXELBUS_GCS_PUBLIC_URL",
+        None,
+        "public base URL (e.g. `https://storage.googleapis.com/<bucket>`); unset, output URLs "
+        "are V4-signed GETs",
+        parse=_url,
+        default_doc="unset: signed URLs",
+    )
+    api_url: str = setting(
+        "STORAGE_EMULATOR_HOST",
+        DEFAULT_GCS_API_URL,
+        "point the GCS client at an emulator (`http://host:port`)",
+        parse=_url,
+        default_doc="unset: Google's API",
+    )
+    emulator: bool = False
+    url_ttl_s: int = _url_ttl("PIXELBUS_GCS_URL_TTL_S")
+    signer_email: str | None = setting(
+        "PIXELBUS_GCS_SIGNER_EMAIL",
+        None,
+        "service account that signs URLs through IAM `signBlob` when the credentials have no "
+        "key (workload identity with signed URLs)",
+    )
+    timeout_s: float = _timeout("PIXELBUS_GCS_TIMEOUT_S", "GCS")
+    cache_control: str = _cache_control()
+
+    @classmethod
+    def read(cls, reader: Reader) -> Self | None:
+        file = reader.get("GOOGLE_APPLICATION_CREDENTIALS")
+        credentials = _credentials(reader, file) if file is not None else {}
+        settings = reader.fields(
+            cls,
+            credentials=credentials,
+            emulator=reader.get("STORAGE_EMULATOR_HOST") is not None,
+        )
+        has_key = bool(credentials.get("private_key") and credentials.get("client_email"))
+        unreadable = file is not None and not credentials  # already reported
+        if not (reader.get("PIXELBUS_GCS_PUBLIC_URL") or has_key or unreadable) and not (
+            reader.get("PIXELBUS_GCS_SIGNER_EMAIL")
+        ):
+            # signed URLs need a key: the file's, or IAM signBlob as a named service account
+            reader.missing.append(
+                (
+                    "PIXELBUS_GCS_SIGNER_EMAIL",
+                    "PIXELBUS_GCS_PUBLIC_URL (or a service-account key in "
+                    "GOOGLE_APPLICATION_CREDENTIALS, or PIXELBUS_GCS_SIGNER_EMAIL, to sign URLs)",
+                )
             )
-            out["PIXELBUS_GCS_PUBLIC_URL"] = self.gcs.public_url or "(unset: signed URLs)"
-            out["PIXELBUS_GCS_URL_TTL_S"] = str(self.gcs.url_ttl_s)
-            if self.gcs.emulator:
-                out["STORAGE_EMULATOR_HOST"] = self.gcs.api_url
-        if self.cf_images is not None:
-            out["CLOUDFLARE_ACCOUNT_ID"] = self.cf_images.account_id
-            out["CLOUDFLARE_API_TOKEN"] = _REDACTED
-            out["PIXELBUS_CF_IMAGES_VARIANT"] = self.cf_images.variant
-            out["PIXELBUS_CF_IMAGES_API_URL"] = self.cf_images.api_url
-            out["PIXELBUS_CF_IMAGES_FALLBACK"] = self.cf_images.fallback or "none"
-        out["PIXELBUS_STORAGE_RETRY_ATTEMPTS"] = str(self.retry.attempts)
-        return out
+        return settings
 
 
-def _provider(value: str) -> ProviderName:
-    name = value.lower()
-    for available in _PROVIDERS:
-        if name == available:
-            return available
-    choices = ", ".join(_PROVIDERS)
-    raise SettingsError(
-        f"STORAGE_PROVIDER={value!r} is not one of {choices}", settings=("STORAGE_PROVIDER",)
-    )
-
-
-def _local(env: _Reader, cache_control: str) -> LocalSettings:
-    return LocalSettings(
-        directory=Path(env.get("PIXELBUS_LOCAL_STORAGE_DIR") or DEFAULT_LOCAL_STORAGE_DIR),
-        public_base_url=env.url("PIXELBUS_PUBLIC_BASE_URL", default=DEFAULT_PUBLIC_BASE_URL),
-        fsync=env.boolean("PIXELBUS_LOCAL_FSYNC", default=False),
-    )
-
-
-def _r2(env: _Reader, cache_control: str) -> R2Settings:
-    endpoint_url = env.url("PIXELBUS_R2_ENDPOINT_URL", default="")
-    account_id = env.get("R2_ACCOUNT_ID")
-    if account_id is not None and not _ACCOUNT_ID.match(account_id):
-        env.invalid("R2_ACCOUNT_ID", f"R2_ACCOUNT_ID={account_id!r} is not a Cloudflare account id")
-    elif account_id is None and not endpoint_url:
-        env.missing("R2_ACCOUNT_ID", "R2_ACCOUNT_ID (or PIXELBUS_R2_ENDPOINT_URL)")
-    if not endpoint_url and account_id is not None:
-        endpoint_url = f"https://{account_id}.r2.cloudflarestorage.com"
-    return R2Settings(
-        account_id=account_id,
-        access_key_id=env.require("R2_ACCESS_KEY_ID"),
-        secret_access_key=env.require("R2_SECRET_ACCESS_KEY"),
-        bucket=env.require("R2_BUCKET"),
-        public_url=env.url("R2_PUBLIC_URL", default="") or None,
-        endpoint_url=endpoint_url,
-        timeout_s=env.positive_float("PIXELBUS_R2_TIMEOUT_S", DEFAULT_R2_TIMEOUT_S),
-        url_ttl_s=env.integer("PIXELBUS_R2_URL_TTL_S", MAX_URL_TTL_S, lo=1, hi=MAX_URL_TTL_S),
-        part_size=env.integer(
-            "PIXELBUS_R2_PART_SIZE", DEFAULT_PART_SIZE, lo=MIN_PART_SIZE, hi=5 * 1024 * MIB
-        ),
-        cache_control=cache_control,
-    )
-
-
-def _gcs(env: _Reader, cache_control: str) -> GcsSettings:
-    bucket = env.require("PIXELBUS_GCS_BUCKET")
-    if bucket and not _BUCKET.match(bucket):
-        env.invalid("PIXELBUS_GCS_BUCKET", f"PIXELBUS_GCS_BUCKET={bucket!r} is not a bucket name")
-    credentials_file = env.get("GOOGLE_APPLICATION_CREDENTIALS")
-    credentials: dict[str, Any] = {}
-    if credentials_file is not None:
-        credentials = _credentials(env, credentials_file)
-    emulator = env.url("STORAGE_EMULATOR_HOST", default="")
-    public_url = env.url("PIXELBUS_GCS_PUBLIC_URL", default="") or None
-    signer_email = env.get("PIXELBUS_GCS_SIGNER_EMAIL")
-    has_key = bool(credentials.get("private_key") and credentials.get("client_email"))
-    unreadable = credentials_file is not None and not credentials  # already reported
-    if public_url is None and not has_key and signer_email is None and not unreadable:
-        # signed URLs need a key: the file's, or IAM signBlob as a named service account
-        env.missing(
-            "PIXELBUS_GCS_SIGNER_EMAIL",
-            "PIXELBUS_GCS_PUBLIC_URL (or a service-account key in "
-            "GOOGLE_APPLICATION_CREDENTIALS, or PIXELBUS_GCS_SIGNER_EMAIL, to sign URLs)",
-        )
-    return GcsSettings(
-        bucket=bucket,
-        credentials_file=Path(credentials_file) if credentials_file else None,
-        credentials=credentials,
-        public_url=public_url,
-        api_url=emulator or DEFAULT_GCS_API_URL,
-        emulator=bool(emulator),
-        url_ttl_s=env.integer("PIXELBUS_GCS_URL_TTL_S", MAX_URL_TTL_S, lo=1, hi=MAX_URL_TTL_S),
-        signer_email=signer_email,
-        timeout_s=env.positive_float("PIXELBUS_GCS_TIMEOUT_S", DEFAULT_R2_TIMEOUT_S),
-        cache_control=cache_control,
-    )
-
-
-def _credentials(env: _Reader, path: str) -> dict[str, Any]:
+def _credentials(reader: Reader, path: str) -> dict[str, Any]:
     """The credentials file's JSON; a file that cannot be read or parsed is a bad setting."""
     name = "GOOGLE_APPLICATION_CREDENTIALS"
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not JSON"
-        env.invalid(name, f"{name}={path!r} cannot be read ({reason})")
+        reader.invalid.append((name, f"{name}={path!r} cannot be read ({reason})"))
         return {}
     if not isinstance(data, dict) or "type" not in data:
-        env.invalid(name, f"{name}={path!r} is not a Google credentials file (no 'type')")
+        reader.invalid.append(
+            (name, f"{name}={path!r} is not a Google credentials file (no 'type')")
+        )
         return {}
     return data
 
 
-def _cf_images(env: _Reader) -> CfImagesSettings:
-    account_id = env.require("CLOUDFLARE_ACCOUNT_ID")
-    if account_id and not _ACCOUNT_ID.match(account_id):
-        env.invalid(
-            "CLOUDFLARE_ACCOUNT_ID",
-            f"CLOUDFLARE_ACCOUNT_ID={account_id!r} is not a Cloudflare account id",
-        )
-    variant = env.get("PIXELBUS_CF_IMAGES_VARIANT") or "public"
-    if not _VARIANT.match(variant):
-        env.invalid(
-            "PIXELBUS_CF_IMAGES_VARIANT",
-            f"PIXELBUS_CF_IMAGES_VARIANT={variant!r} is not a variant name",
-        )
-    fallback_name = (env.get("PIXELBUS_CF_IMAGES_FALLBACK") or "none").lower()
-    fallback: ProviderName | None = None
-    if fallback_name != "none":
-        fallback = next((p for p in _PROVIDERS if p == fallback_name and p != "cf_images"), None)
-        if fallback is None:
-            env.invalid(
-                "PIXELBUS_CF_IMAGES_FALLBACK",
-                f"PIXELBUS_CF_IMAGES_FALLBACK={fallback_name!r} is not one of none, local, r2, gcs",
-            )
-    return CfImagesSettings(
-        account_id=account_id,
-        api_token=env.require("CLOUDFLARE_API_TOKEN"),
-        variant=variant,
-        api_url=env.url("PIXELBUS_CF_IMAGES_API_URL", default=DEFAULT_CF_IMAGES_API_URL),
-        fallback=fallback,
-        timeout_s=env.positive_float("PIXELBUS_CF_IMAGES_TIMEOUT_S", DEFAULT_R2_TIMEOUT_S),
+@dataclass(frozen=True, kw_only=True)
+class CfImagesSettings(Settings):
+    """Cloudflare Images; ``fallback`` takes the outputs that are not images (or none)."""
+
+    account_id: str = setting(
+        "CLOUDFLARE_ACCOUNT_ID",
+        REQUIRED,
+        "Cloudflare Images account (required with `cf_images`)",
+        parse=_ACCOUNT_ID,
+    )
+    api_token: str = setting(
+        "CLOUDFLARE_API_TOKEN",
+        REQUIRED,
+        "Cloudflare Images token (required with `cf_images`; it needs *Cloudflare Images: Edit*)",
+        secret=True,
+    )
+    variant: str = setting(
+        "PIXELBUS_CF_IMAGES_VARIANT",
+        "public",
+        "the variant whose delivery URL outputs get",
+        parse=matching(r"[A-Za-z0-9_-]{1,99}", "a variant name"),
+    )
+    api_url: str = setting(
+        "PIXELBUS_CF_IMAGES_API_URL", DEFAULT_CF_IMAGES_API_URL, "API override (tests)", parse=_url
+    )
+    fallback: ProviderName | None = setting(  # noqa: RUF009
+        "PIXELBUS_CF_IMAGES_FALLBACK",
+        None,
+        "`local`, `r2` or `gcs`: where outputs that are not images go (their settings then "
+        "required too); `none`: such a task fails naming this setting",
+        parse=_fallback,
+        default_doc="`none`",
+    )
+    timeout_s: float = _timeout("PIXELBUS_CF_IMAGES_TIMEOUT_S", "Cloudflare Images")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrySettings(Settings):
+    """In-process retries of a retryable failure, before JetStream's redelivery takes over.
+
+    ``attempts`` tries in all; the waits double from ``base_s`` up to ``max_s``.
+    """
+
+    attempts: int = setting(
+        "PIXELBUS_STORAGE_RETRY_ATTEMPTS",
+        3,
+        "tries of an upload that failed retryably before the message is redelivered",
+        parse=_integer(1, 20),
+    )
+    base_s: float = setting(
+        "PIXELBUS_STORAGE_RETRY_BASE_S",
+        0.5,
+        "first wait between tries; waits double up to the max, with jitter",
+        parse=_positive,
+    )
+    max_s: float = setting(
+        "PIXELBUS_STORAGE_RETRY_MAX_S", 8.0, "longest wait between tries", parse=_positive
     )
 
 
-_READERS = {"local": _local, "r2": _r2, "gcs": _gcs}
+@dataclass(frozen=True, kw_only=True)
+class StorageSettings(Settings):
+    """The chosen provider and its settings (other providers' are ``None``, except a
+    ``cf_images`` fallback's). Every problem with them is reported in one ``SettingsError``."""
+
+    provider: ProviderName = setting(  # noqa: RUF009
+        "STORAGE_PROVIDER",
+        "local",
+        "`local`, `r2`, `gcs` or `cf_images` (see *Storage providers*)",
+        parse=_provider,
+    )
+    local: LocalSettings | None = section(LocalSettings, optional=True)  # noqa: RUF009
+    r2: R2Settings | None = section(R2Settings, optional=True)  # noqa: RUF009
+    gcs: GcsSettings | None = section(GcsSettings, optional=True)  # noqa: RUF009
+    cf_images: CfImagesSettings | None = section(CfImagesSettings, optional=True)  # noqa: RUF009
+    retry: RetrySettings = section(RetrySettings)  # noqa: RUF009
+    health_interval_s: float = setting(
+        "PIXELBUS_STORAGE_HEALTH_INTERVAL_S",
+        30.0,
+        "how often the uploader checks its provider for `/api/health`",
+        parse=_positive,
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Self:
+        """Read the settings; raises ``SettingsError`` naming every bad or missing one."""
+        reader = Reader(environ)
+        return _done(reader, cls.read(reader))
+
+    @classmethod
+    def read(cls, reader: Reader) -> Self | None:
+        """Only the chosen provider's settings are read (and its fallback's)."""
+        provider = (reader.get("STORAGE_PROVIDER") or "local").lower()
+        chosen: dict[str, Settings | None] = {}
+        if provider == "cf_images":
+            cf = chosen["cf_images"] = CfImagesSettings.read(reader)
+            if cf is not None and cf.fallback is not None:
+                chosen[cf.fallback] = _SECTIONS[cf.fallback].read(reader)
+        elif provider in _SECTIONS:
+            chosen[provider] = _SECTIONS[provider].read(reader)
+        return reader.fields(cls, **chosen)
 
 
-def _mask(value: str) -> str:
-    """Keep the last four characters of a long identifier, so operators can tell keys apart."""
-    return f"{_REDACTED}{value[-4:]}" if len(value) >= 12 else _REDACTED
+_SECTIONS: dict[str, type[Settings]] = {
+    "local": LocalSettings,
+    "r2": R2Settings,
+    "gcs": GcsSettings,
+}
 
 
-class _Reader:
-    """Reads settings and collects every problem, so that one error names them all."""
+def _done(reader: Reader, settings: T | None) -> T:
+    """``settings``, or one ``SettingsError`` naming every problem and setting at fault."""
+    if reader.missing or reader.invalid or settings is None:
+        provider = (reader.get("STORAGE_PROVIDER") or "local").lower()
+        raise SettingsError(reader.message(f"STORAGE_PROVIDER={provider}"), settings=reader.names)
+    return settings
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        self._missing: list[tuple[str, str]] = []
-        self._invalid: list[tuple[str, str]] = []
 
-    def get(self, name: str) -> str | None:
-        """The stripped value, or ``None`` when unset or blank (``R2_BUCKET=`` means unset)."""
-        value = self._environ.get(name, "").strip()
-        return value or None
+@dataclass(frozen=True)
+class UploaderSettings(Settings):
+    """The storage uploader process: the bus, the storage, how many outputs at once."""
 
-    def missing(self, name: str, label: str | None = None) -> None:
-        self._missing.append((name, label or name))
+    bus: BusSettings = section(BusSettings)  # noqa: RUF009
+    storage: StorageSettings = section(StorageSettings)  # noqa: RUF009
+    concurrency: int = setting(
+        "PIXELBUS_UPLOAD_CONCURRENCY",
+        DEFAULT_UPLOAD_CONCURRENCY,
+        "outputs the storage uploader stores at once (and the connections an R2 client keeps)",
+        parse=integer(1, 1024),
+    )
 
-    def invalid(self, name: str, message: str) -> None:
-        self._invalid.append((name, message))
-
-    def require(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            self.missing(name)
-        return value or ""
-
-    def url(self, name: str, *, default: str | None = None) -> str:
-        """An http(s) URL without its trailing slash; required unless ``default`` is given."""
-        value = self.get(name)
-        if value is None:
-            if default is None:
-                self.missing(name)
-            return default or ""
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            self.invalid(name, f"{name}={value!r} is not an http(s) URL")
-        return value.rstrip("/")
-
-    def positive_float(self, name: str, default: float) -> float:
-        value = self.get(name)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except ValueError:
-            number = 0.0
-        if not number > 0:
-            self.invalid(name, f"{name}={value!r} is not a positive number")
-            return default
-        return number
-
-    def boolean(self, name: str, *, default: bool) -> bool:
-        try:
-            return env_bool(self._environ, name, default)
-        except runtime_errors.SettingsError as exc:
-            self.invalid(name, str(exc))
-            return default
-
-    def integer(self, name: str, default: int, *, lo: int, hi: int) -> int:
-        value = self.get(name)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            number = lo - 1
-        if not lo <= number <= hi:
-            self.invalid(name, f"{name}={value!r} is not an integer in [{lo}, {hi}]")
-            return default
-        return number
-
-    def raise_problems(self, provider: str) -> None:
-        problems = []
-        if self._missing:
-            labels = ", ".join(label for _, label in self._missing)
-            problems.append(f"STORAGE_PROVIDER={provider} needs {labels} (missing)")
-        problems.extend(message for _, message in self._invalid)
-        if problems:
-            names = tuple(name for name, _ in (*self._missing, *self._invalid))
-            raise SettingsError("; ".join(problems), settings=names)
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Self:
+        reader = Reader(environ)
+        return _done(reader, cls.read(reader))

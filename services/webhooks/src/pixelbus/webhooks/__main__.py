@@ -4,30 +4,17 @@ webhooks until SIGTERM."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import structlog
 
 from pixelbus.contracts.subjects import WEBHOOK_DISPATCHER_CONSUMER, WEBHOOK_STREAM
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.service import consumer_ready, run_service, service_shell
-from pixelbus.runtime.settings import BusSettings
 from pixelbus.webhooks.service import WebhookService
-from pixelbus.webhooks.settings import WebhookSettings
+from pixelbus.webhooks.settings import WebhooksProcessSettings
 
 NAME = "pixelbus-webhooks"
 log = structlog.get_logger("pixelbus.webhooks")
-
-
-@dataclass(frozen=True)
-class WebhooksProcessSettings:
-    bus: BusSettings
-    webhooks: WebhookSettings
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> WebhooksProcessSettings:
-        return cls(bus=BusSettings.from_env(environ), webhooks=WebhookSettings.from_env(environ))
 
 
 async def serve(settings: WebhooksProcessSettings) -> None:

@@ -5,15 +5,24 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Self
 
 from pixelbus.contracts.webhooks import decode_secret
 from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
-from pixelbus.runtime.settings import env_float, env_int, env_networks
+from pixelbus.runtime.settings import (
+    BusSettings,
+    Reader,
+    Settings,
+    integer,
+    networks,
+    number,
+    section,
+    setting,
+)
 
-__all__ = ["WebhookSettings"]
+__all__ = ["WebhookSettings", "WebhooksProcessSettings"]
 
 
 def _random_secret() -> str:
@@ -28,60 +37,95 @@ def _checked(name: str, secret: str) -> str:
     return secret
 
 
+def _owner_secrets(name: str, raw: str) -> Mapping[str, str]:
+    owners: dict[str, str] = {}
+    for item in raw.split(","):
+        owner, sep, value = item.strip().partition("=")
+        if item.strip() and (not sep or not owner):
+            raise SettingsError(f"{name}: expected owner=whsec_…,…")
+        if item.strip():
+            owners[owner] = _checked(f"{name} ({owner})", value)
+    return owners
+
+
 @dataclass(frozen=True)
-class WebhookSettings:
-    #: The global signing secret (``PIXELBUS_WEBHOOK_SECRET``, ``whsec_<base64>``).
-    secret: str = field(default_factory=_random_secret, repr=False)
-    #: Per API client (tenant) secrets: ``PIXELBUS_WEBHOOK_SECRETS=owner=whsec_…,…``.
-    owner_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+class WebhookSettings(Settings):
+    secret: str = setting(
+        "PIXELBUS_WEBHOOK_SECRET",
+        "",
+        "`whsec_<base64>`: signs webhooks (Standard Webhooks); read by the webhooks service, "
+        "as are all `PIXELBUS_WEBHOOK_*`",
+        parse=_checked,
+        secret=True,
+        factory=_random_secret,
+        default_doc="random per process in development; required in production",
+    )
+    owner_secrets: Mapping[str, str] = setting(
+        "PIXELBUS_WEBHOOK_SECRETS",
+        {},
+        "per API client (tenant) secrets: `owner=whsec_…,owner2=whsec_…`",
+        parse=_owner_secrets,
+        secret=True,
+        factory=dict,
+    )
     secret_generated: bool = False
-    max_attempts: int = 8
-    backoff_s: float = 5.0
-    backoff_max_s: float = 3600.0
-    timeout_s: float = 10.0
-    concurrency: int = 16
-    allow_networks: tuple[IPNetwork, ...] = ()
+    max_attempts: int = setting(
+        "PIXELBUS_WEBHOOK_MAX_ATTEMPTS", 8, "attempts of a webhook delivery", parse=integer(1, 100)
+    )
+    backoff_s: float = setting(
+        "PIXELBUS_WEBHOOK_BACKOFF_S",
+        5.0,
+        "first wait before a webhook is sent again; waits double up to the max",
+        parse=number(0.01, 86400),
+    )
+    backoff_max_s: float = setting(
+        "PIXELBUS_WEBHOOK_BACKOFF_MAX_S",
+        3600.0,
+        "longest wait between two attempts",
+        parse=number(0.01, 86400),
+    )
+    timeout_s: float = setting(
+        "PIXELBUS_WEBHOOK_TIMEOUT_S", 10.0, "timeout of one attempt", parse=number(0.1, 300)
+    )
+    concurrency: int = setting(
+        "PIXELBUS_WEBHOOK_CONCURRENCY",
+        16,
+        "deliveries a webhooks replica makes at once",
+        parse=integer(1, 1000),
+    )
+    allow_networks: tuple[IPNetwork, ...] = setting(
+        "PIXELBUS_SSRF_ALLOW_NETWORKS",
+        (),
+        "CIDRs the SSRF guard lets a delivery reach (development only)",
+        parse=networks(strict=False),
+    )
 
     def secret_for(self, owner: str | None) -> str:
         return self.owner_secrets.get(owner or "", self.secret)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> WebhookSettings:
-        raw = environ.get("PIXELBUS_WEBHOOK_SECRET", "")
-        if not raw and environ.get("APP_ENV") == "production":
-            raise SettingsError(
-                "PIXELBUS_WEBHOOK_SECRET is required when APP_ENV=production "
-                "(whsec_<base64>, signs the webhooks)"
+    def read(cls, reader: Reader) -> Self | None:
+        generated = reader.get("PIXELBUS_WEBHOOK_SECRET") is None
+        if generated and reader.get("APP_ENV") == "production":
+            reader.invalid.append(
+                (
+                    "PIXELBUS_WEBHOOK_SECRET",
+                    "PIXELBUS_WEBHOOK_SECRET is required when APP_ENV=production "
+                    "(whsec_<base64>, signs the webhooks)",
+                )
             )
-        owners: dict[str, str] = {}
-        for item in environ.get("PIXELBUS_WEBHOOK_SECRETS", "").split(","):
-            if not item.strip():
-                continue
-            owner, sep, value = item.strip().partition("=")
-            if not sep or not owner:
-                raise SettingsError("PIXELBUS_WEBHOOK_SECRETS: expected owner=whsec_…,…")
-            owners[owner] = _checked(f"PIXELBUS_WEBHOOK_SECRETS ({owner})", value)
-        return cls(
-            secret=_checked("PIXELBUS_WEBHOOK_SECRET", raw) if raw else _random_secret(),
-            owner_secrets=owners,
-            secret_generated=not raw,
-            max_attempts=env_int(environ, "PIXELBUS_WEBHOOK_MAX_ATTEMPTS", 8, lo=1, hi=100),
-            backoff_s=env_float(environ, "PIXELBUS_WEBHOOK_BACKOFF_S", 5.0, lo=0.01, hi=86400),
-            backoff_max_s=env_float(
-                environ, "PIXELBUS_WEBHOOK_BACKOFF_MAX_S", 3600.0, lo=0.01, hi=86400
-            ),
-            timeout_s=env_float(environ, "PIXELBUS_WEBHOOK_TIMEOUT_S", 10.0, lo=0.1, hi=300),
-            concurrency=env_int(environ, "PIXELBUS_WEBHOOK_CONCURRENCY", 16, lo=1, hi=1000),
-            allow_networks=env_networks(environ, "PIXELBUS_SSRF_ALLOW_NETWORKS", strict=False),
-        )
+        return reader.fields(cls, secret_generated=generated)
 
-    def redacted(self) -> dict[str, Any]:
-        return {
-            "secret": "(generated)" if self.secret_generated else "***",
-            "owner_secrets": sorted(self.owner_secrets),
-            "max_attempts": self.max_attempts,
-            "backoff_s": self.backoff_s,
-            "backoff_max_s": self.backoff_max_s,
-            "timeout_s": self.timeout_s,
-            "allow_networks": [str(n) for n in self.allow_networks],
-        }
+    def redacted(self) -> dict[str, str]:
+        shown = super().redacted()
+        if self.secret_generated:
+            shown["PIXELBUS_WEBHOOK_SECRET"] = "(generated)"  # noqa: S105
+        return shown
+
+
+@dataclass(frozen=True)
+class WebhooksProcessSettings(Settings):
+    """The webhooks process: the bus and the deliveries."""
+
+    bus: BusSettings = section(BusSettings)  # noqa: RUF009
+    webhooks: WebhookSettings = section(WebhookSettings)  # noqa: RUF009
