@@ -17,7 +17,7 @@ test *args:
 
 # only the fast, pure unit tests
 unit *args:
-    python -m pytest -q libs services "$@"
+    python -m pytest -q -m "not servers" libs services "$@"
 
 # lint: ruff (style + bugs), the format check, mypy (strict on every lib and service) and
 # the import layers of .importlinter (contracts pure, no lib or service imports a service, ...)

@@ -22,6 +22,8 @@ from pixelbus.faceswap_worker.testing.standins import (
     file_pin,
 )
 
+SERVER_FIXTURES = frozenset({"server"})  # the model server: the test kit marks the tests `servers`
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -96,6 +98,7 @@ def test_the_dispatcher_lists_its_commands() -> None:
     assert args.names == ["a", "b"] and args.force and callable(args.run)
 
 
+@pytest.mark.servers  # a child process
 def test_the_console_script_runs(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("pixelbus")
     done = subprocess.run(

@@ -13,6 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from media_server import Certificate, LocalServer, serve
 
+#: the fixtures here that start a server (the test kit marks their tests `servers`)
+SERVER_FIXTURES = frozenset({"http_server", "https_server"})
+
 
 @pytest.fixture
 def http_server() -> Iterator[LocalServer]:

@@ -33,6 +33,7 @@ from pixelbus.media.ssrf import IPAddress
 
 STRICT = SsrfPolicy()  # the production policy: no allow_networks
 LIMITS = FetchLimits(max_bytes=1_000_000, timeout_s=5, max_redirects=3)
+SERVER_FIXTURES = frozenset({"lab"})  # its HTTP servers: the test kit marks the tests `servers`
 PUBLIC = "93.184.216.34"
 PUBLIC_ADDRESSES = frozenset(
     ip_address(a)

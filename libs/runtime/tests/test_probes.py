@@ -29,6 +29,7 @@ from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import eventually
 
 LOCAL = ProbeSettings(host="127.0.0.1", port=0, check_timeout_s=0.3)
+SERVER_FIXTURES = frozenset({"probe"})  # a probe server: the test kit marks the tests `servers`
 
 
 class Readiness:
@@ -161,6 +162,7 @@ def test_drain_is_refused_from_other_addresses() -> None:
     assert not _is_loopback(None)
 
 
+@pytest.mark.servers  # a probe server of its own
 async def test_a_blocked_event_loop_fails_liveness() -> None:
     server = ProbeServer(ProbeSettings(host="127.0.0.1", port=0, max_loop_lag_s=0.2), tick_s=0.02)
     await server.start()

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.timeout(20)
 
 #: how long "nothing arrives" is watched for: a bound on a negative, not a synchronisation
 QUIET_S = 0.3
+pytestmark = pytest.mark.servers  # every test listens (the proxy, the echo server)
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ def png(image: np.ndarray) -> bytes:
 
 
 RESULT = np.full((40, 30, 3), (10, 200, 30), np.uint8)
+SERVER_FIXTURES = frozenset({"service"})  # an HTTP server: the test kit marks the tests `servers`
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from pixelbus.contracts.events import TaskCreated, TaskFailed, TaskStarted
 from pixelbus.contracts.fold import apply
 from pixelbus.contracts.webhooks import plan_job, webhook_target
@@ -55,6 +57,7 @@ def test_a_job_only_for_what_the_task_asked() -> None:
     assert webhook_target(plain) is None
 
 
+@pytest.mark.servers  # the projector as a child process
 def test_a_bad_setting_stops_the_projector_with_one_line() -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PIXELBUS_")}
     done = subprocess.run(

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 
+@pytest.mark.servers  # the uploader as a child process
 @pytest.mark.parametrize(
     ("env", "named"),
     [

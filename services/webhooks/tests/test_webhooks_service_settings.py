@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.servers  # the webhooks service as a child process
 def test_production_without_a_signing_secret_stops_the_webhooks_service() -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PIXELBUS_", "APP_"))}
     done = subprocess.run(
