@@ -16,6 +16,7 @@ reinstalled into it whenever their bytes change.
 from __future__ import annotations
 
 import ast
+import configparser
 import json
 import re
 import shutil
@@ -132,8 +133,9 @@ def test_each_service_has_one_console_script_and_the_libs_none(wheels: list[Path
         with zipfile.ZipFile(wheel) as archive:
             names = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
             text = archive.read(names[0]).decode() if names else ""
-        section = re.search(r"\[console_scripts\]\n((?:[^\[].*\n?)*)", text)
-        found = re.findall(r"^(\S+) = ", section.group(1), re.M) if section else []
+        groups = configparser.ConfigParser(interpolation=None)
+        groups.read_string(text)  # other groups too: the worker's `pixelbus models` command
+        found = list(groups["console_scripts"]) if groups.has_section("console_scripts") else []
         scripts[wheel.name.split("-")[0]] = found
     for service, script in ENTRY_POINTS.items():
         assert scripts.pop(f"pixelbus_{service.replace('-', '_')}") == [script]
@@ -178,7 +180,7 @@ def test_every_third_party_import_is_a_declared_dependency(wheels: list[Path]) -
         declared = {
             re.sub(r"[-_.]+", "-", re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0]).lower()
             for r in headers.get_all("Requires-Dist") or []
-        }  # optional extras included: `pixelbus models` needs the worker only when installed
+        }  # optional extras included
         package = next(p for p in PACKAGES if wheel_name(p) == own.replace("-", "_"))
         for module in set(_imports(package / "src")):
             if module.split(".")[0] in sys.stdlib_module_names:
