@@ -1,11 +1,19 @@
-"""The GCS provider against a GCS-compatible HTTP server (the test kit's, checking OAuth
-tokens issued by its own token endpoint to service-account keys), reached through the
-client's emulator setting ``STORAGE_EMULATOR_HOST``."""
+"""The GCS provider against GCS-compatible HTTP servers, reached through the client's
+emulator setting ``STORAGE_EMULATOR_HOST``: the test kit's ``GcsServer`` (checking OAuth
+tokens issued by its own token endpoint to service-account keys) and, where it supports
+the calls, the third-party ``gcp-storage-emulator`` (no credentials: it checks none).
+
+The tests parametrised over ``gcs`` run on both. The emulator cannot run the others:
+signed URLs (it checks no signature), refused or read-only credentials (it checks no
+token), injected 5xx/429 answers and the request log (it has neither ``fail_next`` nor a
+record of requests), and the token-free emulator mode, which every emulator run already is.
+"""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -14,13 +22,60 @@ import pytest
 from pixelbus.storage_uploader.errors import StoragePermanentError, StorageRetryableError
 from pixelbus.storage_uploader.providers import GcsProvider, Upload, build_provider
 from pixelbus.storage_uploader.settings import DEFAULT_CACHE_CONTROL, GcsSettings, StorageSettings
+from pixelbus.testkit.gcs_emulator import GcsEmulator
 from pixelbus.testkit.gcs_server import GcsServer
+
+pytestmark = pytest.mark.servers  # every test talks to a GCS server
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
 
 
+@dataclass(frozen=True)
+class Stored:
+    data: bytes
+    content_type: str | None
+    cache_control: str | None
+
+
+@dataclass
+class Gcs:
+    """One GCS-compatible server, read back the same way whichever it is."""
+
+    server: GcsServer | GcsEmulator
+    credentials: Path | None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def create_bucket(self) -> str:
+        return self.server.create_bucket()
+
+    def keys(self, bucket: str) -> list[str]:
+        if isinstance(self.server, GcsEmulator):
+            return self.server.keys(bucket)
+        return sorted(key for b, key in self.server.objects if b == bucket)
+
+    def stored(self, bucket: str, key: str) -> Stored | None:
+        if isinstance(self.server, GcsEmulator):
+            found = self.server.stored(bucket, key)
+        else:
+            found = self.server.objects.get((bucket, key))
+        if found is None:
+            return None
+        return Stored(found.data, found.content_type, found.cache_control)
+
+
+@pytest.fixture(params=["testkit", "gcp-storage-emulator"])
+def gcs(request: pytest.FixtureRequest, tmp_path: Path) -> Gcs:
+    if request.param == "testkit":
+        server: GcsServer = request.getfixturevalue("gcs_server")
+        return Gcs(server, server.service_account(tmp_path))
+    return Gcs(request.getfixturevalue("gcs_emulator"), None)
+
+
 def gcs_env(
-    server: GcsServer, bucket: str, credentials: Path | None, *, public: bool = True
+    server: GcsServer | Gcs, bucket: str, credentials: Path | None, *, public: bool = True
 ) -> dict[str, str]:
     env = {
         "STORAGE_PROVIDER": "gcs",
@@ -38,6 +93,18 @@ def gcs_settings(*args: object, **kwargs: object) -> GcsSettings:
     settings = StorageSettings.from_env(gcs_env(*args, **kwargs)).gcs  # type: ignore[arg-type]
     assert settings is not None
     return settings
+
+
+@pytest.fixture
+def gcs_bucket(gcs: Gcs) -> str:
+    return gcs.create_bucket()
+
+
+@pytest.fixture
+async def gcs_provider(gcs: Gcs, gcs_bucket: str) -> AsyncIterator[GcsProvider]:
+    provider = GcsProvider(gcs_settings(gcs, gcs_bucket, gcs.credentials))
+    yield provider
+    await provider.aclose()
 
 
 @pytest.fixture
@@ -62,48 +129,68 @@ def api_requests(server: GcsServer) -> list[tuple[str, str]]:
 
 
 async def test_store_writes_bytes_type_and_cache_control_and_the_public_url_serves_them(
-    provider: GcsProvider, gcs_server: GcsServer, bucket: str
+    gcs_provider: GcsProvider, gcs: Gcs, gcs_bucket: str
 ) -> None:
     key = "tasks/2026/11/28/task_1/out.png"
-    url = await provider.put(key, PNG, "image/png")
-    assert url == f"{gcs_server.url}/{bucket}/{key}"
-    stored = gcs_server.objects[(bucket, key)]
-    assert (stored.data, stored.content_type) == (PNG, "image/png")
-    assert stored.cache_control == DEFAULT_CACHE_CONTROL
+    url = await gcs_provider.put(key, PNG, "image/png")
+    assert url == f"{gcs.url}/{gcs_bucket}/{key}"
+    assert gcs.stored(gcs_bucket, key) == Stored(PNG, "image/png", DEFAULT_CACHE_CONTROL)
     async with httpx.AsyncClient() as http:
         response = await http.get(url)
     assert response.content == PNG
+
+
+async def test_the_public_url_answers_with_the_cache_control_stored(
+    provider: GcsProvider, gcs_server: GcsServer, bucket: str
+) -> None:
+    # ours only: the emulator's downloads carry no Cache-Control header
+    url = await provider.put("tasks/t/out.png", PNG, "image/png")
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url)
     assert response.headers["cache-control"] == DEFAULT_CACHE_CONTROL
 
 
 async def test_the_same_key_twice_is_one_object_with_the_last_bytes(
-    provider: GcsProvider, gcs_server: GcsServer, bucket: str
+    gcs_provider: GcsProvider, gcs: Gcs, gcs_bucket: str
 ) -> None:
-    first = await provider.put("tasks/t/a.png", b"first", "image/png")
-    second = await provider.put("tasks/t/a.png", b"second", "image/png")
+    first = await gcs_provider.put("tasks/t/a.png", b"first", "image/png")
+    second = await gcs_provider.put("tasks/t/a.png", b"second", "image/png")
     assert first == second
-    assert [k for k in gcs_server.objects if k[0] == bucket] == [(bucket, "tasks/t/a.png")]
-    assert gcs_server.objects[(bucket, "tasks/t/a.png")].data == b"second"
+    assert gcs.keys(gcs_bucket) == ["tasks/t/a.png"]
+    stored = gcs.stored(gcs_bucket, "tasks/t/a.png")
+    assert stored is not None and stored.data == b"second"
+
+
+CHUNK = bytes(range(256)) * 512  # 128 KiB, like Object Store chunks
+
+
+def large_upload() -> Upload:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(48):  # 6 MiB: over the client's 5 MiB simple-upload limit
+            yield CHUNK
+
+    return Upload(
+        key="tasks/t/video.mp4", content_type="video/mp4", size=48 * len(CHUNK), open=chunks
+    )
+
+
+async def test_a_large_output_is_stored_whole(
+    gcs_provider: GcsProvider, gcs: Gcs, gcs_bucket: str
+) -> None:
+    stored = await gcs_provider.store(large_upload())
+    assert stored.provider == "gcs"
+    obj = gcs.stored(gcs_bucket, "tasks/t/video.mp4")
+    assert obj is not None and (obj.data, obj.content_type) == (CHUNK * 48, "video/mp4")
 
 
 async def test_a_large_output_is_streamed_through_a_resumable_upload(
     provider: GcsProvider, gcs_server: GcsServer, bucket: str
 ) -> None:
-    chunk = bytes(range(256)) * 512  # 128 KiB, like Object Store chunks
-
-    async def chunks() -> AsyncIterator[bytes]:
-        for _ in range(48):  # 6 MiB: over the client's 5 MiB simple-upload limit
-            yield chunk
-
-    upload = Upload(
-        key="tasks/t/video.mp4", content_type="video/mp4", size=48 * len(chunk), open=chunks
-    )
-    stored = await provider.store(upload)
-    assert stored.provider == "gcs"
+    # ours only: the request log shows the resumable session
+    await provider.store(large_upload())
     assert ("POST", f"/upload/storage/v1/b/{bucket}/o") in gcs_server.requests
     assert ("PUT", f"/upload/storage/v1/b/{bucket}/o") in gcs_server.requests  # the session
-    obj = gcs_server.objects[(bucket, "tasks/t/video.mp4")]
-    assert obj.data == chunk * 48 and obj.content_type == "video/mp4"
+    assert gcs_server.objects[(bucket, "tasks/t/video.mp4")].data == CHUNK * 48
 
 
 async def test_a_failed_resumable_upload_is_sent_once_and_retryable(
@@ -147,8 +234,8 @@ async def test_without_a_public_url_the_url_is_signed_and_only_the_signed_one_wo
     assert tampered.status_code == 403 and b"SignatureDoesNotMatch" in tampered.content
 
 
-async def test_check_passes_when_the_bucket_is_there(provider: GcsProvider) -> None:
-    await provider.check()
+async def test_check_passes_when_the_bucket_is_there(gcs_provider: GcsProvider) -> None:
+    await gcs_provider.check()  # raises StorageError otherwise
 
 
 async def test_refused_credentials_are_permanent_name_the_setting_and_reach_no_bucket(
@@ -186,10 +273,8 @@ async def test_an_account_that_may_only_read_is_refused_permanently(
     assert "access denied" in str(caught.value) and "PIXELBUS_GCS_BUCKET" in str(caught.value)
 
 
-async def test_a_missing_bucket_is_permanent_and_named(
-    gcs_server: GcsServer, account: Path
-) -> None:
-    provider = GcsProvider(gcs_settings(gcs_server, "no-such-bucket", account))
+async def test_a_missing_bucket_is_permanent_and_named(gcs: Gcs) -> None:
+    provider = GcsProvider(gcs_settings(gcs, "no-such-bucket", gcs.credentials))
     try:
         with pytest.raises(StoragePermanentError) as caught:
             await provider.put("tasks/t/a.png", PNG, "image/png")

@@ -33,6 +33,7 @@ SERVER_FIXTURES = frozenset(
         "partitionable_cluster",
         "fake_comfyui",
         "gcs_server",
+        "gcs_emulator",
         "s3_server",
         "s3_bucket",
         "cf_images_server",
@@ -107,6 +108,7 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 
 from pixelbus.testkit.cf_images_server import cf_images_server  # noqa: E402, F401 — fixture
 from pixelbus.testkit.fake_comfyui import fake_comfyui  # noqa: E402, F401 — fixture
+from pixelbus.testkit.gcs_emulator import gcs_emulator  # noqa: E402, F401 — fixture
 from pixelbus.testkit.gcs_server import gcs_server  # noqa: E402, F401 — fixture
 from pixelbus.testkit.nats_cluster import (  # noqa: E402, F401 — fixtures
     nats_cluster,
