@@ -59,31 +59,20 @@ ReadinessCheck = Callable[[], Awaitable[bool]]
 
 @dataclass(frozen=True)
 class ProbeSettings(Settings):
-    host: str = setting(
-        "PIXELBUS_PROBE_HOST",
-        "0.0.0.0",  # noqa: S104 — the kubelet probes the pod IP
-        "address of the probe server",
-    )
+    host: str = setting("PIXELBUS_PROBE_HOST", "0.0.0.0")  # noqa: S104 — the kubelet probes the pod IP
+    """address of the probe server"""
     port: int = setting(
         "PIXELBUS_PROBE_PORT",
         DEFAULT_PROBE_PORT,
-        "every service serves `/healthz`, `/readyz`, `/metrics` and the loopback-only "
-        "`/drain` (preStop) on this port when it is set; the Kubernetes manifests set `9090`",
-        parse=integer(0, 65535),
+        integer(0, 65535),
         default_doc="unset: no probe server",
     )
-    check_timeout_s: float = setting(
-        "PIXELBUS_PROBE_CHECK_TIMEOUT_S",
-        2.0,
-        "longest a readiness check may take",
-        parse=number(0.1, 60),
-    )
-    max_loop_lag_s: float = setting(
-        "PIXELBUS_PROBE_MAX_LOOP_LAG_S",
-        10.0,
-        "`/healthz` fails when the event loop lags more than this",
-        parse=number(0.1, 600),
-    )
+    """every service serves `/healthz`, `/readyz`, `/metrics` and the loopback-only `/drain`
+    (preStop) on this port when it is set; the Kubernetes manifests set `9090`"""
+    check_timeout_s: float = setting("PIXELBUS_PROBE_CHECK_TIMEOUT_S", 2.0, number(0.1, 60))
+    """longest a readiness check may take"""
+    max_loop_lag_s: float = setting("PIXELBUS_PROBE_MAX_LOOP_LAG_S", 10.0, number(0.1, 600))
+    """`/healthz` fails when the event loop lags more than this"""
 
 
 async def _always_ready() -> bool:

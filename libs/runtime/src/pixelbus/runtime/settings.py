@@ -20,9 +20,13 @@ derived from others, a check across fields) by overriding ``read``.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import itertools
 import re
-from collections.abc import Callable, Iterator, Mapping
+import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -198,7 +202,6 @@ class Env:
     default where its value does not (and stands for an unset value in the start log)."""
 
     name: str
-    doc: str
     parse: Callable[[str, str], Any]
     secret: bool = False
     show: Callable[[Any], str] | None = None
@@ -228,17 +231,16 @@ def _spelt(value: Any) -> str:
 def setting(
     name: str,
     default: T,
-    doc: str,
-    *,
     parse: Parse[T] = text,  # type: ignore[assignment]
+    *,
     secret: bool = False,
     show: Callable[[Any], str] | None = None,
     default_doc: str | None = None,
     factory: Callable[[], T] | None = None,
 ) -> T:
     """A field read from the variable ``name`` (``REQUIRED``: no default; ``factory``: a
-    default made per instance)."""
-    metadata = {"env": Env(name, doc, parse, secret, show, default_doc)}
+    default made per instance); its docstring (the string below it) is its meaning."""
+    metadata = {"env": Env(name, parse, secret, show, default_doc)}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata, repr=not secret)
     return field(default=default, metadata=metadata, repr=not secret)
@@ -340,27 +342,30 @@ class Reader:
         return settings
 
 
-def declared(cls: type[Any], skip: tuple[type[Any], ...] = ()) -> Iterator[tuple[Env, Any]]:
-    """Every setting ``cls`` reads, sections included (but not those in ``skip``), with its
-    default."""
+def _docs(cls: type[Any]) -> dict[str, str]:
+    """The docstrings of ``cls``'s fields (the string literal below each), by field name."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    return {
+        node.target.id: " ".join(str(after.value.value).split())
+        for node, after in itertools.pairwise(body)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+    }
+
+
+def settings_table(cls: type[Any], skip: tuple[type[Any], ...] = ()) -> list[str]:
+    """The Markdown rows of ``cls``'s settings, sections but ``skip`` included (a variable
+    read twice is listed once)."""
+    rows, docs = [], _docs(cls)
     for each in dataclasses.fields(cls):
-        if "env" in each.metadata:
-            yield each.metadata["env"], each.default
-        elif "section" in each.metadata and each.metadata["section"] not in skip:
-            yield from declared(each.metadata["section"], skip)
-
-
-def settings_table(cls: type[Any], skip: tuple[type[Any], ...] = ()) -> str:
-    """The Markdown table of ``cls``'s settings (a variable read twice is listed once)."""
-    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
-    seen: set[str] = set()
-    for env, default in declared(cls, skip):
-        if env.name not in seen:
-            seen.add(env.name)
-            unset = default is MISSING or default is None or default in ("", ())
-            shown = env.default_doc or ("—" if unset else f"`{_spelt(default)}`")
-            rows.append(f"| `{env.name}` | {shown} | {env.doc} |")
-    return "\n".join(rows) + "\n"
+        part, env = each.metadata.get("section"), each.metadata.get("env")
+        if part is not None and part not in skip:
+            rows += [row for row in settings_table(part, skip) if row not in rows]
+        elif env is not None and not any(f"| `{env.name}` |" in row for row in rows):
+            unset = each.default in (MISSING, None, "", ())
+            shown = env.default_doc or ("—" if unset else f"`{_spelt(each.default)}`")
+            rows.append(f"| `{env.name}` | {shown} | {docs.get(each.name, '')} |")
+    return rows
 
 
 # -- the bus -------------------------------------------------------------------------------
@@ -379,85 +384,51 @@ class BusSettings(Settings):
     stream's 1 MiB message limit (base64 adds a third).
     """
 
-    nats_url: str = setting(
-        "NATS_URL", "nats://127.0.0.1:4222", "the NATS server", show=without_credentials
-    )
-    replicas: int = setting(
-        "PIXELBUS_STREAM_REPLICAS",
-        1,
-        "replicas of the stream and buckets (3 in production)",
-        parse=integer(1, 5),
-    )
+    nats_url: str = setting("NATS_URL", "nats://127.0.0.1:4222", show=without_credentials)
+    """the NATS server"""
+    replicas: int = setting("PIXELBUS_STREAM_REPLICAS", 1, integer(1, 5))
+    """replicas of the stream and buckets (3 in production)"""
     stream_max_age_s: float = setting(
-        "PIXELBUS_STREAM_MAX_AGE_S",
-        7.0 * _DAYS,
-        "how long events (and task states) are kept",
-        parse=number(60, 3.2e7),
-        default_doc="7 days",
+        "PIXELBUS_STREAM_MAX_AGE_S", 7.0 * _DAYS, number(60, 3.2e7), default_doc="7 days"
     )
-    duplicate_window_s: float = setting(
-        "PIXELBUS_DUPLICATE_WINDOW_S",
-        600.0,
-        "JetStream de-duplication window of the task stream and the webhook queue; the "
-        "projector plans no webhook for an event stored longer ago than this less 10 s",
-        parse=number(1, 86400),
-    )
-    ack_wait_s: float = setting(
-        "PIXELBUS_ACK_WAIT_S",
-        3.0,
-        "the lease of every in-cluster consumer (workers, uploader, projector, webhook "
-        "dispatcher) without a heartbeat: work under way heartbeats every third of it, so a "
-        "killed process's work comes back within it",
-        parse=number(0.5, 3600),
-    )
+    """how long events (and task states) are kept"""
+    duplicate_window_s: float = setting("PIXELBUS_DUPLICATE_WINDOW_S", 600.0, number(1, 86400))
+    """JetStream de-duplication window of the task stream and the webhook queue; the projector
+    plans no webhook for an event stored longer ago than this less 10 s"""
+    ack_wait_s: float = setting("PIXELBUS_ACK_WAIT_S", 3.0, number(0.5, 3600))
+    """the lease of every in-cluster consumer (workers, uploader, projector, webhook dispatcher)
+    without a heartbeat: work under way heartbeats every third of it, so a killed process's
+    work comes back within it"""
     pool_ack_wait_s: tuple[tuple[str, float], ...] = setting(
         "PIXELBUS_ACK_WAIT_S_<POOL>",
         (("comfy", 30.0),),
-        "one pool's lease (`_FACESWAP`, `_COMFY`); the comfy pool's is longer because "
-        "external consumers (`/api/comm/task/fetch`) draw from it and heartbeat over HTTP",
         default_doc="`COMFY`: `30`; others: `PIXELBUS_ACK_WAIT_S`",
         show=lambda waits: ",".join(f"{pool}={wait:g}" for pool, wait in waits),
     )
-    max_deliver: int = setting(
-        "PIXELBUS_MAX_DELIVER",
-        5,
-        "attempts before a retryable failure becomes final",
-        parse=integer(1, 100),
-    )
-    retry_delay_s: float = setting(
-        "PIXELBUS_RETRY_DELAY_S",
-        2.0,
-        "base delay of a retry (times the attempt)",
-        parse=number(0, 3600),
-    )
+    """one pool's lease (`_FACESWAP`, `_COMFY`); the comfy pool's is longer because external
+    consumers (`/api/comm/task/fetch`) draw from it and heartbeat over HTTP"""
+    max_deliver: int = setting("PIXELBUS_MAX_DELIVER", 5, integer(1, 100))
+    """attempts before a retryable failure becomes final"""
+    retry_delay_s: float = setting("PIXELBUS_RETRY_DELAY_S", 2.0, number(0, 3600))
+    """base delay of a retry (times the attempt)"""
     outputs_ttl_s: float = setting(
-        "PIXELBUS_OUTPUTS_TTL_S",
-        1.0 * _DAYS,
-        "how long the Object Store keeps an output or inline input not yet removed",
-        parse=number(60, 3.2e7),
-        default_doc="1 day",
+        "PIXELBUS_OUTPUTS_TTL_S", 1.0 * _DAYS, number(60, 3.2e7), default_doc="1 day"
     )
+    """how long the Object Store keeps an output or inline input not yet removed"""
     idempotency_ttl_s: float = setting(
-        "PIXELBUS_IDEMPOTENCY_TTL_S",
-        1.0 * _DAYS,
-        "how long an `Idempotency-Key` is remembered",
-        parse=number(60, 3.2e7),
-        default_doc="1 day",
+        "PIXELBUS_IDEMPOTENCY_TTL_S", 1.0 * _DAYS, number(60, 3.2e7), default_doc="1 day"
     )
-    progress_interval_s: float = setting(
-        "PIXELBUS_PROGRESS_INTERVAL_S",
-        0.25,
-        "least time between two progress events of one task (reports in between are coalesced)",
-        parse=number(0, 60),
-    )
+    """how long an `Idempotency-Key` is remembered"""
+    progress_interval_s: float = setting("PIXELBUS_PROGRESS_INTERVAL_S", 0.25, number(0, 60))
+    """least time between two progress events of one task (reports in between are coalesced)"""
     inline_output_bytes: int = setting(
         "PIXELBUS_INLINE_OUTPUT_BYTES",
         256 * 1024,
-        "outputs of a task up to this size in all travel inline in `OutputsReady`; larger "
-        "ones through the Object Store",
-        parse=integer(0, 512 * 1024),
+        integer(0, 512 * 1024),
         default_doc="256 KiB (at most 512 KiB)",
     )
+    """outputs of a task up to this size in all travel inline in `OutputsReady`; larger ones
+    through the Object Store"""
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:

@@ -5,6 +5,8 @@ Remote agent mode is on when ``PIXELBUS_COMFY_AGENT_URL`` names a gateway: the w
 then takes tasks over HTTP and needs no NATS.
 """
 
+# ruff: noqa: RUF009 -- setting() and section() make dataclass fields
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,149 +79,84 @@ def _animated_inputs(name: str, raw: str) -> AnimatedInputs:
 class AgentSettings(Settings):
     """Remote agent mode: tasks come from a gateway's ``/api/comm/task/*`` endpoints."""
 
-    gateway_url: str = setting(
-        "PIXELBUS_COMFY_AGENT_URL",
-        REQUIRED,
-        "remote agent mode: the gateway to lease tasks from (no NATS then)",
-        parse=_first_url,
-    )
-    name: str = setting("PIXELBUS_COMFY_AGENT_NAME", "comfy-agent", "the agent's consumer name")
-    poll_wait_s: float = setting(
-        "PIXELBUS_COMFY_AGENT_POLL_S", 10.0, "the agent's long-poll wait", parse=number(0, 60)
-    )
-    heartbeat_s: float = setting(
-        "PIXELBUS_COMFY_AGENT_HEARTBEAT_S",
-        5.0,
-        "the agent's progress heartbeat",
-        parse=number(0.05, 600),
-    )
-    token: str | None = setting(
-        "PIXELBUS_COMFY_AGENT_TOKEN",
-        None,
-        "a bearer token the agent sends to the gateway",
-        secret=True,
-    )
+    gateway_url: str = setting("PIXELBUS_COMFY_AGENT_URL", REQUIRED, _first_url)
+    """remote agent mode: the gateway to lease tasks from (no NATS then)"""
+    name: str = setting("PIXELBUS_COMFY_AGENT_NAME", "comfy-agent")
+    """the agent's consumer name"""
+    poll_wait_s: float = setting("PIXELBUS_COMFY_AGENT_POLL_S", 10.0, number(0, 60))
+    """the agent's long-poll wait"""
+    heartbeat_s: float = setting("PIXELBUS_COMFY_AGENT_HEARTBEAT_S", 5.0, number(0.05, 600))
+    """the agent's progress heartbeat"""
+    token: str | None = setting("PIXELBUS_COMFY_AGENT_TOKEN", None, secret=True)
+    """a bearer token the agent sends to the gateway"""
 
 
 @dataclass(frozen=True)
 class ComfySettings(Settings):
-    bus: BusSettings = section(BusSettings)  # noqa: RUF009
+    bus: BusSettings = section(BusSettings)
     urls: tuple[str, ...] = setting(
-        "COMFYUI_URL",
-        (DEFAULT_COMFYUI_URL,),
-        "the ComfyUI servers of the comfy-worker, comma-separated",
-        parse=lambda name, raw: parse_urls(raw, name),
+        "COMFYUI_URL", (DEFAULT_COMFYUI_URL,), lambda name, raw: parse_urls(raw, name)
     )
-    backend_capacity: int = setting(
-        "PIXELBUS_COMFY_BACKEND_CAPACITY",
-        2,
-        "prompts a worker keeps on one ComfyUI server at once, running and queued there (its "
-        "concurrency is this times the servers)",
-        parse=integer(1, 64),
-    )
-    task_timeout_s: float = setting(
-        "PIXELBUS_COMFY_TASK_TIMEOUT_S",
-        600.0,
-        "longest run of a workflow; a stored workflow's `timeout_s` overrides it",
-        parse=number(0.5, 86400),
-    )
-    http_timeout_s: float = setting(
-        "PIXELBUS_COMFY_HTTP_TIMEOUT_S",
-        30.0,
-        "HTTP timeout of ComfyUI calls",
-        parse=number(0.5, 600),
-    )
-    health_interval_s: float = setting(
-        "PIXELBUS_COMFY_HEALTH_INTERVAL_S",
-        5.0,
-        "how often each ComfyUI server's health is checked",
-        parse=number(0.05, 600),
-    )
-    reconnect_s: float = setting(
-        "PIXELBUS_COMFY_RECONNECT_S",
-        10.0,
-        "how long a run waits for its server to come back before giving the task back",
-        parse=number(0.1, 600),
-    )
-    poll_interval_s: float = setting(
-        "PIXELBUS_COMFY_POLL_INTERVAL_S",
-        5.0,
-        "a safety net beside the WebSocket: `/history` is asked this often while waiting",
-        parse=number(0.1, 600),
-    )
-    progress_delay_s: float = setting(
-        "PIXELBUS_COMFY_PROGRESS_DELAY_S",
-        0.25,
-        "a ComfyUI task reports no progress before it has run this long (a quicker one "
-        "reports none: its completion follows at once)",
-        parse=number(0, 600),
-    )
+    """the ComfyUI servers of the comfy-worker, comma-separated"""
+    backend_capacity: int = setting("PIXELBUS_COMFY_BACKEND_CAPACITY", 2, integer(1, 64))
+    """prompts a worker keeps on one ComfyUI server at once, running and queued there (its
+    concurrency is this times the servers)"""
+    task_timeout_s: float = setting("PIXELBUS_COMFY_TASK_TIMEOUT_S", 600.0, number(0.5, 86400))
+    """longest run of a workflow; a stored workflow's `timeout_s` overrides it"""
+    http_timeout_s: float = setting("PIXELBUS_COMFY_HTTP_TIMEOUT_S", 30.0, number(0.5, 600))
+    """HTTP timeout of ComfyUI calls"""
+    health_interval_s: float = setting("PIXELBUS_COMFY_HEALTH_INTERVAL_S", 5.0, number(0.05, 600))
+    """how often each ComfyUI server's health is checked"""
+    reconnect_s: float = setting("PIXELBUS_COMFY_RECONNECT_S", 10.0, number(0.1, 600))
+    """how long a run waits for its server to come back before giving the task back"""
+    poll_interval_s: float = setting("PIXELBUS_COMFY_POLL_INTERVAL_S", 5.0, number(0.1, 600))
+    """a safety net beside the WebSocket: `/history` is asked this often while waiting"""
+    progress_delay_s: float = setting("PIXELBUS_COMFY_PROGRESS_DELAY_S", 0.25, number(0, 600))
+    """a ComfyUI task reports no progress before it has run this long (a quicker one reports
+    none: its completion follows at once)"""
     allowed_node_types: frozenset[str] | None = setting(
-        "PIXELBUS_COMFY_ALLOWED_NODE_TYPES",
-        None,
-        "node types a raw graph may use (comma-separated)",
-        parse=_node_types,
-        default_doc="empty: any",
+        "PIXELBUS_COMFY_ALLOWED_NODE_TYPES", None, _node_types, default_doc="empty: any"
     )
-    raw_graphs: bool = setting(
-        "PIXELBUS_COMFY_RAW_GRAPHS", True, "`false`: only stored workflows", parse=boolean
-    )
+    """node types a raw graph may use (comma-separated)"""
+    raw_graphs: bool = setting("PIXELBUS_COMFY_RAW_GRAPHS", True, boolean)
+    """`false`: only stored workflows"""
     allowed_input_files: tuple[str, ...] = setting(
-        "PIXELBUS_COMFY_ALLOWED_INPUT_FILES",
-        (),
-        "glob patterns of server-side files `LoadImage` may name",
-        parse=words,
-        default_doc="empty: none",
+        "PIXELBUS_COMFY_ALLOWED_INPUT_FILES", (), words, default_doc="empty: none"
     )
-    templates_dir: Path | None = setting(  # noqa: RUF009
-        "PIXELBUS_COMFY_TEMPLATES_DIR",
-        None,
-        "more stored workflows (`<name>.json`)",
-        parse=_directory,
-    )
-    include_previews: bool = setting(
-        "PIXELBUS_COMFY_INCLUDE_PREVIEWS",
-        False,
-        "also store `PreviewImage` temp outputs",
-        parse=boolean,
-    )
+    """glob patterns of server-side files `LoadImage` may name"""
+    templates_dir: Path | None = setting("PIXELBUS_COMFY_TEMPLATES_DIR", None, _directory)
+    """more stored workflows (`<name>.json`)"""
+    include_previews: bool = setting("PIXELBUS_COMFY_INCLUDE_PREVIEWS", False, boolean)
+    """also store `PreviewImage` temp outputs"""
     max_output_bytes: int = setting(
         "PIXELBUS_COMFY_MAX_OUTPUT_BYTES",
         512 * 1024 * 1024,
-        "largest output file read from ComfyUI",
-        parse=integer(1, 1 << 34),
+        integer(1, 1 << 34),
         default_doc="512 MiB",
     )
+    """largest output file read from ComfyUI"""
     max_image_bytes: int = setting(
         "PIXELBUS_MAX_INPUT_IMAGE_BYTES",
         15 * 1024 * 1024,
-        "largest input image",
-        parse=integer(1024, 1 << 30),
+        integer(1024, 1 << 30),
         default_doc="15 MiB",
     )
+    """largest input image"""
     max_image_pixels: int = setting(
-        "PIXELBUS_MAX_IMAGE_PIXELS",
-        40_000_000,
-        "largest input image in pixels",
-        parse=integer(1024, 1 << 31),
-        default_doc="40 Mpx",
+        "PIXELBUS_MAX_IMAGE_PIXELS", 40_000_000, integer(1024, 1 << 31), default_doc="40 Mpx"
     )
-    animated_inputs: AnimatedInputs = setting(  # noqa: RUF009
-        "PIXELBUS_ANIMATED_INPUTS",
-        "first_frame",
-        "an animated input image: `first_frame` (use it) or `refuse`",
-        parse=_animated_inputs,
+    """largest input image in pixels"""
+    animated_inputs: AnimatedInputs = setting(
+        "PIXELBUS_ANIMATED_INPUTS", "first_frame", _animated_inputs
     )
-    fetch_timeout_s: float = setting(
-        "PIXELBUS_FETCH_TIMEOUT_S", 20.0, "timeout of an input image fetch", parse=number(0.1, 600)
-    )
+    """an animated input image: `first_frame` (use it) or `refuse`"""
+    fetch_timeout_s: float = setting("PIXELBUS_FETCH_TIMEOUT_S", 20.0, number(0.1, 600))
+    """timeout of an input image fetch"""
     ssrf_allow_networks: tuple[IPNetwork, ...] = setting(
-        "PIXELBUS_SSRF_ALLOW_NETWORKS",
-        (),
-        "CIDRs the SSRF guard lets image fetches reach (development only)",
-        parse=networks(),
+        "PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks()
     )
-    agent: AgentSettings | None = section(AgentSettings, when="PIXELBUS_COMFY_AGENT_URL")  # noqa: RUF009
+    """CIDRs the SSRF guard lets image fetches reach (development only)"""
+    agent: AgentSettings | None = section(AgentSettings, when="PIXELBUS_COMFY_AGENT_URL")
 
     @property
     def concurrency(self) -> int:

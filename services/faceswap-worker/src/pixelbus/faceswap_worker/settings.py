@@ -1,6 +1,8 @@
 """faceswap-worker settings from the environment (the model settings are also read by
 ``pixelbus models``)."""
 
+# ruff: noqa: RUF009 -- setting() and section() make dataclass fields
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,109 +36,67 @@ def _animated_inputs(name: str, raw: str) -> AnimatedInputs:
 
 @dataclass(frozen=True)
 class ModelSettings(Settings):
-    directory: Path = setting(  # noqa: RUF009
-        "PIXELBUS_MODELS_DIR",
-        Path(".pixelbus/models"),
-        "where the face-swap models are (`pixelbus models list`)",
-        parse=path,
-    )
-    manifest: Path | None = setting(  # noqa: RUF009
-        "PIXELBUS_MODELS_MANIFEST",
-        None,
-        "JSON file of model pins (sha256, size) added to the registry",
-        parse=path,
-    )
-    base_url: str | None = setting(
-        "PIXELBUS_MODELS_BASE_URL",
-        None,
-        "where `pixelbus models pull` downloads from (your mirror; no default)",
-        parse=http_url,
-    )
-    providers: str = setting(
-        "PIXELBUS_ONNX_PROVIDERS",
-        "auto",
-        "onnxruntime execution providers: `auto` (CUDA when present, else CPU), or a list "
-        "such as `cuda,cpu`",
-    )
-    detect_size: int = setting(
-        "PIXELBUS_FACE_DETECT_SIZE", 640, "SCRFD input size", parse=integer(128, 2048)
-    )
-    detect_threshold: float = setting(
-        "PIXELBUS_FACE_DETECT_THRESHOLD", 0.5, "SCRFD score threshold", parse=number(0.05, 0.99)
-    )
+    directory: Path = setting("PIXELBUS_MODELS_DIR", Path(".pixelbus/models"), path)
+    """where the face-swap models are (`pixelbus models list`)"""
+    manifest: Path | None = setting("PIXELBUS_MODELS_MANIFEST", None, path)
+    """JSON file of model pins (sha256, size) added to the registry"""
+    base_url: str | None = setting("PIXELBUS_MODELS_BASE_URL", None, http_url)
+    """where `pixelbus models pull` downloads from (your mirror; no default)"""
+    providers: str = setting("PIXELBUS_ONNX_PROVIDERS", "auto")
+    """onnxruntime execution providers: `auto` (CUDA when present, else CPU), or a list such as
+    `cuda,cpu`"""
+    detect_size: int = setting("PIXELBUS_FACE_DETECT_SIZE", 640, integer(128, 2048))
+    """SCRFD input size"""
+    detect_threshold: float = setting("PIXELBUS_FACE_DETECT_THRESHOLD", 0.5, number(0.05, 0.99))
+    """SCRFD score threshold"""
 
 
 @dataclass(frozen=True)
 class RemoteSettings(Settings):
     """The seed's external face-swap service (``FACE_SWAP_API_URL``)."""
 
-    url: str | None = setting(
-        "FACE_SWAP_API_URL",
-        None,
-        "the external face-swap service (enables `model: remote`)",
-        parse=http_url,
-        show=without_credentials,
-    )
-    timeout_s: float = setting(
-        "FACE_SWAP_TIMEOUT", 120.0, "its per-call timeout (s)", parse=number(0.05, 3600)
-    )
-    retry_count: int = setting(
-        "FACE_SWAP_RETRY_COUNT", 3, "its retries on timeouts and 5xx", parse=integer(0, 20)
-    )
-    backoff_s: float = setting(
-        "PIXELBUS_FACE_SWAP_BACKOFF_S",
-        1.0,
-        "its first backoff (s, doubling)",
-        parse=number(0.0, 600),
-    )
+    url: str | None = setting("FACE_SWAP_API_URL", None, http_url, show=without_credentials)
+    """the external face-swap service (enables `model: remote`)"""
+    timeout_s: float = setting("FACE_SWAP_TIMEOUT", 120.0, number(0.05, 3600))
+    """its per-call timeout (s)"""
+    retry_count: int = setting("FACE_SWAP_RETRY_COUNT", 3, integer(0, 20))
+    """its retries on timeouts and 5xx"""
+    backoff_s: float = setting("PIXELBUS_FACE_SWAP_BACKOFF_S", 1.0, number(0.0, 600))
+    """its first backoff (s, doubling)"""
 
 
 @dataclass(frozen=True)
 class FaceSwapSettings(Settings):
-    bus: BusSettings = section(BusSettings)  # noqa: RUF009
-    concurrency: int = setting(
-        "PIXELBUS_WORKER_CONCURRENCY",
-        2,
-        "tasks a face-swap worker runs at once",
-        parse=integer(1, 256),
-    )
+    bus: BusSettings = section(BusSettings)
+    concurrency: int = setting("PIXELBUS_WORKER_CONCURRENCY", 2, integer(1, 256))
+    """tasks a face-swap worker runs at once"""
     default_model: str = setting(
-        "PIXELBUS_FACESWAP_DEFAULT_MODEL",
-        "builtin",
-        "engine used when a task names no `model`; must be installed, or the worker does not start",
-        parse=one_of(*FACE_SWAP_MODELS),
+        "PIXELBUS_FACESWAP_DEFAULT_MODEL", "builtin", one_of(*FACE_SWAP_MODELS)
     )
+    """engine used when a task names no `model`; must be installed, or the worker does not start"""
     max_image_bytes: int = setting(
         "PIXELBUS_MAX_INPUT_IMAGE_BYTES",
         15 * 1024 * 1024,
-        "largest input image",
-        parse=integer(1024, 1 << 30),
+        integer(1024, 1 << 30),
         default_doc="15 MiB",
     )
+    """largest input image"""
     max_image_pixels: int = setting(
-        "PIXELBUS_MAX_IMAGE_PIXELS",
-        40_000_000,
-        "largest input image in pixels",
-        parse=integer(1024, 1 << 31),
-        default_doc="40 Mpx",
+        "PIXELBUS_MAX_IMAGE_PIXELS", 40_000_000, integer(1024, 1 << 31), default_doc="40 Mpx"
     )
-    fetch_timeout_s: float = setting(
-        "PIXELBUS_FETCH_TIMEOUT_S", 20.0, "timeout of an input image fetch", parse=number(0.1, 600)
-    )
+    """largest input image in pixels"""
+    fetch_timeout_s: float = setting("PIXELBUS_FETCH_TIMEOUT_S", 20.0, number(0.1, 600))
+    """timeout of an input image fetch"""
     ssrf_allow_networks: tuple[IPNetwork, ...] = setting(
-        "PIXELBUS_SSRF_ALLOW_NETWORKS",
-        (),
-        "CIDRs the SSRF guard lets image fetches reach (development only)",
-        parse=networks(),
+        "PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks()
     )
-    animated_inputs: AnimatedInputs = setting(  # noqa: RUF009
-        "PIXELBUS_ANIMATED_INPUTS",
-        "first_frame",
-        "an animated input image: `first_frame` (use it) or `refuse`",
-        parse=_animated_inputs,
+    """CIDRs the SSRF guard lets image fetches reach (development only)"""
+    animated_inputs: AnimatedInputs = setting(
+        "PIXELBUS_ANIMATED_INPUTS", "first_frame", _animated_inputs
     )
-    models: ModelSettings = section(ModelSettings)  # noqa: RUF009
-    remote: RemoteSettings = section(RemoteSettings)  # noqa: RUF009
+    """an animated input image: `first_frame` (use it) or `refuse`"""
+    models: ModelSettings = section(ModelSettings)
+    remote: RemoteSettings = section(RemoteSettings)
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:

@@ -1,5 +1,7 @@
 """Gateway settings from the environment (names of the replaced system where they exist)."""
 
+# ruff: noqa: RUF009 -- setting() and section() make dataclass fields
+
 from __future__ import annotations
 
 import secrets
@@ -28,119 +30,89 @@ __all__ = ["GatewaySettings"]
 
 @dataclass(frozen=True)
 class GatewaySettings(Settings):
-    bus: BusSettings = section(BusSettings)  # noqa: RUF009
-    app_env: str = setting(
-        "APP_ENV", "development", "`production` requires the secrets and API keys"
-    )
-    host: str = setting("PIXELBUS_HOST", "127.0.0.1", "where the gateway listens")
-    port: int = setting("PIXELBUS_PORT", 8000, "the gateway's port", parse=integer(0, 65535))
+    bus: BusSettings = section(BusSettings)
+    app_env: str = setting("APP_ENV", "development")
+    """`production` requires the secrets and API keys"""
+    host: str = setting("PIXELBUS_HOST", "127.0.0.1")
+    """where the gateway listens"""
+    port: int = setting("PIXELBUS_PORT", 8000, integer(0, 65535))
+    """the gateway's port"""
     max_body_bytes: int = setting(
-        "PIXELBUS_MAX_BODY_BYTES",
-        20 * 1024 * 1024,
-        "request body limit (413 beyond)",
-        parse=integer(1024, 1 << 30),
-        default_doc="20 MiB",
+        "PIXELBUS_MAX_BODY_BYTES", 20 * 1024 * 1024, integer(1024, 1 << 30), default_doc="20 MiB"
     )
+    """request body limit (413 beyond)"""
     max_input_image_bytes: int = setting(
         "PIXELBUS_MAX_INPUT_IMAGE_BYTES",
         15 * 1024 * 1024,
-        "largest input image",
-        parse=integer(1024, 1 << 30),
+        integer(1024, 1 << 30),
         default_doc="15 MiB",
     )
-    face_swap_wait_s: float = setting(
-        "PIXELBUS_FACE_SWAP_WAIT_S",
-        60.0,
-        "default wait of `/api/face-swap/process`",
-        parse=number(0, 3600),
-    )
-    face_swap_max_wait_s: float = setting(
-        "PIXELBUS_FACE_SWAP_MAX_WAIT_S",
-        300.0,
-        "longest wait of `/api/face-swap/process`",
-        parse=number(0, 3600),
-    )
-    fetch_max_wait_s: float = setting(
-        "PIXELBUS_FETCH_MAX_WAIT_S",
-        30.0,
-        "longest long-poll of `/api/comm/task/fetch`",
-        parse=number(0, 300),
-    )
+    """largest input image"""
+    face_swap_wait_s: float = setting("PIXELBUS_FACE_SWAP_WAIT_S", 60.0, number(0, 3600))
+    """default wait of `/api/face-swap/process`"""
+    face_swap_max_wait_s: float = setting("PIXELBUS_FACE_SWAP_MAX_WAIT_S", 300.0, number(0, 3600))
+    """longest wait of `/api/face-swap/process`"""
+    fetch_max_wait_s: float = setting("PIXELBUS_FETCH_MAX_WAIT_S", 30.0, number(0, 300))
+    """longest long-poll of `/api/comm/task/fetch`"""
     lease_secret: str = setting(
         "PIXELBUS_LEASE_SECRET",
         "",
-        "signs external consumers' lease tokens; the same on every gateway replica",
         secret=True,
         default_doc="random per process in development; required in production",
     )
-    storage_provider: str = setting(
-        "STORAGE_PROVIDER", "local", "the uploader's provider (`local`: the gateway serves files)"
-    )
-    local_storage_dir: Path = setting(  # noqa: RUF009
-        "PIXELBUS_LOCAL_STORAGE_DIR",
-        Path(".pixelbus/storage"),
-        "where `local` storage writes (served at `/files`)",
-        parse=path,
-    )
+    """signs external consumers' lease tokens; the same on every gateway replica"""
+    storage_provider: str = setting("STORAGE_PROVIDER", "local")
+    """the uploader's provider (`local`: the gateway serves files)"""
+    local_storage_dir: Path = setting("PIXELBUS_LOCAL_STORAGE_DIR", Path(".pixelbus/storage"), path)
+    """where `local` storage writes (served at `/files`)"""
     #: A worker whose presence (written every 5 s) is older than this is not counted: three
     #: missed heartbeats, not the presence bucket's 30 s expiry.
     workers_seen_s: float = 15.0
     #: The probe server runs only when ``PIXELBUS_PROBE_PORT`` is set.
-    probes: ProbeSettings | None = section(ProbeSettings, when="PIXELBUS_PROBE_PORT")  # noqa: RUF009
+    probes: ProbeSettings | None = section(ProbeSettings, when="PIXELBUS_PROBE_PORT")
     auth: str = setting(
         "PIXELBUS_AUTH",
         "open",
-        "API keys required or not (see *API keys*); `open`: requests without a key act as "
-        "the `anonymous` tenant",
-        parse=one_of("open", "required"),
+        one_of("open", "required"),
         default_doc="`open` in development, `required` in production (the only choice there)",
     )
+    """API keys required or not (see *API keys*); `open`: requests without a key act as the
+    `anonymous` tenant"""
     rate_limit_rps: float = setting(
         "PIXELBUS_RATE_LIMIT_RPS",
         0.0,
-        "per-key request rate (0: no limit)",
-        parse=number(0, 1e6),
+        number(0, 1e6),
         default_doc="`20` with keys required; `0` when open",
     )
+    """per-key request rate (0: no limit)"""
     max_active_tasks: int = setting(
         "PIXELBUS_MAX_ACTIVE_TASKS",
         0,
-        "per-tenant active tasks (429 beyond; 0: no limit)",
-        parse=integer(0, 10**7),
+        integer(0, 10**7),
         default_doc="`100` with keys required; `0` when open",
     )
+    """per-tenant active tasks (429 beyond; 0: no limit)"""
     #: Each replica samples the server's count (at most every 0.25 s, and again when its
     #: estimate reaches the limit) and adds its own creates at once, so one replica holds
     #: the limit exactly; with several, the backlog can pass it by what the other replicas
     #: accept before their next sample (``pixelbus.gateway.backlog`` says why not a stream
     #: limit or a shared counter).
-    max_pending_tasks: int = setting(
-        "PIXELBUS_MAX_PENDING_TASKS",
-        10_000,
-        "tasks waiting in one pool (created, not yet handed to a worker) before a create is "
-        "refused with 503 and `Retry-After` (0: no limit)",
-        parse=integer(0, 10**9),
-    )
+    max_pending_tasks: int = setting("PIXELBUS_MAX_PENDING_TASKS", 10_000, integer(0, 10**9))
+    """tasks waiting in one pool (created, not yet handed to a worker) before a create is refused
+    with 503 and `Retry-After` (0: no limit)"""
     max_concurrent_requests: int = setting(
-        "PIXELBUS_MAX_CONCURRENT_REQUESTS",
-        2048,
-        "requests (live followers included) in one gateway at once; one more answers 503 "
-        "with `Retry-After: 1` at once",
-        parse=integer(1, 10**6),
+        "PIXELBUS_MAX_CONCURRENT_REQUESTS", 2048, integer(1, 10**6)
     )
+    """requests (live followers included) in one gateway at once; one more answers 503 with
+    `Retry-After: 1` at once"""
     cors_origins: tuple[str, ...] = setting(
-        "PIXELBUS_CORS_ORIGINS",
-        (),
-        "comma-separated origins allowed to call the API from a browser",
-        parse=words,
-        default_doc="empty: CORS closed",
+        "PIXELBUS_CORS_ORIGINS", (), words, default_doc="empty: CORS closed"
     )
+    """comma-separated origins allowed to call the API from a browser"""
     ssrf_allow_networks: tuple[IPNetwork, ...] = setting(
-        "PIXELBUS_SSRF_ALLOW_NETWORKS",
-        (),
-        "CIDRs the SSRF guard admits in a task's `webhook_url` at creation (development only)",
-        parse=networks(strict=False),
+        "PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks(strict=False)
     )
+    """CIDRs the SSRF guard admits in a task's `webhook_url` at creation (development only)"""
 
     @property
     def auth_open(self) -> bool:

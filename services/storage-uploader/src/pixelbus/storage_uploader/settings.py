@@ -7,6 +7,8 @@ the ``PIXELBUS_`` prefix. Only the chosen provider's settings are read (and its 
 for ``cf_images``), and every problem with them is reported at once, in one line.
 """
 
+# ruff: noqa: RUF009 -- setting() and section() make dataclass fields
+
 from __future__ import annotations
 
 import json
@@ -115,28 +117,8 @@ def _mask(value: str) -> str:
     return f"***{value[-4:]}" if len(value) >= 12 else "***"
 
 
-def _cache_control() -> Any:
-    return setting(
-        "PIXELBUS_STORAGE_CACHE_CONTROL",
-        DEFAULT_CACHE_CONTROL,
-        "`Cache-Control` of stored objects (r2, gcs)",
-    )
-
-
-def _url_ttl(name: str) -> Any:
-    return setting(
-        name,
-        MAX_URL_TTL_S,
-        "lifetime of signed URLs",
-        parse=_integer(1, MAX_URL_TTL_S),
-        default_doc="`604800` (7 days, the most SigV4 and GOOG4 allow)",
-    )
-
-
-def _timeout(name: str, what: str) -> Any:
-    return setting(
-        name, DEFAULT_R2_TIMEOUT_S, f"connect and read timeout of {what} requests", parse=_positive
-    )
+_TTL = _integer(1, MAX_URL_TTL_S)
+_TTL_DOC = "`604800` (7 days, the most SigV4 and GOOG4 allow)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,68 +129,51 @@ class LocalSettings(Settings):
     and survives the uploader's own crash; the page cache reaches the disk within seconds.
     """
 
-    directory: Path = setting(  # noqa: RUF009
-        "PIXELBUS_LOCAL_STORAGE_DIR",
-        Path(DEFAULT_LOCAL_STORAGE_DIR),
-        "where `local` storage writes",
-        parse=path,
-    )
-    public_base_url: str = setting(
-        "PIXELBUS_PUBLIC_BASE_URL",
-        DEFAULT_PUBLIC_BASE_URL,
-        "base of `local` output URLs",
-        parse=_url,
-    )
-    fsync: bool = setting(
-        "PIXELBUS_LOCAL_FSYNC",
-        False,
-        "`true`: `local` storage syncs each file to the disk before its task is reported done, "
-        "so it survives a power loss (see *The task path*)",
-        parse=boolean,
-    )
+    directory: Path = setting("PIXELBUS_LOCAL_STORAGE_DIR", Path(DEFAULT_LOCAL_STORAGE_DIR), path)
+    """where `local` storage writes"""
+    public_base_url: str = setting("PIXELBUS_PUBLIC_BASE_URL", DEFAULT_PUBLIC_BASE_URL, _url)
+    """base of `local` output URLs"""
+    fsync: bool = setting("PIXELBUS_LOCAL_FSYNC", False, boolean)
+    """`true`: `local` storage syncs each file to the disk before its task is reported done, so
+    it survives a power loss (see *The task path*)"""
 
 
 @dataclass(frozen=True, kw_only=True)
 class R2Settings(Settings):
     """Cloudflare R2 (S3 API). Without ``public_url`` the URLs are presigned GETs."""
 
-    access_key_id: str = setting(
-        "R2_ACCESS_KEY_ID", REQUIRED, "R2 access key id (required with `r2`)", show=_mask
-    )
-    secret_access_key: str = setting(
-        "R2_SECRET_ACCESS_KEY", REQUIRED, "R2 secret (required with `r2`)", secret=True
-    )
-    bucket: str = setting("R2_BUCKET", REQUIRED, "R2 bucket (required with `r2`)")
+    access_key_id: str = setting("R2_ACCESS_KEY_ID", REQUIRED, show=_mask)
+    """R2 access key id (required with `r2`)"""
+    secret_access_key: str = setting("R2_SECRET_ACCESS_KEY", REQUIRED, secret=True)
+    """R2 secret (required with `r2`)"""
+    bucket: str = setting("R2_BUCKET", REQUIRED)
+    """R2 bucket (required with `r2`)"""
     public_url: str | None = setting(
-        "R2_PUBLIC_URL",
-        None,
-        "public base URL of the bucket (custom domain); unset, output URLs are presigned GETs",
-        parse=_url,
-        default_doc="unset: presigned URLs",
+        "R2_PUBLIC_URL", None, _url, default_doc="unset: presigned URLs"
     )
+    """public base URL of the bucket (custom domain); unset, output URLs are presigned GETs"""
     endpoint_url: str = setting(
         "PIXELBUS_R2_ENDPOINT_URL",
         "",
-        "S3 endpoint override",
-        parse=_url,
+        _url,
         default_doc="`https://<account>.r2.cloudflarestorage.com`",
     )
-    account_id: str | None = setting(
-        "R2_ACCOUNT_ID",
-        None,
-        "Cloudflare account of the bucket (required with `r2` unless the endpoint is set)",
-        parse=_ACCOUNT_ID,
-    )
-    timeout_s: float = _timeout("PIXELBUS_R2_TIMEOUT_S", "R2")
-    url_ttl_s: int = _url_ttl("PIXELBUS_R2_URL_TTL_S")
+    """S3 endpoint override"""
+    account_id: str | None = setting("R2_ACCOUNT_ID", None, _ACCOUNT_ID)
+    """Cloudflare account of the bucket (required with `r2` unless the endpoint is set)"""
+    timeout_s: float = setting("PIXELBUS_R2_TIMEOUT_S", DEFAULT_R2_TIMEOUT_S, _positive)
+    """connect and read timeout of R2 requests"""
+    url_ttl_s: int = setting("PIXELBUS_R2_URL_TTL_S", MAX_URL_TTL_S, _TTL, default_doc=_TTL_DOC)
+    """lifetime of signed URLs"""
     part_size: int = setting(
         "PIXELBUS_R2_PART_SIZE",
         DEFAULT_PART_SIZE,
-        "multipart part size; outputs larger than one part are uploaded in parts",
-        parse=_integer(MIN_PART_SIZE, 5 * 1024 * MIB),
+        _integer(MIN_PART_SIZE, 5 * 1024 * MIB),
         default_doc="8 MiB (at least 5 MiB)",
     )
-    cache_control: str = _cache_control()
+    """multipart part size; outputs larger than one part are uploaded in parts"""
+    cache_control: str = setting("PIXELBUS_STORAGE_CACHE_CONTROL", DEFAULT_CACHE_CONTROL)
+    """`Cache-Control` of stored objects (r2, gcs)"""
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:
@@ -232,51 +197,40 @@ class GcsSettings(Settings):
     bucket: str = setting(
         "PIXELBUS_GCS_BUCKET",
         REQUIRED,
-        "Google Cloud Storage bucket (required with `gcs`)",
-        parse=matching(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", "a bucket name"),
+        matching(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", "a bucket name"),
     )
-    credentials_file: Path | None = setting(  # noqa: RUF009
-        "GOOGLE_APPLICATION_CREDENTIALS",
-        None,
-        "service-account key file; unset, workload identity (the metadata server)",
-        parse=path,
-        default_doc="unset: metadata server",
+    """Google Cloud Storage bucket (required with `gcs`)"""
+    credentials_file: Path | None = setting(
+        "GOOGLE_APPLICATION_CREDENTIALS", None, path, default_doc="unset: metadata server"
     )
+    """service-account key file; unset, workload identity (the metadata server)"""
     credentials: Mapping[str, Any] = field(default_factory=dict, repr=False)
     public_url: str | None = setting(
-        "PIXELBUS_GCS_PUBLIC_URL",
-        None,
-        "public base URL (e.g. `https://storage.googleapis.com/<bucket>`); unset, output URLs "
-        "are V4-signed GETs",
-        parse=_url,
-        default_doc="unset: signed URLs",
+        "PIXELBUS_GCS_PUBLIC_URL", None, _url, default_doc="unset: signed URLs"
     )
+    """public base URL (e.g. `https://storage.googleapis.com/<bucket>`); unset, output URLs are
+    V4-signed GETs"""
     api_url: str = setting(
-        "STORAGE_EMULATOR_HOST",
-        DEFAULT_GCS_API_URL,
-        "point the GCS client at an emulator (`http://host:port`)",
-        parse=_url,
-        default_doc="unset: Google's API",
+        "STORAGE_EMULATOR_HOST", DEFAULT_GCS_API_URL, _url, default_doc="unset: Google's API"
     )
+    """point the GCS client at an emulator (`http://host:port`)"""
     emulator: bool = False
-    url_ttl_s: int = _url_ttl("PIXELBUS_GCS_URL_TTL_S")
-    signer_email: str | None = setting(
-        "PIXELBUS_GCS_SIGNER_EMAIL",
-        None,
-        "service account that signs URLs through IAM `signBlob` when the credentials have no "
-        "key (workload identity with signed URLs)",
-    )
-    timeout_s: float = _timeout("PIXELBUS_GCS_TIMEOUT_S", "GCS")
-    cache_control: str = _cache_control()
+    url_ttl_s: int = setting("PIXELBUS_GCS_URL_TTL_S", MAX_URL_TTL_S, _TTL, default_doc=_TTL_DOC)
+    """lifetime of signed URLs"""
+    signer_email: str | None = setting("PIXELBUS_GCS_SIGNER_EMAIL", None)
+    """service account that signs URLs through IAM `signBlob` when the credentials have no key
+    (workload identity with signed URLs)"""
+    timeout_s: float = setting("PIXELBUS_GCS_TIMEOUT_S", DEFAULT_R2_TIMEOUT_S, _positive)
+    """connect and read timeout of GCS requests"""
+    cache_control: str = setting("PIXELBUS_STORAGE_CACHE_CONTROL", DEFAULT_CACHE_CONTROL)
+    """`Cache-Control` of stored objects (r2, gcs)"""
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:
         file = reader.get("GOOGLE_APPLICATION_CREDENTIALS")
         credentials = _credentials(reader, file) if file is not None else {}
         settings = reader.fields(
-            cls,
-            credentials=credentials,
-            emulator=reader.get("STORAGE_EMULATOR_HOST") is not None,
+            cls, credentials=credentials, emulator=reader.get("STORAGE_EMULATOR_HOST") is not None
         )
         has_key = bool(credentials.get("private_key") and credentials.get("client_email"))
         unreadable = file is not None and not credentials  # already reported
@@ -315,36 +269,23 @@ def _credentials(reader: Reader, path: str) -> dict[str, Any]:
 class CfImagesSettings(Settings):
     """Cloudflare Images; ``fallback`` takes the outputs that are not images (or none)."""
 
-    account_id: str = setting(
-        "CLOUDFLARE_ACCOUNT_ID",
-        REQUIRED,
-        "Cloudflare Images account (required with `cf_images`)",
-        parse=_ACCOUNT_ID,
-    )
-    api_token: str = setting(
-        "CLOUDFLARE_API_TOKEN",
-        REQUIRED,
-        "Cloudflare Images token (required with `cf_images`; it needs *Cloudflare Images: Edit*)",
-        secret=True,
-    )
+    account_id: str = setting("CLOUDFLARE_ACCOUNT_ID", REQUIRED, _ACCOUNT_ID)
+    """Cloudflare Images account (required with `cf_images`)"""
+    api_token: str = setting("CLOUDFLARE_API_TOKEN", REQUIRED, secret=True)
+    """Cloudflare Images token (required with `cf_images`; it needs *Cloudflare Images: Edit*)"""
     variant: str = setting(
-        "PIXELBUS_CF_IMAGES_VARIANT",
-        "public",
-        "the variant whose delivery URL outputs get",
-        parse=matching(r"[A-Za-z0-9_-]{1,99}", "a variant name"),
+        "PIXELBUS_CF_IMAGES_VARIANT", "public", matching(r"[A-Za-z0-9_-]{1,99}", "a variant name")
     )
-    api_url: str = setting(
-        "PIXELBUS_CF_IMAGES_API_URL", DEFAULT_CF_IMAGES_API_URL, "API override (tests)", parse=_url
+    """the variant whose delivery URL outputs get"""
+    api_url: str = setting("PIXELBUS_CF_IMAGES_API_URL", DEFAULT_CF_IMAGES_API_URL, _url)
+    """API override (tests)"""
+    fallback: ProviderName | None = setting(
+        "PIXELBUS_CF_IMAGES_FALLBACK", None, _fallback, default_doc="`none`"
     )
-    fallback: ProviderName | None = setting(  # noqa: RUF009
-        "PIXELBUS_CF_IMAGES_FALLBACK",
-        None,
-        "`local`, `r2` or `gcs`: where outputs that are not images go (their settings then "
-        "required too); `none`: such a task fails naming this setting",
-        parse=_fallback,
-        default_doc="`none`",
-    )
-    timeout_s: float = _timeout("PIXELBUS_CF_IMAGES_TIMEOUT_S", "Cloudflare Images")
+    """`local`, `r2` or `gcs`: where outputs that are not images go (their settings then required
+    too); `none`: such a task fails naming this setting"""
+    timeout_s: float = setting("PIXELBUS_CF_IMAGES_TIMEOUT_S", DEFAULT_R2_TIMEOUT_S, _positive)
+    """connect and read timeout of Cloudflare Images requests"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -354,21 +295,12 @@ class RetrySettings(Settings):
     ``attempts`` tries in all; the waits double from ``base_s`` up to ``max_s``.
     """
 
-    attempts: int = setting(
-        "PIXELBUS_STORAGE_RETRY_ATTEMPTS",
-        3,
-        "tries of an upload that failed retryably before the message is redelivered",
-        parse=_integer(1, 20),
-    )
-    base_s: float = setting(
-        "PIXELBUS_STORAGE_RETRY_BASE_S",
-        0.5,
-        "first wait between tries; waits double up to the max, with jitter",
-        parse=_positive,
-    )
-    max_s: float = setting(
-        "PIXELBUS_STORAGE_RETRY_MAX_S", 8.0, "longest wait between tries", parse=_positive
-    )
+    attempts: int = setting("PIXELBUS_STORAGE_RETRY_ATTEMPTS", 3, _integer(1, 20))
+    """tries of an upload that failed retryably before the message is redelivered"""
+    base_s: float = setting("PIXELBUS_STORAGE_RETRY_BASE_S", 0.5, _positive)
+    """first wait between tries; waits double up to the max, with jitter"""
+    max_s: float = setting("PIXELBUS_STORAGE_RETRY_MAX_S", 8.0, _positive)
+    """longest wait between tries"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,23 +308,15 @@ class StorageSettings(Settings):
     """The chosen provider and its settings (other providers' are ``None``, except a
     ``cf_images`` fallback's). Every problem with them is reported in one ``SettingsError``."""
 
-    provider: ProviderName = setting(  # noqa: RUF009
-        "STORAGE_PROVIDER",
-        "local",
-        "`local`, `r2`, `gcs` or `cf_images` (see *Storage providers*)",
-        parse=_provider,
-    )
-    local: LocalSettings | None = section(LocalSettings, optional=True)  # noqa: RUF009
-    r2: R2Settings | None = section(R2Settings, optional=True)  # noqa: RUF009
-    gcs: GcsSettings | None = section(GcsSettings, optional=True)  # noqa: RUF009
-    cf_images: CfImagesSettings | None = section(CfImagesSettings, optional=True)  # noqa: RUF009
-    retry: RetrySettings = section(RetrySettings)  # noqa: RUF009
-    health_interval_s: float = setting(
-        "PIXELBUS_STORAGE_HEALTH_INTERVAL_S",
-        30.0,
-        "how often the uploader checks its provider for `/api/health`",
-        parse=_positive,
-    )
+    provider: ProviderName = setting("STORAGE_PROVIDER", "local", _provider)
+    """`local`, `r2`, `gcs` or `cf_images` (see *Storage providers*)"""
+    local: LocalSettings | None = section(LocalSettings, optional=True)
+    r2: R2Settings | None = section(R2Settings, optional=True)
+    gcs: GcsSettings | None = section(GcsSettings, optional=True)
+    cf_images: CfImagesSettings | None = section(CfImagesSettings, optional=True)
+    retry: RetrySettings = section(RetrySettings)
+    health_interval_s: float = setting("PIXELBUS_STORAGE_HEALTH_INTERVAL_S", 30.0, _positive)
+    """how often the uploader checks its provider for `/api/health`"""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:
@@ -433,14 +357,12 @@ def _done(reader: Reader, settings: T | None) -> T:
 class UploaderSettings(Settings):
     """The storage uploader process: the bus, the storage, how many outputs at once."""
 
-    bus: BusSettings = section(BusSettings)  # noqa: RUF009
-    storage: StorageSettings = section(StorageSettings)  # noqa: RUF009
+    bus: BusSettings = section(BusSettings)
+    storage: StorageSettings = section(StorageSettings)
     concurrency: int = setting(
-        "PIXELBUS_UPLOAD_CONCURRENCY",
-        DEFAULT_UPLOAD_CONCURRENCY,
-        "outputs the storage uploader stores at once (and the connections an R2 client keeps)",
-        parse=integer(1, 1024),
+        "PIXELBUS_UPLOAD_CONCURRENCY", DEFAULT_UPLOAD_CONCURRENCY, integer(1, 1024)
     )
+    """outputs the storage uploader stores at once (and the connections an R2 client keeps)"""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:

@@ -1,5 +1,7 @@
 """Webhook settings from the environment (secrets never logged)."""
 
+# ruff: noqa: RUF009 -- setting() and section() make dataclass fields
+
 from __future__ import annotations
 
 import base64
@@ -53,52 +55,32 @@ class WebhookSettings(Settings):
     secret: str = setting(
         "PIXELBUS_WEBHOOK_SECRET",
         "",
-        "`whsec_<base64>`: signs webhooks (Standard Webhooks); read by the webhooks service, "
-        "as are all `PIXELBUS_WEBHOOK_*`",
-        parse=_checked,
+        _checked,
         secret=True,
         factory=_random_secret,
         default_doc="random per process in development; required in production",
     )
+    """`whsec_<base64>`: signs webhooks (Standard Webhooks); read by the webhooks service, as are
+    all `PIXELBUS_WEBHOOK_*`"""
     owner_secrets: Mapping[str, str] = setting(
-        "PIXELBUS_WEBHOOK_SECRETS",
-        {},
-        "per API client (tenant) secrets: `owner=whsec_…,owner2=whsec_…`",
-        parse=_owner_secrets,
-        secret=True,
-        factory=dict,
+        "PIXELBUS_WEBHOOK_SECRETS", {}, _owner_secrets, secret=True, factory=dict
     )
+    """per API client (tenant) secrets: `owner=whsec_…,owner2=whsec_…`"""
     secret_generated: bool = False
-    max_attempts: int = setting(
-        "PIXELBUS_WEBHOOK_MAX_ATTEMPTS", 8, "attempts of a webhook delivery", parse=integer(1, 100)
-    )
-    backoff_s: float = setting(
-        "PIXELBUS_WEBHOOK_BACKOFF_S",
-        5.0,
-        "first wait before a webhook is sent again; waits double up to the max",
-        parse=number(0.01, 86400),
-    )
-    backoff_max_s: float = setting(
-        "PIXELBUS_WEBHOOK_BACKOFF_MAX_S",
-        3600.0,
-        "longest wait between two attempts",
-        parse=number(0.01, 86400),
-    )
-    timeout_s: float = setting(
-        "PIXELBUS_WEBHOOK_TIMEOUT_S", 10.0, "timeout of one attempt", parse=number(0.1, 300)
-    )
-    concurrency: int = setting(
-        "PIXELBUS_WEBHOOK_CONCURRENCY",
-        16,
-        "deliveries a webhooks replica makes at once",
-        parse=integer(1, 1000),
-    )
+    max_attempts: int = setting("PIXELBUS_WEBHOOK_MAX_ATTEMPTS", 8, integer(1, 100))
+    """attempts of a webhook delivery"""
+    backoff_s: float = setting("PIXELBUS_WEBHOOK_BACKOFF_S", 5.0, number(0.01, 86400))
+    """first wait before a webhook is sent again; waits double up to the max"""
+    backoff_max_s: float = setting("PIXELBUS_WEBHOOK_BACKOFF_MAX_S", 3600.0, number(0.01, 86400))
+    """longest wait between two attempts"""
+    timeout_s: float = setting("PIXELBUS_WEBHOOK_TIMEOUT_S", 10.0, number(0.1, 300))
+    """timeout of one attempt"""
+    concurrency: int = setting("PIXELBUS_WEBHOOK_CONCURRENCY", 16, integer(1, 1000))
+    """deliveries a webhooks replica makes at once"""
     allow_networks: tuple[IPNetwork, ...] = setting(
-        "PIXELBUS_SSRF_ALLOW_NETWORKS",
-        (),
-        "CIDRs the SSRF guard lets a delivery reach (development only)",
-        parse=networks(strict=False),
+        "PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks(strict=False)
     )
+    """CIDRs the SSRF guard lets a delivery reach (development only)"""
 
     def secret_for(self, owner: str | None) -> str:
         return self.owner_secrets.get(owner or "", self.secret)
@@ -127,5 +109,5 @@ class WebhookSettings(Settings):
 class WebhooksProcessSettings(Settings):
     """The webhooks process: the bus and the deliveries."""
 
-    bus: BusSettings = section(BusSettings)  # noqa: RUF009
-    webhooks: WebhookSettings = section(WebhookSettings)  # noqa: RUF009
+    bus: BusSettings = section(BusSettings)
+    webhooks: WebhookSettings = section(WebhookSettings)
