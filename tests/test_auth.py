@@ -148,8 +148,8 @@ async def test_authorisation_matrix(secured: tuple[Stack, Keys]) -> None:
     created = await stack.http.post("/api/tasks/create", json=PROBE, headers=keys.headers("owner"))
     assert created.status_code == 201
     task_id = created.json()["taskId"]
-    await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final)
-    assert (await stack.kv()) is not None
+    state = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final)
+    assert state.status.value == "COMPLETED", state
     batch = await stack.http.post(
         "/api/face-swap/batch", json={"items": [SWAP]}, headers=keys.headers("owner")
     )

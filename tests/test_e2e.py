@@ -67,8 +67,8 @@ async def test_face_swap_of_two_real_photos_completes(
     assert first.json()["status"] in ("PENDING", "PROCESSING")
     seen: list[str] = [first.json()["status"]]
     await asyncio.wait_for(statuses_until_final(stack, task_id, seen), 60)
-    assert seen[0] == "PENDING" or seen[:1] == ["PROCESSING"]
-    assert "PROCESSING" in seen and seen[-1] == "COMPLETED", seen
+    # forward only, through PROCESSING: the first read may already have found it started
+    assert seen in (["PENDING", "PROCESSING", "COMPLETED"], ["PROCESSING", "COMPLETED"]), seen
     done = (await stack.http.get(f"/api/tasks/{task_id}")).json()
     assert done["status"] == "COMPLETED"
     assert done["params"]["input_data"]["wf_json"]["source_url"].startswith("pixelbus-object:")
@@ -132,7 +132,8 @@ async def test_loopback_url_fails_with_ssrf_message_and_no_request(
         server.shutdown()
     assert state.status is TaskStatus.FAILED
     assert state.error is not None and "source_url" in state.error.message
-    assert "loopback" in state.error.message or "blocked" in state.error.message.lower()
+    assert state.error.code == "ssrf_blocked", state.error
+    assert "it is a loopback address" in state.error.message
     assert _CountingHandler.hits == 0
 
 

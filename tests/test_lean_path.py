@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from pixelbus.contracts.events import OutputsReady, TaskCompleted, TaskCreated, event_id
 from pixelbus.contracts.subjects import OUTPUTS_BUCKET, pool_for_environment
@@ -132,7 +133,7 @@ async def test_an_output_over_the_inline_limit_goes_through_the_object_store(
         async def removed() -> bool | None:
             try:
                 entries = await store.list(ignore_deletes=True)
-            except Exception:  # nats-py raises NotFoundError when nothing is left
+            except NotFoundError:  # nats-py's answer to listing an empty store
                 return True
             return None if entries else True
 
