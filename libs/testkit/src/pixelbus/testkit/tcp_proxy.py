@@ -35,6 +35,9 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.name = name or f"proxy-{target_port}"
         self.connections = 0  # accepted so far, for tests that check the link is in use
+        #: bytes read from a peer during a partition and held for the heal (a test's proof
+        #: that they reached the proxy and went no further)
+        self.held = 0
         self._upstream_ports: set[int] = set()
         self._lock = threading.Lock()
         self._listener = socket.create_server((_HOST, 0))
@@ -157,7 +160,10 @@ class TcpProxy:
                 data = await reader.read(_CHUNK)
                 if not data:
                     return
-                await self._open.wait()  # cut while this chunk was in flight: hold it
+                if not self._open.is_set():  # cut while this chunk was in flight: hold it
+                    self.held += len(data)
+                    await self._open.wait()
+                    self.held -= len(data)
                 writer.write(data)
                 await writer.drain()
         except OSError:
