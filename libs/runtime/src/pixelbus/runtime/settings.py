@@ -1,22 +1,17 @@
-"""Settings declared once, read from the environment once at start.
-
-Each field of a settings class names its variable, default, parser and meaning; reading,
-the start log's redacted view and the README's tables all come from that declaration::
+'''Settings declared once, read from the environment once at start::
 
     @dataclass(frozen=True)
     class ProjectorSettings(Settings):
-        bus: BusSettings = section(BusSettings)
-        batch: int = setting(
-            "PIXELBUS_PROJECTOR_BATCH", 512, "events folded per batch", parse=integer(1, 10_000)
-        )
+        batch: int = setting("PIXELBUS_PROJECTOR_BATCH", 512, integer(1, 10_000))
+        """events folded per batch at most"""
 
-``from_env(environ)`` reads every declared field (blank counts as unset) and raises one
-``SettingsError`` naming every bad or missing setting; ``redacted()`` is the effective
-environment by variable, secrets masked; ``settings_table`` writes the documentation's
-rows. A parser takes the variable's name and its stripped value and raises
-``SettingsError`` naming the variable. A class adds what cannot be declared (a value
-derived from others, a check across fields) by overriding ``read``.
-"""
+A field names its variable, default and parser (``(variable, stripped value) -> value``,
+raising ``SettingsError`` naming the variable); its docstring is its meaning.
+``from_env(environ)`` raises one ``SettingsError`` naming every bad or missing setting
+(blank counts as unset); ``redacted()`` is the effective environment, secrets masked;
+``settings_table`` writes the README's rows. A class adds derived values and checks across
+fields by overriding ``read``.
+'''
 
 from __future__ import annotations
 
@@ -96,30 +91,25 @@ def text(name: str, raw: str) -> str:
     return raw
 
 
-def _within(name: str, value: T, lo: Any, hi: Any) -> T:
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name}={value} is out of range [{lo}, {hi}]")
-    return value
+def _ranged(convert: Callable[[str], T], what: str, lo: Any, hi: Any) -> Parse[T]:
+    def parse(name: str, raw: str) -> T:
+        try:
+            value = convert(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not {what}") from None
+        if not lo <= value <= hi:
+            raise SettingsError(f"{name}={value} is out of range [{lo}, {hi}]")
+        return value
+
+    return parse
 
 
 def integer(lo: int, hi: int) -> Parse[int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            return _within(name, int(raw), lo, hi)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not an integer") from None
-
-    return parse
+    return _ranged(int, "an integer", lo, hi)
 
 
 def number(lo: float, hi: float) -> Parse[float]:
-    def parse(name: str, raw: str) -> float:
-        try:
-            return _within(name, float(raw), lo, hi)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number") from None
-
-    return parse
+    return _ranged(float, "a number", lo, hi)
 
 
 def boolean(name: str, raw: str) -> bool:
@@ -262,7 +252,15 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:
         reader = Reader(environ)
-        return reader.done(cls.read(reader))
+        settings = cls.read(reader)
+        if reader.missing or reader.invalid or settings is None:
+            raise cls.refusal(reader)
+        return settings
+
+    @classmethod
+    def refusal(cls, reader: Reader) -> Exception:
+        """The error naming every problem ``reader`` found."""
+        return SettingsError(reader.message())
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:
@@ -312,7 +310,7 @@ class Reader:
                 try:
                     values[each.name] = env.parse(env.name, raw)
                 except (SettingsError, ValueError) as exc:
-                    self.invalid.append((env.name, str(exc)))
+                    self.refuse(env.name, str(exc))
                     whole = whole and not _required(each)
             elif env is not None and _required(each):
                 self.missing.append((env.name, env.name))
@@ -335,11 +333,8 @@ class Reader:
             problems.insert(0, f"{who} needs {labels} (missing)")
         return "; ".join(problems)
 
-    def done(self, settings: T | None) -> T:
-        """``settings``, or one ``SettingsError`` naming every problem found."""
-        if self.missing or self.invalid or settings is None:
-            raise SettingsError(self.message())
-        return settings
+    def refuse(self, name: str, message: str) -> None:
+        self.invalid.append((name, message))
 
 
 def _docs(cls: type[Any]) -> dict[str, str]:
@@ -353,6 +348,18 @@ def _docs(cls: type[Any]) -> dict[str, str]:
     }
 
 
+def _said(name: str, value: Any) -> str:
+    """A default as the docs say it: sizes in KiB or MiB, long durations in days."""
+    for unit, size, suffixes in (
+        ("MiB", 1 << 20, "BYTES SIZE"),
+        ("KiB", 1024, "BYTES"),
+        ("days", 86400, "S"),
+    ):
+        if name.rpartition("_")[2] in suffixes.split() and value >= size and value % size == 0:
+            return f"{value // size:g} {unit}".replace("1 days", "1 day")
+    return f"`{_spelt(value)}`"
+
+
 def settings_table(cls: type[Any], skip: tuple[type[Any], ...] = ()) -> list[str]:
     """The Markdown rows of ``cls``'s settings, sections but ``skip`` included (a variable
     read twice is listed once)."""
@@ -363,7 +370,7 @@ def settings_table(cls: type[Any], skip: tuple[type[Any], ...] = ()) -> list[str
             rows += [row for row in settings_table(part, skip) if row not in rows]
         elif env is not None and not any(f"| `{env.name}` |" in row for row in rows):
             unset = each.default in (MISSING, None, "", ())
-            shown = env.default_doc or ("—" if unset else f"`{_spelt(each.default)}`")
+            shown = env.default_doc or ("—" if unset else _said(env.name, each.default))
             rows.append(f"| `{env.name}` | {shown} | {docs.get(each.name, '')} |")
     return rows
 
@@ -375,22 +382,13 @@ _DAYS = 24 * 3600
 
 @dataclass(frozen=True)
 class BusSettings(Settings):
-    """How services reach NATS and how the JetStream assets are sized (durations in s).
-
-    ``ack_wait_s`` is the lease of every in-cluster consumer: work in flight keeps it by
-    heartbeating (an in-progress ack every third of it), so it is short and a killed
-    process's work comes back within it. ``pool_ack_wait_s`` overrides it per pool
-    (``PIXELBUS_ACK_WAIT_S_<POOL>``). ``inline_output_bytes`` is kept well under the
-    stream's 1 MiB message limit (base64 adds a third).
-    """
+    """How services reach NATS and how the JetStream assets are sized."""
 
     nats_url: str = setting("NATS_URL", "nats://127.0.0.1:4222", show=without_credentials)
     """the NATS server"""
     replicas: int = setting("PIXELBUS_STREAM_REPLICAS", 1, integer(1, 5))
     """replicas of the stream and buckets (3 in production)"""
-    stream_max_age_s: float = setting(
-        "PIXELBUS_STREAM_MAX_AGE_S", 7.0 * _DAYS, number(60, 3.2e7), default_doc="7 days"
-    )
+    stream_max_age_s: float = setting("PIXELBUS_STREAM_MAX_AGE_S", 7.0 * _DAYS, number(60, 3.2e7))
     """how long events (and task states) are kept"""
     duplicate_window_s: float = setting("PIXELBUS_DUPLICATE_WINDOW_S", 600.0, number(1, 86400))
     """JetStream de-duplication window of the task stream and the webhook queue; the projector
@@ -411,41 +409,30 @@ class BusSettings(Settings):
     """attempts before a retryable failure becomes final"""
     retry_delay_s: float = setting("PIXELBUS_RETRY_DELAY_S", 2.0, number(0, 3600))
     """base delay of a retry (times the attempt)"""
-    outputs_ttl_s: float = setting(
-        "PIXELBUS_OUTPUTS_TTL_S", 1.0 * _DAYS, number(60, 3.2e7), default_doc="1 day"
-    )
+    outputs_ttl_s: float = setting("PIXELBUS_OUTPUTS_TTL_S", 1.0 * _DAYS, number(60, 3.2e7))
     """how long the Object Store keeps an output or inline input not yet removed"""
-    idempotency_ttl_s: float = setting(
-        "PIXELBUS_IDEMPOTENCY_TTL_S", 1.0 * _DAYS, number(60, 3.2e7), default_doc="1 day"
-    )
+    idempotency_ttl_s: float = setting("PIXELBUS_IDEMPOTENCY_TTL_S", 1.0 * _DAYS, number(60, 3.2e7))
     """how long an `Idempotency-Key` is remembered"""
     progress_interval_s: float = setting("PIXELBUS_PROGRESS_INTERVAL_S", 0.25, number(0, 60))
     """least time between two progress events of one task (reports in between are coalesced)"""
     inline_output_bytes: int = setting(
-        "PIXELBUS_INLINE_OUTPUT_BYTES",
-        256 * 1024,
-        integer(0, 512 * 1024),
-        default_doc="256 KiB (at most 512 KiB)",
+        "PIXELBUS_INLINE_OUTPUT_BYTES", 256 * 1024, integer(0, 512 * 1024)
     )
-    """outputs of a task up to this size in all travel inline in `OutputsReady`; larger ones
-    through the Object Store"""
+    """outputs of a task up to this size in all (at most 512 KiB) travel inline in `OutputsReady`;
+    larger ones through the Object Store"""
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:
         """``PIXELBUS_ACK_WAIT_S_<POOL>`` for each pool that has one (else the defaults); a
         pool without one follows ``PIXELBUS_ACK_WAIT_S``."""
-        defaults = dict(cls.pool_ack_wait_s)
-        waits: dict[str, float] = {}
+        waits = dict(cls.pool_ack_wait_s)
         for pool in POOLS:
             name = f"PIXELBUS_ACK_WAIT_S_{pool.name.upper()}"
-            raw = reader.get(name)
-            if raw is not None:
+            if (raw := reader.get(name)) is not None:
                 try:
                     waits[pool.name] = number(0.5, 3600)(name, raw)
                 except SettingsError as exc:
-                    reader.invalid.append((name, str(exc)))
-            elif pool.name in defaults:
-                waits[pool.name] = defaults[pool.name]
+                    reader.refuse(name, str(exc))
         return reader.fields(cls, pool_ack_wait_s=tuple(sorted(waits.items())))
 
     def ack_wait_for(self, pool: str) -> float:

@@ -129,17 +129,11 @@ class ComfySettings(Settings):
     include_previews: bool = setting("PIXELBUS_COMFY_INCLUDE_PREVIEWS", False, boolean)
     """also store `PreviewImage` temp outputs"""
     max_output_bytes: int = setting(
-        "PIXELBUS_COMFY_MAX_OUTPUT_BYTES",
-        512 * 1024 * 1024,
-        integer(1, 1 << 34),
-        default_doc="512 MiB",
+        "PIXELBUS_COMFY_MAX_OUTPUT_BYTES", 512 << 20, integer(1, 1 << 34)
     )
     """largest output file read from ComfyUI"""
     max_image_bytes: int = setting(
-        "PIXELBUS_MAX_INPUT_IMAGE_BYTES",
-        15 * 1024 * 1024,
-        integer(1024, 1 << 30),
-        default_doc="15 MiB",
+        "PIXELBUS_MAX_INPUT_IMAGE_BYTES", 15 << 20, integer(1024, 1 << 30)
     )
     """largest input image"""
     max_image_pixels: int = setting(
@@ -170,12 +164,10 @@ class ComfySettings(Settings):
             and raw_graphs.lower() in ("1", "true", "yes", "on")
             and not reader.get("PIXELBUS_COMFY_ALLOWED_NODE_TYPES")
         ):
-            reader.invalid.append(
-                (
-                    "PIXELBUS_COMFY_RAW_GRAPHS",
-                    "APP_ENV=production: raw ComfyUI graphs need PIXELBUS_COMFY_ALLOWED_NODE_TYPES "
-                    "(the node types clients may use), or PIXELBUS_COMFY_RAW_GRAPHS=false "
-                    "(stored workflows only)",
-                )
+            reader.refuse(
+                "PIXELBUS_COMFY_RAW_GRAPHS",
+                "APP_ENV=production: raw ComfyUI graphs need PIXELBUS_COMFY_ALLOWED_NODE_TYPES "
+                "(the node types clients may use), or PIXELBUS_COMFY_RAW_GRAPHS=false "
+                "(stored workflows only)",
             )
         return reader.fields(cls)

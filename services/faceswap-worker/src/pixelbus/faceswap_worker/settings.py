@@ -75,10 +75,7 @@ class FaceSwapSettings(Settings):
     )
     """engine used when a task names no `model`; must be installed, or the worker does not start"""
     max_image_bytes: int = setting(
-        "PIXELBUS_MAX_INPUT_IMAGE_BYTES",
-        15 * 1024 * 1024,
-        integer(1024, 1 << 30),
-        default_doc="15 MiB",
+        "PIXELBUS_MAX_INPUT_IMAGE_BYTES", 15 << 20, integer(1024, 1 << 30)
     )
     """largest input image"""
     max_image_pixels: int = setting(
@@ -103,10 +100,8 @@ class FaceSwapSettings(Settings):
         if reader.get("PIXELBUS_FACESWAP_DEFAULT_MODEL") == "remote" and not reader.get(
             "FACE_SWAP_API_URL"
         ):
-            reader.invalid.append(
-                (
-                    "PIXELBUS_FACESWAP_DEFAULT_MODEL",
-                    "PIXELBUS_FACESWAP_DEFAULT_MODEL=remote needs FACE_SWAP_API_URL to be set",
-                )
+            reader.refuse(
+                "PIXELBUS_FACESWAP_DEFAULT_MODEL",
+                "PIXELBUS_FACESWAP_DEFAULT_MODEL=remote needs FACE_SWAP_API_URL to be set",
             )
         return reader.fields(cls)

@@ -37,15 +37,10 @@ class GatewaySettings(Settings):
     """where the gateway listens"""
     port: int = setting("PIXELBUS_PORT", 8000, integer(0, 65535))
     """the gateway's port"""
-    max_body_bytes: int = setting(
-        "PIXELBUS_MAX_BODY_BYTES", 20 * 1024 * 1024, integer(1024, 1 << 30), default_doc="20 MiB"
-    )
+    max_body_bytes: int = setting("PIXELBUS_MAX_BODY_BYTES", 20 << 20, integer(1024, 1 << 30))
     """request body limit (413 beyond)"""
     max_input_image_bytes: int = setting(
-        "PIXELBUS_MAX_INPUT_IMAGE_BYTES",
-        15 * 1024 * 1024,
-        integer(1024, 1 << 30),
-        default_doc="15 MiB",
+        "PIXELBUS_MAX_INPUT_IMAGE_BYTES", 15 << 20, integer(1024, 1 << 30)
     )
     """largest input image"""
     face_swap_wait_s: float = setting("PIXELBUS_FACE_SWAP_WAIT_S", 60.0, number(0, 3600))
@@ -124,19 +119,15 @@ class GatewaySettings(Settings):
         given: dict[str, Any] = {}
         if reader.get("PIXELBUS_LEASE_SECRET") is None:
             if production:
-                reader.invalid.append(
-                    (
-                        "PIXELBUS_LEASE_SECRET",
-                        "PIXELBUS_LEASE_SECRET is required when APP_ENV=production "
-                        "(shared by every gateway replica to sign consumer leases)",
-                    )
+                reader.refuse(
+                    "PIXELBUS_LEASE_SECRET",
+                    "PIXELBUS_LEASE_SECRET is required when APP_ENV=production "
+                    "(shared by every gateway replica to sign consumer leases)",
                 )
             given["lease_secret"] = secrets.token_hex(32)
         auth = reader.get("PIXELBUS_AUTH") or ("required" if production else "open")
         if auth == "open" and production:
-            reader.invalid.append(
-                ("PIXELBUS_AUTH", "PIXELBUS_AUTH=open is refused when APP_ENV=production")
-            )
+            reader.refuse("PIXELBUS_AUTH", "PIXELBUS_AUTH=open is refused when APP_ENV=production")
         if reader.get("PIXELBUS_AUTH") is None:
             given["auth"] = auth
         required = auth == "required"

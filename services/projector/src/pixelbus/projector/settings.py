@@ -16,12 +16,7 @@ class ProjectorSettings(Settings):
     bus: BusSettings = section(BusSettings)
     batch: int = setting("PIXELBUS_PROJECTOR_BATCH", 512, integer(1, 10_000))
     """events the projector folds per batch at most (one KV read and write per task per batch)"""
-    cache_bytes: int = setting(
-        "PIXELBUS_PROJECTOR_CACHE_BYTES",
-        32 * 1024 * 1024,
-        integer(0, 1 << 40),
-        default_doc="32 MiB",
-    )
+    cache_bytes: int = setting("PIXELBUS_PROJECTOR_CACHE_BYTES", 32 << 20, integer(0, 1 << 40))
     """task states the projector keeps in memory, counted in encoded bytes (a state takes about
     three times that as Python objects); it saves the read before each write; least recently
     used out; the webhook-target cache holds one entry per KiB of it"""

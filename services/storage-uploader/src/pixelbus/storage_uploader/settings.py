@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar, cast
+from typing import Any, Literal, Self, cast
 
 from pixelbus.runtime.settings import (
     REQUIRED,
@@ -71,7 +71,6 @@ MAX_URL_TTL_S = 7 * 24 * 3600  # the longest a SigV4 / GOOG4 signed URL may live
 # R2 client keeps for them
 DEFAULT_UPLOAD_CONCURRENCY = 32
 
-T = TypeVar("T")
 _ACCOUNT_ID = matching(r"[A-Za-z0-9-]{1,63}", "a Cloudflare account id")  # a host label
 
 
@@ -166,12 +165,9 @@ class R2Settings(Settings):
     url_ttl_s: int = setting("PIXELBUS_R2_URL_TTL_S", MAX_URL_TTL_S, _TTL, default_doc=_TTL_DOC)
     """lifetime of signed URLs"""
     part_size: int = setting(
-        "PIXELBUS_R2_PART_SIZE",
-        DEFAULT_PART_SIZE,
-        _integer(MIN_PART_SIZE, 5 * 1024 * MIB),
-        default_doc="8 MiB (at least 5 MiB)",
+        "PIXELBUS_R2_PART_SIZE", DEFAULT_PART_SIZE, _integer(MIN_PART_SIZE, 5 * 1024 * MIB)
     )
-    """multipart part size; outputs larger than one part are uploaded in parts"""
+    """multipart part size (at least 5 MiB); outputs larger than one part are uploaded in parts"""
     cache_control: str = setting("PIXELBUS_STORAGE_CACHE_CONTROL", DEFAULT_CACHE_CONTROL)
     """`Cache-Control` of stored objects (r2, gcs)"""
 
@@ -255,12 +251,10 @@ def _credentials(reader: Reader, path: str) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not JSON"
-        reader.invalid.append((name, f"{name}={path!r} cannot be read ({reason})"))
+        reader.refuse(name, f"{name}={path!r} cannot be read ({reason})")
         return {}
     if not isinstance(data, dict) or "type" not in data:
-        reader.invalid.append(
-            (name, f"{name}={path!r} is not a Google credentials file (no 'type')")
-        )
+        reader.refuse(name, f"{name}={path!r} is not a Google credentials file (no 'type')")
         return {}
     return data
 
@@ -319,10 +313,8 @@ class StorageSettings(Settings):
     """how often the uploader checks its provider for `/api/health`"""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Self:
-        """Read the settings; raises ``SettingsError`` naming every bad or missing one."""
-        reader = Reader(environ)
-        return _done(reader, cls.read(reader))
+    def refusal(cls, reader: Reader) -> Exception:
+        return _refusal(reader)
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:
@@ -345,12 +337,10 @@ _SECTIONS: dict[str, type[Settings]] = {
 }
 
 
-def _done(reader: Reader, settings: T | None) -> T:
-    """``settings``, or one ``SettingsError`` naming every problem and setting at fault."""
-    if reader.missing or reader.invalid or settings is None:
-        provider = (reader.get("STORAGE_PROVIDER") or "local").lower()
-        raise SettingsError(reader.message(f"STORAGE_PROVIDER={provider}"), settings=reader.names)
-    return settings
+def _refusal(reader: Reader) -> SettingsError:
+    """One error naming every problem, and every setting at fault."""
+    provider = (reader.get("STORAGE_PROVIDER") or "local").lower()
+    return SettingsError(reader.message(f"STORAGE_PROVIDER={provider}"), settings=reader.names)
 
 
 @dataclass(frozen=True)
@@ -365,6 +355,5 @@ class UploaderSettings(Settings):
     """outputs the storage uploader stores at once (and the connections an R2 client keeps)"""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Self:
-        reader = Reader(environ)
-        return _done(reader, cls.read(reader))
+    def refusal(cls, reader: Reader) -> Exception:
+        return _refusal(reader)

@@ -89,20 +89,12 @@ class WebhookSettings(Settings):
     def read(cls, reader: Reader) -> Self | None:
         generated = reader.get("PIXELBUS_WEBHOOK_SECRET") is None
         if generated and reader.get("APP_ENV") == "production":
-            reader.invalid.append(
-                (
-                    "PIXELBUS_WEBHOOK_SECRET",
-                    "PIXELBUS_WEBHOOK_SECRET is required when APP_ENV=production "
-                    "(whsec_<base64>, signs the webhooks)",
-                )
+            reader.refuse(
+                "PIXELBUS_WEBHOOK_SECRET",
+                "PIXELBUS_WEBHOOK_SECRET is required when APP_ENV=production "
+                "(whsec_<base64>, signs the webhooks)",
             )
         return reader.fields(cls, secret_generated=generated)
-
-    def redacted(self) -> dict[str, str]:
-        shown = super().redacted()
-        if self.secret_generated:
-            shown["PIXELBUS_WEBHOOK_SECRET"] = "(generated)"  # noqa: S105
-        return shown
 
 
 @dataclass(frozen=True)
