@@ -34,7 +34,6 @@ from pixelbus.runtime.errors import SettingsError
 __all__ = [
     "REQUIRED",
     "BusSettings",
-    "Env",
     "Reader",
     "Settings",
     "boolean",
@@ -48,7 +47,6 @@ __all__ = [
     "section",
     "setting",
     "settings_table",
-    "text",
     "with_secret_files",
     "without_credentials",
     "words",

@@ -87,11 +87,8 @@ class GatewaySettings(Settings):
         default_doc="`100` with keys required; `0` when open",
     )
     """per-tenant active tasks (429 beyond; 0: no limit)"""
-    #: Each replica samples the server's count (at most every 0.25 s, and again when its
-    #: estimate reaches the limit) and adds its own creates at once, so one replica holds
-    #: the limit exactly; with several, the backlog can pass it by what the other replicas
-    #: accept before their next sample (``pixelbus.gateway.backlog`` says why not a stream
-    #: limit or a shared counter).
+    #: Several replicas can pass it by what the others accept before their next sample
+    #: (``pixelbus.gateway.backlog`` says why, and why not a stream limit or a shared counter).
     max_pending_tasks: int = setting("PIXELBUS_MAX_PENDING_TASKS", 10_000, integer(0, 10**9))
     """tasks waiting in one pool (created, not yet handed to a worker) before a create is refused
     with 503 and `Retry-After` (0: no limit)"""

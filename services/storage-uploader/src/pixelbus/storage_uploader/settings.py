@@ -35,14 +35,8 @@ from pixelbus.storage_uploader.errors import SettingsError
 
 __all__ = [
     "DEFAULT_CACHE_CONTROL",
-    "DEFAULT_CF_IMAGES_API_URL",
-    "DEFAULT_GCS_API_URL",
-    "DEFAULT_LOCAL_STORAGE_DIR",
-    "DEFAULT_PART_SIZE",
     "DEFAULT_PUBLIC_BASE_URL",
-    "DEFAULT_R2_TIMEOUT_S",
     "DEFAULT_UPLOAD_CONCURRENCY",
-    "MAX_URL_TTL_S",
     "MIN_PART_SIZE",
     "CfImagesSettings",
     "GcsSettings",
@@ -57,16 +51,11 @@ __all__ = [
 ProviderName = Literal["local", "r2", "gcs", "cf_images"]
 _PROVIDERS: tuple[ProviderName, ...] = ("local", "r2", "gcs", "cf_images")
 
-DEFAULT_LOCAL_STORAGE_DIR = ".pixelbus/storage"
 DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
-DEFAULT_R2_TIMEOUT_S = 30.0
 DEFAULT_CACHE_CONTROL = "public, max-age=604800"
-DEFAULT_GCS_API_URL = "https://storage.googleapis.com"
-DEFAULT_CF_IMAGES_API_URL = "https://api.cloudflare.com/client/v4"
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # S3 (and R2) refuse smaller parts, except the last
-DEFAULT_PART_SIZE = 8 * MIB
-MAX_URL_TTL_S = 7 * 24 * 3600  # the longest a SigV4 / GOOG4 signed URL may live
+_TTL_S = 7 * 24 * 3600  # the longest a SigV4 / GOOG4 signed URL may live
 # PIXELBUS_UPLOAD_CONCURRENCY's default: messages stored at once, and the connections an
 # R2 client keeps for them
 DEFAULT_UPLOAD_CONCURRENCY = 32
@@ -116,19 +105,14 @@ def _mask(value: str) -> str:
     return f"***{value[-4:]}" if len(value) >= 12 else "***"
 
 
-_TTL = _integer(1, MAX_URL_TTL_S)
-_TTL_DOC = "`604800` (7 days, the most SigV4 and GOOG4 allow)"
+_TTL = _integer(1, _TTL_S)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LocalSettings(Settings):
-    """Files under ``directory``, served by the gateway at ``public_base_url/files/<key>``.
+    """Files under ``directory``, served by the gateway at ``public_base_url/files/<key>``."""
 
-    ``fsync``: a file is always written whole and renamed into place (never half a file),
-    and survives the uploader's own crash; the page cache reaches the disk within seconds.
-    """
-
-    directory: Path = setting("PIXELBUS_LOCAL_STORAGE_DIR", Path(DEFAULT_LOCAL_STORAGE_DIR), path)
+    directory: Path = setting("PIXELBUS_LOCAL_STORAGE_DIR", Path(".pixelbus/storage"), path)
     """where `local` storage writes"""
     public_base_url: str = setting("PIXELBUS_PUBLIC_BASE_URL", DEFAULT_PUBLIC_BASE_URL, _url)
     """base of `local` output URLs"""
@@ -160,12 +144,12 @@ class R2Settings(Settings):
     """S3 endpoint override"""
     account_id: str | None = setting("R2_ACCOUNT_ID", None, _ACCOUNT_ID)
     """Cloudflare account of the bucket (required with `r2` unless the endpoint is set)"""
-    timeout_s: float = setting("PIXELBUS_R2_TIMEOUT_S", DEFAULT_R2_TIMEOUT_S, _positive)
+    timeout_s: float = setting("PIXELBUS_R2_TIMEOUT_S", 30.0, _positive)
     """connect and read timeout of R2 requests"""
-    url_ttl_s: int = setting("PIXELBUS_R2_URL_TTL_S", MAX_URL_TTL_S, _TTL, default_doc=_TTL_DOC)
-    """lifetime of signed URLs"""
+    url_ttl_s: int = setting("PIXELBUS_R2_URL_TTL_S", _TTL_S, _TTL)
+    """lifetime of signed URLs (7 days at most, as SigV4 and GOOG4 allow)"""
     part_size: int = setting(
-        "PIXELBUS_R2_PART_SIZE", DEFAULT_PART_SIZE, _integer(MIN_PART_SIZE, 5 * 1024 * MIB)
+        "PIXELBUS_R2_PART_SIZE", 8 * MIB, _integer(MIN_PART_SIZE, 5 * 1024 * MIB)
     )
     """multipart part size (at least 5 MiB); outputs larger than one part are uploaded in parts"""
     cache_control: str = setting("PIXELBUS_STORAGE_CACHE_CONTROL", DEFAULT_CACHE_CONTROL)
@@ -207,16 +191,19 @@ class GcsSettings(Settings):
     """public base URL (e.g. `https://storage.googleapis.com/<bucket>`); unset, output URLs are
     V4-signed GETs"""
     api_url: str = setting(
-        "STORAGE_EMULATOR_HOST", DEFAULT_GCS_API_URL, _url, default_doc="unset: Google's API"
+        "STORAGE_EMULATOR_HOST",
+        "https://storage.googleapis.com",
+        _url,
+        default_doc="unset: Google's API",
     )
     """point the GCS client at an emulator (`http://host:port`)"""
     emulator: bool = False
-    url_ttl_s: int = setting("PIXELBUS_GCS_URL_TTL_S", MAX_URL_TTL_S, _TTL, default_doc=_TTL_DOC)
-    """lifetime of signed URLs"""
+    url_ttl_s: int = setting("PIXELBUS_GCS_URL_TTL_S", _TTL_S, _TTL)
+    """lifetime of signed URLs (7 days at most, as SigV4 and GOOG4 allow)"""
     signer_email: str | None = setting("PIXELBUS_GCS_SIGNER_EMAIL", None)
     """service account that signs URLs through IAM `signBlob` when the credentials have no key
     (workload identity with signed URLs)"""
-    timeout_s: float = setting("PIXELBUS_GCS_TIMEOUT_S", DEFAULT_R2_TIMEOUT_S, _positive)
+    timeout_s: float = setting("PIXELBUS_GCS_TIMEOUT_S", 30.0, _positive)
     """connect and read timeout of GCS requests"""
     cache_control: str = setting("PIXELBUS_STORAGE_CACHE_CONTROL", DEFAULT_CACHE_CONTROL)
     """`Cache-Control` of stored objects (r2, gcs)"""
@@ -271,14 +258,16 @@ class CfImagesSettings(Settings):
         "PIXELBUS_CF_IMAGES_VARIANT", "public", matching(r"[A-Za-z0-9_-]{1,99}", "a variant name")
     )
     """the variant whose delivery URL outputs get"""
-    api_url: str = setting("PIXELBUS_CF_IMAGES_API_URL", DEFAULT_CF_IMAGES_API_URL, _url)
+    api_url: str = setting(
+        "PIXELBUS_CF_IMAGES_API_URL", "https://api.cloudflare.com/client/v4", _url
+    )
     """API override (tests)"""
     fallback: ProviderName | None = setting(
         "PIXELBUS_CF_IMAGES_FALLBACK", None, _fallback, default_doc="`none`"
     )
     """`local`, `r2` or `gcs`: where outputs that are not images go (their settings then required
     too); `none`: such a task fails naming this setting"""
-    timeout_s: float = setting("PIXELBUS_CF_IMAGES_TIMEOUT_S", DEFAULT_R2_TIMEOUT_S, _positive)
+    timeout_s: float = setting("PIXELBUS_CF_IMAGES_TIMEOUT_S", 30.0, _positive)
     """connect and read timeout of Cloudflare Images requests"""
 
 
