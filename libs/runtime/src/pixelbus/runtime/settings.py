@@ -34,6 +34,7 @@ from pixelbus.runtime.errors import SettingsError
 __all__ = [
     "REQUIRED",
     "BusSettings",
+    "Networks",
     "Reader",
     "Settings",
     "boolean",
@@ -54,6 +55,7 @@ __all__ = [
 
 T = TypeVar("T")
 Parse = Callable[[str, str], T]
+Networks = tuple[IPv4Network | IPv6Network, ...]
 #: The default of a setting that must be set.
 REQUIRED: Any = MISSING
 
@@ -80,9 +82,6 @@ def with_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
         except OSError as exc:
             raise SettingsError(f"{variable}={path!r} cannot be read: {exc.strerror}") from None
     return expanded
-
-
-# -- parsers: (variable, stripped value) -> value -----------------------------------------
 
 
 def text(name: str, raw: str) -> str:
@@ -135,10 +134,10 @@ def words(name: str, raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
-def networks(strict: bool = True) -> Parse[tuple[IPv4Network | IPv6Network, ...]]:
+def networks(strict: bool = True) -> Parse[Networks]:
     """A comma-separated list of CIDR networks (``PIXELBUS_SSRF_ALLOW_NETWORKS``)."""
 
-    def parse(name: str, raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    def parse(name: str, raw: str) -> Networks:
         found = []
         for item in words(name, raw):
             try:
@@ -181,13 +180,9 @@ def without_credentials(url: str) -> str:
     return url
 
 
-# -- declarations ------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Env:
-    """One setting's declaration, kept in its field's metadata. ``default_doc`` says the
-    default where its value does not (and stands for an unset value in the start log)."""
+    """A setting's declaration, in its field's metadata (``default_doc``: the default in words)."""
 
     name: str
     parse: Callable[[str, str], Any]
@@ -235,9 +230,8 @@ def setting(
 
 
 def section(cls: type[Settings], *, when: str | None = None, optional: bool = False) -> Any:
-    """A nested settings class read from the same environment; with ``when``, only when
-    that variable is set (else ``None``); ``optional``: ``None`` unless the class's ``read``
-    gives it."""
+    """Settings nested in a class: with ``when``, read only when that variable is set;
+    ``optional``, only when the class's ``read`` gives them (``None`` otherwise)."""
     if when is not None or optional:
         return field(default=None, metadata={"section": cls, "when": when, "optional": True})
     return field(default_factory=cls, metadata={"section": cls})
@@ -262,8 +256,7 @@ class Settings:
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:
-        """This class from ``reader``'s environment (``None`` when a required setting is
-        missing); override to add derived values and checks across fields."""
+        """This class (``None`` when a required setting is missing): override to add more."""
         return reader.fields(cls)
 
     def redacted(self) -> dict[str, str]:
@@ -283,8 +276,7 @@ def _required(each: dataclasses.Field[Any]) -> bool:
 
 
 class Reader:
-    """Reads declared settings from an environment and collects every problem, so that one
-    error names them all."""
+    """Reads declared settings, collecting every problem so that one error names them all."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
@@ -359,8 +351,7 @@ def _said(name: str, value: Any) -> str:
 
 
 def settings_table(cls: type[Any], skip: tuple[type[Any], ...] = ()) -> list[str]:
-    """The Markdown rows of ``cls``'s settings, sections but ``skip`` included (a variable
-    read twice is listed once)."""
+    """The Markdown rows of ``cls``'s settings and its sections' (but ``skip``), each once."""
     rows, docs = [], _docs(cls)
     for each in dataclasses.fields(cls):
         part, env = each.metadata.get("section"), each.metadata.get("env")
@@ -421,8 +412,7 @@ class BusSettings(Settings):
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:
-        """``PIXELBUS_ACK_WAIT_S_<POOL>`` for each pool that has one (else the defaults); a
-        pool without one follows ``PIXELBUS_ACK_WAIT_S``."""
+        """A pool without ``PIXELBUS_ACK_WAIT_S_<POOL>`` follows ``PIXELBUS_ACK_WAIT_S``."""
         waits = dict(cls.pool_ack_wait_s)
         for pool in POOLS:
             name = f"PIXELBUS_ACK_WAIT_S_{pool.name.upper()}"

@@ -16,11 +16,11 @@ from typing import Self
 import httpx
 
 from pixelbus.media.images import AnimatedInputs, animated_inputs_from
-from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.settings import (
     REQUIRED,
     BusSettings,
+    Networks,
     Reader,
     Settings,
     boolean,
@@ -69,10 +69,6 @@ def _directory(name: str, raw: str) -> Path:
     if not Path(raw).is_dir():
         raise SettingsError(f"{name}={raw!r} is not a directory")
     return Path(raw)
-
-
-def _animated_inputs(name: str, raw: str) -> AnimatedInputs:
-    return animated_inputs_from({name: raw})
 
 
 @dataclass(frozen=True)
@@ -141,14 +137,14 @@ class ComfySettings(Settings):
     )
     """largest input image in pixels"""
     animated_inputs: AnimatedInputs = setting(
-        "PIXELBUS_ANIMATED_INPUTS", "first_frame", _animated_inputs
+        "PIXELBUS_ANIMATED_INPUTS",
+        "first_frame",
+        lambda name, raw: animated_inputs_from({name: raw}),
     )
     """an animated input image: `first_frame` (use it) or `refuse`"""
     fetch_timeout_s: float = setting("PIXELBUS_FETCH_TIMEOUT_S", 20.0, number(0.1, 600))
     """timeout of an input image fetch"""
-    ssrf_allow_networks: tuple[IPNetwork, ...] = setting(
-        "PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks()
-    )
+    ssrf_allow_networks: Networks = setting("PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks())
     """CIDRs the SSRF guard lets image fetches reach (development only)"""
     agent: AgentSettings | None = section(AgentSettings, when="PIXELBUS_COMFY_AGENT_URL")
 

@@ -11,9 +11,9 @@ from typing import Self
 
 from pixelbus.contracts.validation import FACE_SWAP_MODELS
 from pixelbus.media.images import AnimatedInputs, animated_inputs_from
-from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.settings import (
     BusSettings,
+    Networks,
     Reader,
     Settings,
     http_url,
@@ -28,10 +28,6 @@ from pixelbus.runtime.settings import (
 )
 
 __all__ = ["FaceSwapSettings", "ModelSettings", "RemoteSettings"]
-
-
-def _animated_inputs(name: str, raw: str) -> AnimatedInputs:
-    return animated_inputs_from({name: raw})
 
 
 @dataclass(frozen=True)
@@ -84,12 +80,12 @@ class FaceSwapSettings(Settings):
     """largest input image in pixels"""
     fetch_timeout_s: float = setting("PIXELBUS_FETCH_TIMEOUT_S", 20.0, number(0.1, 600))
     """timeout of an input image fetch"""
-    ssrf_allow_networks: tuple[IPNetwork, ...] = setting(
-        "PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks()
-    )
+    ssrf_allow_networks: Networks = setting("PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks())
     """CIDRs the SSRF guard lets image fetches reach (development only)"""
     animated_inputs: AnimatedInputs = setting(
-        "PIXELBUS_ANIMATED_INPUTS", "first_frame", _animated_inputs
+        "PIXELBUS_ANIMATED_INPUTS",
+        "first_frame",
+        lambda name, raw: animated_inputs_from({name: raw}),
     )
     """an animated input image: `first_frame` (use it) or `refuse`"""
     models: ModelSettings = section(ModelSettings)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.probes import ProbeSettings
 from pixelbus.runtime.settings import (
     BusSettings,
+    Networks,
     Reader,
     Settings,
     integer,
@@ -49,13 +49,9 @@ class GatewaySettings(Settings):
     """longest wait of `/api/face-swap/process`"""
     fetch_max_wait_s: float = setting("PIXELBUS_FETCH_MAX_WAIT_S", 30.0, number(0, 300))
     """longest long-poll of `/api/comm/task/fetch`"""
-    lease_secret: str = setting(
-        "PIXELBUS_LEASE_SECRET",
-        "",
-        secret=True,
-        default_doc="random per process in development; required in production",
-    )
-    """signs external consumers' lease tokens; the same on every gateway replica"""
+    lease_secret: str = setting("PIXELBUS_LEASE_SECRET", "", secret=True)
+    """signs external consumers' lease tokens; the same on every gateway replica (required in
+    production; unset, random per process)"""
     storage_provider: str = setting("STORAGE_PROVIDER", "local")
     """the uploader's provider (`local`: the gateway serves files)"""
     local_storage_dir: Path = setting("PIXELBUS_LOCAL_STORAGE_DIR", Path(".pixelbus/storage"), path)
@@ -65,28 +61,13 @@ class GatewaySettings(Settings):
     workers_seen_s: float = 15.0
     #: The probe server runs only when ``PIXELBUS_PROBE_PORT`` is set.
     probes: ProbeSettings | None = section(ProbeSettings, when="PIXELBUS_PROBE_PORT")
-    auth: str = setting(
-        "PIXELBUS_AUTH",
-        "open",
-        one_of("open", "required"),
-        default_doc="`open` in development, `required` in production (the only choice there)",
-    )
+    auth: str = setting("PIXELBUS_AUTH", "open", one_of("open", "required"))
     """API keys required or not (see *API keys*); `open`: requests without a key act as the
-    `anonymous` tenant"""
-    rate_limit_rps: float = setting(
-        "PIXELBUS_RATE_LIMIT_RPS",
-        0.0,
-        number(0, 1e6),
-        default_doc="`20` with keys required; `0` when open",
-    )
-    """per-key request rate (0: no limit)"""
-    max_active_tasks: int = setting(
-        "PIXELBUS_MAX_ACTIVE_TASKS",
-        0,
-        integer(0, 10**7),
-        default_doc="`100` with keys required; `0` when open",
-    )
-    """per-tenant active tasks (429 beyond; 0: no limit)"""
+    `anonymous` tenant; `required` by default and the only choice in production"""
+    rate_limit_rps: float = setting("PIXELBUS_RATE_LIMIT_RPS", 0.0, number(0, 1e6))
+    """per-key request rate (0: no limit); `20` by default when keys are required"""
+    max_active_tasks: int = setting("PIXELBUS_MAX_ACTIVE_TASKS", 0, integer(0, 10**7))
+    """per-tenant active tasks (429 beyond; 0: no limit); `100` by default when keys are required"""
     #: Several replicas can pass it by what the others accept before their next sample
     #: (``pixelbus.gateway.backlog`` says why, and why not a stream limit or a shared counter).
     max_pending_tasks: int = setting("PIXELBUS_MAX_PENDING_TASKS", 10_000, integer(0, 10**9))
@@ -101,7 +82,7 @@ class GatewaySettings(Settings):
         "PIXELBUS_CORS_ORIGINS", (), words, default_doc="empty: CORS closed"
     )
     """comma-separated origins allowed to call the API from a browser"""
-    ssrf_allow_networks: tuple[IPNetwork, ...] = setting(
+    ssrf_allow_networks: Networks = setting(
         "PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks(strict=False)
     )
     """CIDRs the SSRF guard admits in a task's `webhook_url` at creation (development only)"""

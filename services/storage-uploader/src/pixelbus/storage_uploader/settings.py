@@ -135,13 +135,8 @@ class R2Settings(Settings):
         "R2_PUBLIC_URL", None, _url, default_doc="unset: presigned URLs"
     )
     """public base URL of the bucket (custom domain); unset, output URLs are presigned GETs"""
-    endpoint_url: str = setting(
-        "PIXELBUS_R2_ENDPOINT_URL",
-        "",
-        _url,
-        default_doc="`https://<account>.r2.cloudflarestorage.com`",
-    )
-    """S3 endpoint override"""
+    endpoint_url: str = setting("PIXELBUS_R2_ENDPOINT_URL", "", _url)
+    """S3 endpoint override (unset: `https://<account>.r2.cloudflarestorage.com`)"""
     account_id: str | None = setting("R2_ACCOUNT_ID", None, _ACCOUNT_ID)
     """Cloudflare account of the bucket (required with `r2` unless the endpoint is set)"""
     timeout_s: float = setting("PIXELBUS_R2_TIMEOUT_S", 30.0, _positive)

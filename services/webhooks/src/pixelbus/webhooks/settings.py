@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Self
 
 from pixelbus.contracts.webhooks import decode_secret
-from pixelbus.media.ssrf import IPNetwork
 from pixelbus.runtime.errors import SettingsError
 from pixelbus.runtime.settings import (
     BusSettings,
+    Networks,
     Reader,
     Settings,
     integer,
@@ -53,15 +53,10 @@ def _owner_secrets(name: str, raw: str) -> Mapping[str, str]:
 @dataclass(frozen=True)
 class WebhookSettings(Settings):
     secret: str = setting(
-        "PIXELBUS_WEBHOOK_SECRET",
-        "",
-        _checked,
-        secret=True,
-        factory=_random_secret,
-        default_doc="random per process in development; required in production",
+        "PIXELBUS_WEBHOOK_SECRET", "", _checked, secret=True, factory=_random_secret
     )
-    """`whsec_<base64>`: signs webhooks (Standard Webhooks); read by the webhooks service, as are
-    all `PIXELBUS_WEBHOOK_*`"""
+    """`whsec_<base64>`: signs webhooks (Standard Webhooks); required in production, unset a random
+    one per process; read by the webhooks service, as are all `PIXELBUS_WEBHOOK_*`"""
     owner_secrets: Mapping[str, str] = setting(
         "PIXELBUS_WEBHOOK_SECRETS", {}, _owner_secrets, secret=True, factory=dict
     )
@@ -77,9 +72,7 @@ class WebhookSettings(Settings):
     """timeout of one attempt"""
     concurrency: int = setting("PIXELBUS_WEBHOOK_CONCURRENCY", 16, integer(1, 1000))
     """deliveries a webhooks replica makes at once"""
-    allow_networks: tuple[IPNetwork, ...] = setting(
-        "PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks(strict=False)
-    )
+    allow_networks: Networks = setting("PIXELBUS_SSRF_ALLOW_NETWORKS", (), networks(strict=False))
     """CIDRs the SSRF guard lets a delivery reach (development only)"""
 
     def secret_for(self, owner: str | None) -> str:
