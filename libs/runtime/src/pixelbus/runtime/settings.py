@@ -307,7 +307,7 @@ class Reader:
                 whole = False
             elif part is not None:
                 when = each.metadata.get("when")
-                if self.get(when) is not None if when else not each.metadata.get("optional"):
+                if (self.get(when) is not None) if when else not each.metadata.get("optional"):
                     values[each.name] = part.read(self)
                     whole = whole and values[each.name] is not None
         return cls(**values) if whole else None
