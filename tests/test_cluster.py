@@ -368,7 +368,7 @@ async def new_leader(nc: Client, old: str, timeout: float = 30) -> str:
     async def elected() -> str | None:
         try:
             leader = await stream_leader(quick)
-        except Exception:
+        except nats.errors.Error:  # timeouts and JetStream API errors among them
             return None  # the client is still reconnecting, or no leader yet
         return leader if leader and leader != old else None
 
