@@ -4,7 +4,8 @@ the setting to fix, no retry storm) and a provider answering 503 (retried, then 
 
 Every provider is a real HTTP server on a loopback port: the S3 server (moto) for ``r2``,
 the test kit's GCS server for ``gcs`` (through ``STORAGE_EMULATOR_HOST``, checking OAuth
-tokens) and its Cloudflare Images server for ``cf_images``. R2 serves public objects from
+tokens), the third-party ``gcp-storage-emulator`` for ``gcs`` too (the face swap only: it
+checks no credentials) and the kit's Cloudflare Images server for ``cf_images``. R2 serves public objects from
 a bucket's public URL; here a small reader in front of the S3 server plays that part.
 """
 
@@ -23,6 +24,7 @@ from pixelbus.contracts.events import TaskFailed
 from pixelbus.contracts.subjects import OUTPUTS_BUCKET, TASK_STREAM
 from pixelbus.contracts.task import TaskStatus
 from pixelbus.testkit.cf_images_server import CfImagesServer
+from pixelbus.testkit.gcs_emulator import GcsEmulator
 from pixelbus.testkit.gcs_server import GcsServer
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.s3_server import FaultyProxy, S3Credentials, S3Server
@@ -97,14 +99,18 @@ def r2_env(
     }
 
 
-def gcs_env(server: GcsServer, bucket: str, credentials: Path) -> dict[str, str]:
-    return {
+def gcs_env(
+    server: GcsServer | GcsEmulator, bucket: str, credentials: Path | None
+) -> dict[str, str]:
+    env = {
         "STORAGE_PROVIDER": "gcs",
         "PIXELBUS_GCS_BUCKET": bucket,
-        "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
         "STORAGE_EMULATOR_HOST": server.url,
         "PIXELBUS_GCS_PUBLIC_URL": f"{server.url}/{bucket}",
     }
+    if credentials is not None:
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = str(credentials)
+    return env
 
 
 def cf_env(server: CfImagesServer, **extra: str) -> dict[str, str]:
@@ -120,7 +126,7 @@ def cf_env(server: CfImagesServer, **extra: str) -> dict[str, str]:
 Storage = tuple[dict[str, str], Callable[[], list[str]]]
 
 
-@pytest.fixture(params=["local", "r2", "gcs", "cf_images"])
+@pytest.fixture(params=["local", "r2", "gcs", "gcs-emulator", "cf_images"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     """The environment that selects a provider, and a way to list the keys it holds."""
     name = request.param
@@ -141,6 +147,10 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
         bucket = gcs.create_bucket()
         env = gcs_env(gcs, bucket, gcs.service_account(tmp_path))
         return env, lambda: [name for (b, name) in gcs.objects if b == bucket]
+    if name == "gcs-emulator":  # the third-party gcp-storage-emulator: no credentials
+        emulator: GcsEmulator = request.getfixturevalue("gcs_emulator")
+        bucket = emulator.create_bucket()
+        return gcs_env(emulator, bucket, None), lambda: emulator.keys(bucket)
     cf: CfImagesServer = request.getfixturevalue("cf_images_server")
     return cf_env(cf), lambda: list(cf.images)
 
