@@ -12,7 +12,6 @@ from pixelbus.contracts.webhooks import (
     DeliveryAttempt,
     DeliveryLog,
     InvalidSignature,
-    backoff_s,
     decode_secret,
     sign,
     signature_headers,
@@ -81,20 +80,17 @@ def test_per_owner_secret_wins_over_the_global_one_and_is_never_shown() -> None:
     assert SECRET not in shown and mine not in shown
 
 
-def test_backoff_doubles_up_to_the_cap() -> None:
-    assert [backoff_s(n, 5, 60) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
-
-
 def test_decisions() -> None:
     settings = WebhookSettings(max_attempts=3, backoff_s=1, backoff_max_s=10)
     ok = SendResult(True, False, 200, None, 1.0)
     down = SendResult(False, True, 503, "answered 503", 1.0)
     refused = SendResult(False, False, None, "loopback", 0.1)
-    assert decide(ok, 1, settings) == ("delivered", 0.0)
-    assert decide(down, 1, settings) == ("retrying", 1.0)
-    assert decide(down, 2, settings) == ("retrying", 2.0)
-    assert decide(down, 3, settings) == ("failed", 0.0)
-    assert decide(refused, 1, settings) == ("failed", 0.0)
+    assert decide(ok, 1, settings, 0.0) == ("delivered", 0.0)
+    # the lifecycle's backoff: doubling from 1 s, jittered into [1/2, 1) of it by the draw
+    assert decide(down, 1, settings, 0.0) == ("retrying", 0.5)
+    assert decide(down, 2, settings, 0.5) == ("retrying", 1.5)
+    assert decide(down, 3, settings, 0.0) == ("failed", 0.0)
+    assert decide(refused, 1, settings, 0.0) == ("failed", 0.0)
 
 
 def test_log_status() -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pixelbus.runtime.lifecycle import RetryPolicy
 from pixelbus.storage_uploader.errors import (
     StorageError,
     StoragePermanentError,
@@ -16,7 +17,7 @@ from pixelbus.storage_uploader.errors import (
 from pixelbus.storage_uploader.presence import ProviderHealth, presence_key, presence_value
 from pixelbus.storage_uploader.providers import Stored, Upload
 from pixelbus.storage_uploader.providers.gcs_signing import string_to_sign
-from pixelbus.storage_uploader.retry import backoff_s, store_with_retries
+from pixelbus.storage_uploader.retry import store_with_retries
 from pixelbus.storage_uploader.settings import RetrySettings
 
 POLICY = RetrySettings(attempts=4, base_s=0.5, max_s=1.5)
@@ -29,7 +30,8 @@ POLICY = RetrySettings(attempts=4, base_s=0.5, max_s=1.5)
 def test_backoff_doubles_from_the_base_is_capped_and_jittered_into_its_upper_half(
     failures: int, draw: float, wait: float
 ) -> None:
-    assert backoff_s(failures, POLICY, draw) == pytest.approx(wait)
+    backoff = RetryPolicy(POLICY.base_s, POLICY.max_s, POLICY.attempts)
+    assert backoff.delay_s(failures, draw) == pytest.approx(wait)
 
 
 class Script:

@@ -41,7 +41,6 @@ __all__ = [
     "InvalidSignature",
     "WebhookJob",
     "WebhookTarget",
-    "backoff_s",
     "decode_secret",
     "plan_job",
     "sign",
@@ -164,11 +163,6 @@ class DeliveryLog(msgspec.Struct, frozen=True, kw_only=True):
         if "retrying" in last.values():
             return "pending"
         return "delivered"
-
-
-def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
-    """The wait after failed attempt ``attempt`` (1-based): doubling from base, capped."""
-    return float(min(max_s, base_s * 2 ** max(0, attempt - 1)))
 
 
 class InvalidSignature(Exception):

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from pixelbus.contracts.subjects import POOLS
 from pixelbus.runtime.errors import SettingsError
+from pixelbus.runtime.lifecycle import RetryPolicy
 
 __all__ = [
     "REQUIRED",
@@ -397,7 +398,9 @@ class BusSettings(Settings):
     max_deliver: int = setting("PIXELBUS_MAX_DELIVER", 5, integer(1, 100))
     """attempts before a retryable failure becomes final"""
     retry_delay_s: float = setting("PIXELBUS_RETRY_DELAY_S", 2.0, number(0, 3600))
-    """base delay of a retry (times the attempt)"""
+    """first wait before a failed task is tried again; waits double up to the max, with jitter"""
+    retry_max_delay_s: float = setting("PIXELBUS_RETRY_MAX_DELAY_S", 60.0, number(0, 86400))
+    """longest wait before a failed task (or upload) is tried again"""
     outputs_ttl_s: float = setting("PIXELBUS_OUTPUTS_TTL_S", 1.0 * _DAYS, number(60, 3.2e7))
     """how long the Object Store keeps an output or inline input not yet removed"""
     idempotency_ttl_s: float = setting("PIXELBUS_IDEMPOTENCY_TTL_S", 1.0 * _DAYS, number(60, 3.2e7))
@@ -422,6 +425,10 @@ class BusSettings(Settings):
                 except SettingsError as exc:
                     reader.refuse(name, str(exc))
         return reader.fields(cls, pool_ack_wait_s=tuple(sorted(waits.items())))
+
+    def retry_policy(self) -> RetryPolicy:
+        """The redelivery backoff of every task consumer (``pixelbus.runtime.lifecycle``)."""
+        return RetryPolicy(self.retry_delay_s, self.retry_max_delay_s, self.max_deliver)
 
     def ack_wait_for(self, pool: str) -> float:
         """The lease of ``pool``'s tasks: its own setting, else ``ack_wait_s``."""

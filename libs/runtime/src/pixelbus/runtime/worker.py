@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import socket
 import time
 import uuid
@@ -48,15 +49,9 @@ from nats.js.object_store import ObjectStore
 from opentelemetry import trace
 
 from pixelbus.contracts.events import (
-    OutputsReady,
-    TaskCancelled,
     TaskCancelRequested,
     TaskCreated,
-    TaskFailed,
-    TaskProgress,
-    TaskStarted,
     decode_event,
-    event_id,
 )
 from pixelbus.contracts.subjects import (
     OUTPUTS_BUCKET,
@@ -71,7 +66,8 @@ from pixelbus.contracts.subjects import (
 from pixelbus.contracts.task import OutputObject
 from pixelbus.contracts.validation import PROBE_WORKFLOW
 from pixelbus.runtime.clock import utcnow
-from pixelbus.runtime.errors import Permanent, PixelbusError
+from pixelbus.runtime.errors import Permanent, PixelbusError, Retryable
+from pixelbus.runtime.lifecycle import Before, TaskEvents, after_failure, before_run
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.pull import PullConsumer, PullGate, dispatch, keep_alive
@@ -258,6 +254,7 @@ class WorkerRuntime:
     def __post_init__(self) -> None:
         self._handlers: dict[str, Handler] = {PROBE_WORKFLOW: probe_handler, **self.handlers}
         self._publisher = EventPublisher(self.js)
+        self._retry = self.settings.retry_policy()
         self._metrics = process_metrics()
         self._inflight: dict[str, _InFlight] = {}
         self._cancels_seen: OrderedDict[str, str | None] = OrderedDict()
@@ -445,14 +442,15 @@ class WorkerRuntime:
         entry = _InFlight(task=me, msg=msg)
         self._inflight[event.task_id] = entry
         self._metrics.set_in_flight(self.pool.name, len(self._inflight))
+        events = TaskEvents(event.task_id, attempt, utcnow)
         started = time.monotonic()
         outcome = "error"
         try:
             with keep_alive(msg, max(0.2, self.settings.ack_wait_for(self.pool.name) / 3)):
-                outcome = await self._attempt(msg, event, attempt, entry)
+                outcome = await self._attempt(msg, event, events, entry)
         except asyncio.CancelledError:
             if entry.cancelled_by_request:
-                await self._publish_cancelled(event, entry.cancel_reason)
+                await self._publish(event, events.cancelled(entry.cancel_reason))
                 await msg.ack()
                 outcome = "cancelled"
             else:
@@ -465,7 +463,7 @@ class WorkerRuntime:
                 attempt=attempt,
             )
             with contextlib.suppress(Exception):
-                await msg.nak(delay=self.settings.retry_delay_s)
+                await msg.nak(delay=self._retry.delay_s(attempt, random.random()))
             outcome = f"nak:{type(exc).__name__}"
         finally:
             self._inflight.pop(event.task_id, None)
@@ -480,60 +478,44 @@ class WorkerRuntime:
                 seconds=round(time.monotonic() - started, 4),
             )
 
-    async def _attempt(self, msg: Msg, event: TaskCreated, attempt: int, entry: _InFlight) -> str:
-        if self._must_read_state(msg, event, attempt):
+    async def _attempt(
+        self, msg: Msg, event: TaskCreated, events: TaskEvents, entry: _InFlight
+    ) -> str:
+        if self._must_read_state(msg, event, events.attempt):
             assert self._kv is not None
             state, _ = await read_state(self._kv, event.task_id)
-            if state is not None and state.is_final:
+            before = before_run(state)
+            if before is Before.SKIP:
                 await msg.ack()
                 return "skipped_final"
-            if state is not None and state.cancel_requested:
-                await self._publish_cancelled(event, state.cancel_reason)
+            if before is Before.CANCEL:
+                assert state is not None
+                await self._publish(event, events.cancelled(state.cancel_reason))
                 await msg.ack()
                 return "cancelled"
         self._metrics.observe_queue_wait(
             event.workflow, (utcnow() - event.occurred_at).total_seconds()
         )
         # Published while the handler runs; its ack is awaited with the outcome's event.
-        started = asyncio.ensure_future(
-            self._publish(
-                event,
-                TaskStarted(
-                    event_id=event_id(event.task_id, "started", attempt),
-                    task_id=event.task_id,
-                    occurred_at=utcnow(),
-                    attempt=attempt,
-                    worker=self.worker_id,
-                ),
-            )
-        )
+        started = asyncio.ensure_future(self._publish(event, events.started(self.worker_id)))
         try:
-            return await self._run_handler(msg, event, attempt, started)
+            return await self._run_handler(msg, event, events, started)
         finally:
             if not started.done():
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.shield(started)
 
     async def _run_handler(
-        self, msg: Msg, event: TaskCreated, attempt: int, started: asyncio.Future[Any]
+        self, msg: Msg, event: TaskCreated, events: TaskEvents, started: asyncio.Future[Any]
     ) -> str:
         handler = self._handlers.get(event.workflow, self.default_handler)
         coalescer = _ProgressCoalescer(
             lambda fraction, node, message, seq: self._publish(
-                event,
-                TaskProgress(
-                    event_id=event_id(event.task_id, "progress", attempt, seq),
-                    task_id=event.task_id,
-                    occurred_at=utcnow(),
-                    attempt=attempt,
-                    fraction=fraction,
-                    node=node,
-                    message=message,
-                ),
+                event, events.progress(seq, fraction, node, message)
             ),
             self.settings.progress_interval_s,
         )
-        ctx = TaskContext(event, attempt, coalescer.report)
+        ctx = TaskContext(event, events.attempt, coalescer.report)
         try:
             if handler is None:
                 raise Permanent(
@@ -546,98 +528,41 @@ class WorkerRuntime:
             self._metrics.observe_duration(
                 event.workflow, "handler", time.monotonic() - handler_started
             )
-        except PixelbusError as exc:
-            await coalescer.close()
-            await self._fail(
-                msg,
-                event,
-                attempt,
-                exc.code,
-                exc.message,
-                retryable=exc.retryable,
-                delay=exc.delay_s,
-            )
-            return f"{'retry' if exc.retryable else 'failed'}:{exc.code}"
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await coalescer.close()
-            log.exception("handler raised unexpectedly", task_id=event.task_id)
-            await self._fail(
-                msg,
-                event,
-                attempt,
-                "internal_error",
-                f"{type(exc).__name__}: {exc}",
-                retryable=True,
+            if not isinstance(exc, PixelbusError):
+                log.exception("handler raised unexpectedly", task_id=event.task_id)
+                exc = Retryable("internal_error", f"{type(exc).__name__}: {exc}")
+            settle = after_failure(
+                self._retry,
+                events.attempt,
+                retryable=exc.retryable,
+                draw=random.random(),
+                asked_delay_s=exc.delay_s,
             )
-            return "retry:internal_error"
+            await self._publish(
+                event,
+                events.failed(exc.code, exc.message, retryable=exc.retryable, final=settle.final),
+            )
+            if settle.final:
+                await msg.term()
+            else:
+                await msg.nak(delay=settle.delay_s)
+            return f"{'retry' if exc.retryable else 'failed'}:{exc.code}"
         await coalescer.close()
         assert self._objects is not None
         outputs = await pack_outputs(
             self._objects, event.task_id, result.outputs, self.settings.inline_output_bytes
         )
         ready = self._publish(
-            event,
-            OutputsReady(
-                event_id=event_id(event.task_id, "outputs", attempt),
-                task_id=event.task_id,
-                occurred_at=utcnow(),
-                attempt=attempt,
-                outputs=outputs,
-                result=result.result,
-                input_objects=input_object_names(event.input_data),
-            ),
+            event, events.outputs(outputs, result.result, input_object_names(event.input_data))
         )
         await ready  # awaited in place (a gather would make it a task: one more loop turn)
         await started
         await msg.ack()
         return "outputs_ready"
-
-    async def _fail(
-        self,
-        msg: Msg,
-        event: TaskCreated,
-        attempt: int,
-        code: str,
-        message: str,
-        *,
-        retryable: bool,
-        delay: float | None = None,
-    ) -> None:
-        final = not retryable or attempt >= self.settings.max_deliver
-        if retryable and final:
-            message = f"{message} (gave up after {attempt} attempts)"
-        await self._publish(
-            event,
-            TaskFailed(
-                event_id=event_id(event.task_id, "failed", attempt, final=final),
-                task_id=event.task_id,
-                occurred_at=utcnow(),
-                attempt=attempt,
-                code=code,
-                message=message,
-                retryable=retryable,
-                final=final,
-            ),
-        )
-        if final:
-            await msg.term()
-        else:
-            await msg.nak(
-                delay=delay if delay is not None else self.settings.retry_delay_s * attempt
-            )
-
-    async def _publish_cancelled(self, created: TaskCreated, reason: str | None) -> None:
-        await self._publish(
-            created,
-            TaskCancelled(
-                event_id=event_id(created.task_id, "cancelled"),
-                task_id=created.task_id,
-                occurred_at=utcnow(),
-                reason=reason,
-            ),
-        )
 
     async def _publish(self, created: TaskCreated, event: Any) -> None:
         await self._publisher.publish(

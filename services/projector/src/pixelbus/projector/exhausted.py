@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from pixelbus.contracts.events import AnyEvent, TaskFailed, decode_event, event_id
+from pixelbus.contracts.events import AnyEvent, TaskFailed, decode_event
 from pixelbus.contracts.subjects import (
     ADVISORY_STREAM,
     EXHAUSTED_CONSUMER,
@@ -29,6 +29,7 @@ from pixelbus.contracts.subjects import (
     parse_subject,
 )
 from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.lifecycle import Before, TaskEvents, before_run
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.pull import DurableLoop
 from pixelbus.runtime.state import read_state
@@ -51,18 +52,11 @@ def exhaustion_failure(task_event: AnyEvent, consumer: str, deliveries: int) -> 
     """The final failure of a task whose ``consumer`` gave up on it after ``deliveries``."""
     step = "storing its outputs" if consumer == UPLOADER_CONSUMER else "running it"
     message = (
-        f"gave up after {deliveries} attempts at {step}: each attempt ended without a result "
+        f"each attempt at {step} ended without a result "
         "(the process handling it stopped or lost its connection)"
     )
-    return TaskFailed(
-        event_id=event_id(task_event.task_id, "failed", deliveries, final=True),
-        task_id=task_event.task_id,
-        occurred_at=utcnow(),
-        attempt=deliveries,
-        code="attempts_exhausted",
-        message=message,
-        retryable=True,
-        final=True,
+    return TaskEvents(task_event.task_id, deliveries, utcnow).failed(
+        "attempts_exhausted", message, retryable=True, final=True
     )
 
 
@@ -94,7 +88,7 @@ class ExhaustedWatcher(DurableLoop):
         task_event = decode_event(raw.data or b"")
         kv = await self._js.key_value(STATE_BUCKET)
         state, _ = await read_state(kv, task_event.task_id)
-        if state is not None and state.is_final:
+        if before_run(state) is Before.SKIP:
             await msg.ack()
             return
         parsed = parse_subject(raw.subject or "")

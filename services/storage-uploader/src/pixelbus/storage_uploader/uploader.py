@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import time
 import uuid
@@ -32,10 +33,7 @@ from opentelemetry import trace
 
 from pixelbus.contracts.events import (
     OutputsReady,
-    TaskCompleted,
-    TaskFailed,
     decode_event,
-    event_id,
 )
 from pixelbus.contracts.subjects import (
     OUTPUTS_BUCKET,
@@ -47,6 +45,7 @@ from pixelbus.contracts.subjects import (
 )
 from pixelbus.contracts.task import OutputObject, StoredOutput
 from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.lifecycle import Before, TaskEvents, after_failure, before_run
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.publisher import EventPublisher
@@ -91,6 +90,7 @@ class Uploader:
         self._js = nc.jetstream()
         self._provider = provider
         self._settings = settings
+        self._redelivery = settings.retry_policy()
         self._concurrency = concurrency
         self._publisher = EventPublisher(self._js)
         self._stopping = asyncio.Event()
@@ -222,9 +222,10 @@ class Uploader:
         attempt = msg.metadata.num_delivered
         bound = log.bind(task_id=event.task_id, attempt=attempt, provider=self._provider.name)
         started = time.monotonic()
+        events = TaskEvents(event.task_id, event.attempt, utcnow)
         if attempt > 1:  # a redelivery: the task may have ended meanwhile
             state, _ = await read_state(self._kv, event.task_id)
-            if state is not None and state.is_final:
+            if before_run(state) is Before.SKIP:
                 await msg.ack()
                 await self._cleanup(event)
                 bound.info("outputs skipped: task already final", outcome="skipped")
@@ -237,53 +238,37 @@ class Uploader:
         except StorageError as exc:
             self._health = self._health.verdict(str(exc), utcnow())
             self._metrics.upload_failed(self._provider.name, exc.code)
-            final = not exc.retryable or attempt >= self._settings.max_deliver
+            settle = after_failure(
+                self._redelivery, attempt, retryable=exc.retryable, draw=random.random()
+            )
             await self._publisher.publish(
-                TaskFailed(
-                    event_id=event_id(event.task_id, "upload-failed", attempt, final=final),
-                    task_id=event.task_id,
-                    occurred_at=utcnow(),
-                    attempt=event.attempt,
-                    code=exc.code,
-                    message=str(exc),
+                events.failed(
+                    exc.code,
+                    exc.message,
                     retryable=exc.retryable,
-                    final=final,
+                    final=settle.final,
+                    upload_attempt=attempt,
                 ),
                 environment=environment,
                 workflow=workflow,
             )
-            if final:
+            if settle.final:
                 await msg.term()
-            else:  # the delay doubles with each attempt, up to a minute
-                await msg.nak(delay=min(60.0, self._settings.retry_delay_s * 2 ** (attempt - 1)))
-            bound.warning("upload failed", outcome="final" if final else "retry", error=str(exc))
+            else:
+                await msg.nak(delay=settle.delay_s)
+            outcome = "final" if settle.final else "retry"
+            bound.warning("upload failed", outcome=outcome, error=exc.message)
             return
         except _MissingObject as exc:
             await self._publisher.publish(
-                TaskFailed(
-                    event_id=event_id(event.task_id, "failed", event.attempt, final=True),
-                    task_id=event.task_id,
-                    occurred_at=utcnow(),
-                    attempt=event.attempt,
-                    code="output_missing",
-                    message=str(exc),
-                    retryable=False,
-                    final=True,
-                ),
+                events.failed("output_missing", str(exc), retryable=False, final=True),
                 environment=environment,
                 workflow=workflow,
             )
             await msg.term()
             return
         await self._publisher.publish(
-            TaskCompleted(
-                event_id=event_id(event.task_id, "completed"),
-                task_id=event.task_id,
-                occurred_at=utcnow(),
-                attempt=event.attempt,
-                outputs=tuple(stored),
-                result=event.result,
-            ),
+            events.completed(stored, event.result),
             environment=environment,
             workflow=workflow,
         )

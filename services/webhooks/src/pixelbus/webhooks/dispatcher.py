@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from typing import Any
 
@@ -19,8 +20,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from pixelbus.contracts.subjects import WEBHOOK_DISPATCHER_CONSUMER, WEBHOOK_STREAM
-from pixelbus.contracts.webhooks import DeliveryAttempt, WebhookJob, backoff_s, signature_headers
+from pixelbus.contracts.webhooks import DeliveryAttempt, WebhookJob, signature_headers
 from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.lifecycle import RetryPolicy, after_failure
 from pixelbus.runtime.pull import consume, keep_alive
 from pixelbus.runtime.webhook_log import DeliveryLogStore
 from pixelbus.webhooks.sender import SendResult, WebhookSender
@@ -33,13 +35,16 @@ log = structlog.get_logger("pixelbus.webhooks.dispatcher")
 _decoder = msgspec.json.Decoder(WebhookJob)
 
 
-def decide(result: SendResult, attempt: int, settings: WebhookSettings) -> tuple[str, float]:
-    """``(outcome, delay)``: ``delivered``, ``retrying`` after ``delay`` s, or ``failed``."""
+def decide(
+    result: SendResult, attempt: int, settings: WebhookSettings, draw: float
+) -> tuple[str, float]:
+    """``(outcome, delay)``: ``delivered``, ``retrying`` after ``delay`` s (the lifecycle's
+    backoff, ``draw`` its jitter), or ``failed``."""
     if result.ok:
         return "delivered", 0.0
-    if result.retryable and attempt < settings.max_attempts:
-        return "retrying", backoff_s(attempt, settings.backoff_s, settings.backoff_max_s)
-    return "failed", 0.0
+    policy = RetryPolicy(settings.backoff_s, settings.backoff_max_s, settings.max_attempts)
+    settle = after_failure(policy, attempt, retryable=result.retryable, draw=draw)
+    return ("failed", 0.0) if settle.final else ("retrying", settle.delay_s)
 
 
 class WebhookDispatcher:
@@ -102,7 +107,7 @@ class WebhookDispatcher:
         }
         with keep_alive(msg, max(0.2, self._lease_s / 3)):
             result = await self._sender.post(job.url, job.body, headers)
-        outcome, delay = decide(result, attempt, self._settings)
+        outcome, delay = decide(result, attempt, self._settings, random.random())
         await self._record(
             job,
             attempt,

@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import json
+import random
 from typing import Annotated, Any
 
 import msgspec
@@ -22,14 +23,8 @@ from nats.js.errors import FetchTimeoutError, KeyNotFoundError
 from pydantic import BaseModel, Field
 
 from pixelbus.contracts.events import (
-    OutputsReady,
-    TaskCompleted,
     TaskCreated,
-    TaskFailed,
-    TaskProgress,
-    TaskStarted,
     decode_event,
-    event_id,
 )
 from pixelbus.contracts.keys import CONSUMER
 from pixelbus.contracts.subjects import TASK_STREAM, pool_for_environment, sanitize_token
@@ -38,6 +33,7 @@ from pixelbus.gateway.auth import AUTH_RESPONSES, require
 from pixelbus.gateway.deps import BODY_RESPONSES, Gateway, error_response, gateway
 from pixelbus.gateway.leases import Lease, LeaseError, sign_lease, verify_lease
 from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.lifecycle import Before, TaskEvents, after_failure, before_run
 from pixelbus.runtime.state import read_state
 from pixelbus.runtime.worker import OutputFile, pack_outputs
 
@@ -123,8 +119,8 @@ async def fetch_task(
                 await msg.term()
                 continue
             state, _ = await read_state(gw.tasks.kv, event.task_id)
-            if state is not None and (state.is_final or state.cancel_requested):
-                await msg.ack()  # cancelled or finished while queued
+            if before_run(state) is not Before.RUN:
+                await msg.ack()  # cancelled (and recorded so) or finished while queued
                 continue
             break
     attempt = msg.metadata.num_delivered
@@ -138,13 +134,7 @@ async def fetch_task(
     )
     await gw.tasks.leases.put(event.task_id, msgspec.json.encode(lease))
     await gw.tasks.publisher.publish(
-        TaskStarted(
-            event_id=event_id(event.task_id, "started", attempt),
-            task_id=event.task_id,
-            occurred_at=utcnow(),
-            attempt=attempt,
-            worker=f"external:{sanitize_token(consumer)}",
-        ),
+        TaskEvents(event.task_id, attempt, utcnow).started(f"external:{sanitize_token(consumer)}"),
         environment=event.environment,
         workflow=event.workflow,
     )
@@ -200,14 +190,8 @@ async def report_progress(
     await gw.nc.publish(lease.reply, b"+WPI")
     seq = int(utcnow().timestamp() * 1000)
     await gw.tasks.publisher.publish(
-        TaskProgress(
-            event_id=event_id(task_id, "progress", lease.attempt, seq),
-            task_id=task_id,
-            occurred_at=utcnow(),
-            attempt=lease.attempt,
-            fraction=body.fraction,
-            node=body.node,
-            message=body.message,
+        TaskEvents(task_id, lease.attempt, utcnow).progress(
+            seq, body.fraction, body.node, body.message
         ),
         environment=lease.environment,
         workflow=lease.workflow,
@@ -260,32 +244,14 @@ async def complete(
         gw.tasks.objects, task_id, files, gw.settings.bus.inline_output_bytes
     )
     publish = gw.tasks.publisher.publish
-    if to_upload:
-        await publish(
-            OutputsReady(
-                event_id=event_id(task_id, "outputs", lease.attempt),
-                task_id=task_id,
-                occurred_at=utcnow(),
-                attempt=lease.attempt,
-                outputs=to_upload,
-                result=body.result,
-            ),
-            environment=lease.environment,
-            workflow=lease.workflow,
-        )
-    else:
-        await publish(
-            TaskCompleted(
-                event_id=event_id(task_id, "completed"),
-                task_id=task_id,
-                occurred_at=utcnow(),
-                attempt=lease.attempt,
-                outputs=tuple(stored),
-                result=body.result,
-            ),
-            environment=lease.environment,
-            workflow=lease.workflow,
-        )
+    events = TaskEvents(task_id, lease.attempt, utcnow)
+    await publish(
+        events.outputs(to_upload, body.result)
+        if to_upload
+        else events.completed(stored, body.result),
+        environment=lease.environment,
+        workflow=lease.workflow,
+    )
     await gw.nc.request(lease.reply, b"+ACK", timeout=5)  # double ack: the server confirms
     with contextlib.suppress(Exception):
         await gw.tasks.leases.delete(task_id)
@@ -302,26 +268,21 @@ async def fail(
     if isinstance(lease, JSONResponse):
         return lease
     settings = gw.settings.bus
-    final = not body.retryable or lease.attempt >= settings.max_deliver
+    settle = after_failure(
+        settings.retry_policy(), lease.attempt, retryable=body.retryable, draw=random.random()
+    )
     await gw.tasks.publisher.publish(
-        TaskFailed(
-            event_id=event_id(task_id, "failed", lease.attempt, final=final),
-            task_id=task_id,
-            occurred_at=utcnow(),
-            attempt=lease.attempt,
-            code=body.code,
-            message=body.message,
-            retryable=body.retryable,
-            final=final,
+        TaskEvents(task_id, lease.attempt, utcnow).failed(
+            body.code, body.message, retryable=body.retryable, final=settle.final
         ),
         environment=lease.environment,
         workflow=lease.workflow,
     )
-    if final:
+    if settle.final:
         await gw.nc.publish(lease.reply, b"+TERM")
     else:
-        delay_ns = int(settings.retry_delay_s * lease.attempt * 1e9)
+        delay_ns = int(settle.delay_s * 1e9)
         await gw.nc.publish(lease.reply, b"-NAK " + json.dumps({"delay": delay_ns}).encode())
     with contextlib.suppress(Exception):
         await gw.tasks.leases.delete(task_id)
-    return JSONResponse(content={"taskId": task_id, "final": final})
+    return JSONResponse(content={"taskId": task_id, "final": settle.final})
