@@ -5,10 +5,15 @@ gateway, the projector (the only writer of the task state; it also plans webhook
 webhook dispatcher, the face-swap worker with the built-in engine and the storage
 uploader with ``local`` storage, each as its own process, and the comfy-worker when
 ``COMFYUI_URL`` names ComfyUI servers. Ctrl-C stops all.
+
+With ``PIXELBUS_AUTH=required`` (``./dev up --auth``) the stack's first admin key is
+created before the gateway starts, when its keys bucket holds no active key, and its token
+printed once; the bucket lives in the stack's own NATS store, so the key survives restarts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,6 +22,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nats
+
+from pixelbus.contracts.keys import SCOPES
+from pixelbus.runtime.keys import create_key, list_keys
+from pixelbus.runtime.provision import ensure
+from pixelbus.runtime.settings import BusSettings
 from pixelbus.testkit.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,18 +56,41 @@ def wait_http(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> b
     return False
 
 
+def first_admin_token(nats_url: str) -> str | None:
+    """A new admin key's token when the keys bucket holds no active key (else ``None``)."""
+
+    async def bootstrap() -> str | None:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure(js, BusSettings(nats_url=nats_url))
+            if any(not key.revoked for key in await list_keys(js)):
+                return None
+            _, token = await create_key(js, name="dev-admin", owner="dev", scopes=list(SCOPES))
+            return token
+        finally:
+            await nc.close()
+
+    return asyncio.run(bootstrap())
+
+
 def main() -> int:
+    if "--auth" in sys.argv[1:]:
+        os.environ["PIXELBUS_AUTH"] = "required"
     port = int(os.environ.get("PIXELBUS_PORT", "8000"))
-    nats = NatsServer(STATE / "nats")
-    nats.start()
+    server = NatsServer(STATE / "nats")
+    server.start()
     env = {
         "STORAGE_PROVIDER": "local",
         "PIXELBUS_LOCAL_STORAGE_DIR": str(STATE / "storage"),
         "PIXELBUS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "PIXELBUS_PORT": str(port),
         **os.environ,
-        "NATS_URL": nats.url,  # always our own server, whatever the shell says
+        "NATS_URL": server.url,  # always our own server, whatever the shell says
     }
+    token = None
+    if env.get("PIXELBUS_AUTH") == "required":
+        token = first_admin_token(server.url)
     services = dict(SERVICES)
     if env.get("COMFYUI_URL", "").strip():  # ComfyUI servers to drive: run the comfy-worker
         services["comfy-worker"] = "pixelbus.comfy_worker"
@@ -73,7 +107,7 @@ def main() -> int:
             print("pixelbus: the gateway did not come up; see the log above", file=sys.stderr)
             return 1
         print(
-            f"\npixelbus is up (nats-server {nats.url}, storage {STATE / 'storage'})\n"
+            f"\npixelbus is up (nats-server {server.url}, storage {STATE / 'storage'})\n"
             f"  API:    {base}/api\n"
             f"  docs:   {base}/docs\n"
             f"  dashboard: {base}/dashboard/\n"
@@ -81,6 +115,14 @@ def main() -> int:
             "Ctrl-C stops everything.\n",
             flush=True,
         )
+        if token is not None:
+            print(
+                f"API keys are required. The first admin key, shown once:\n  {token}\n"
+                f"  curl -H 'Authorization: Bearer {token}' {base}/api/tasks\n"
+                f"More: NATS_URL={server.url} pixelbus keys create --name NAME --owner OWNER "
+                "--scope tasks:write --scope tasks:read (while the stack runs)\n",
+                flush=True,
+            )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         while all(p.poll() is None for p in processes.values()):
             time.sleep(0.5)
@@ -99,7 +141,7 @@ def main() -> int:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
-        nats.stop()
+        server.stop()
 
 
 if __name__ == "__main__":
