@@ -1,35 +1,27 @@
-"""``python -m pixelbus.gateway``: serve the API with uvicorn."""
+"""``python -m pixelbus.gateway``: serve the API with uvicorn, in the shared process shell
+(a refused start, e.g. no active API key while keys are required, is one line and exit
+code 2, like every service's)."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import uvicorn
 
-from pixelbus.gateway.app import create_app
+from pixelbus.gateway.app import create_app, open_gateway
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.wire import CorkedHttpToolsProtocol
-from pixelbus.runtime.errors import SettingsError
-from pixelbus.runtime.logging import setup_logging
-from pixelbus.runtime.settings import with_secret_files
+from pixelbus.runtime.service import run_service
+
+NAME = "pixelbus-gateway"
 
 
-def main() -> int:
-    setup_logging(
-        os.environ.get("PIXELBUS_LOG_LEVEL", "INFO"), os.environ.get("PIXELBUS_LOG_FORMAT")
-    )
-    try:
-        environ = with_secret_files(os.environ)
-        settings = GatewaySettings.from_env(environ)
-    except SettingsError as exc:
-        print(f"pixelbus-gateway: {exc}", file=sys.stderr)
-        return 2
-    uvicorn.run(
-        create_app(settings),
+async def serve(settings: GatewaySettings) -> None:
+    gateway = await open_gateway(settings)  # refusals surface here, before uvicorn starts
+    config = uvicorn.Config(
+        create_app(settings, gateway),
         host=settings.host,
         port=settings.port,
-        loop="uvloop",
         http=CorkedHttpToolsProtocol,  # httptools, one send per answer
         log_level="warning",
         # nothing reads the client's address or scheme (rate limits are per API key,
@@ -37,7 +29,11 @@ def main() -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
-    return 0
+    await uvicorn.Server(config).serve()
+
+
+def main() -> int:
+    return run_service(NAME, GatewaySettings.from_env, serve)
 
 
 if __name__ == "__main__":

@@ -108,18 +108,20 @@ async def _sample_consumer_lag(js: JetStreamContext, interval_s: float = 5.0) ->
         await asyncio.sleep(interval_s)
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        setup_tracing("pixelbus-gateway")
-        log.info("gateway starting", settings=settings.redacted())
-        nc = await connect(settings.bus.nats_url, "pixelbus-gateway")
+async def open_gateway(settings: GatewaySettings) -> Gateway:
+    """Connect, provision and check what the gateway serves with; a start that must be
+    refused (no active API key while keys are required) raises ``SettingsError``, whose
+    one line the process shell prints before exiting with code 2."""
+    setup_tracing("pixelbus-gateway")
+    log.info("gateway starting", settings=settings.redacted())
+    nc = await connect(settings.bus.nats_url, "pixelbus-gateway")
+    keys = KeyStore()
+    try:
         js = nc.jetstream()
         await ensure(js, settings.bus)
         await ensure_webhooks(js, settings.bus)  # the delivery log this gateway reads
         service = TaskService(nc, js, max_input_image_bytes=settings.max_input_image_bytes)
         await service.open()
-        keys = KeyStore()
         await keys.start(js)
         if settings.auth_open:
             log.warning(
@@ -129,13 +131,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 "'pixelbus keys create'."
             )
         elif keys.active_keys == 0:
-            await keys.stop()
-            await nc.close()
             raise SettingsError(
                 "PIXELBUS_AUTH=required but the keys bucket holds no active API key: "
                 "create one with 'pixelbus keys create --name admin --owner ops --scope admin'"
+                " (or start the development stack with './dev up --auth')"
             )
-        gw = Gateway(
+        return Gateway(
             settings=settings,
             nc=nc,
             js=js,
@@ -150,7 +151,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             feed=TaskFeed(nc),
             index=TaskIndex(await js.key_value(INDEX_BUCKET)),
         )
-        lag_sampler = asyncio.create_task(_sample_consumer_lag(js))
+    except BaseException:
+        await keys.stop()
+        await nc.close()
+        raise
+
+
+def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> FastAPI:
+    """The API; it serves with ``gateway`` (opened at start when not given) and closes
+    it when it stops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gw = gateway if gateway is not None else await open_gateway(settings)
+        lag_sampler = asyncio.create_task(_sample_consumer_lag(gw.js))
         app.state.gateway = gw
         probes = None
         if settings.probes is not None:
@@ -166,8 +180,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             lag_sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lag_sampler
-            await keys.stop()
-            await nc.close()
+            await gw.keys.stop()
+            await gw.nc.close()
             log.info("gateway stopped")
 
     app = FastAPI(
