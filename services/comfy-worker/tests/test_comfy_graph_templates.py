@@ -161,11 +161,11 @@ def test_repeated_output_names_are_made_unique() -> None:
 def test_main_refuses_a_bad_setting_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from pixelbus.comfy_worker import __main__ as entry
     from pixelbus.comfy_worker.__main__ import main
+    from pixelbus.runtime import service
 
     # logging set up for real would keep this test's captured stream after it is closed
-    monkeypatch.setattr(entry, "setup_logging", lambda level: None)
+    monkeypatch.setattr(service, "setup_logging", lambda level, fmt: None)
     monkeypatch.setenv("COMFYUI_URL", "http://a:8188,not a url")
     assert main() == 2
     err = capsys.readouterr().err.strip().splitlines()
