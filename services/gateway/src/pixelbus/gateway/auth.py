@@ -94,8 +94,13 @@ class KeyStore:
             try:
                 watcher = await kv.watchall()
                 async for entry in watcher:
-                    if entry is None:  # the initial values are all in
-                        self._loaded.set()
+                    if entry is None:
+                        # nats-py's "initial values are all in" marker can come before
+                        # the values themselves (its consumer-info check races the
+                        # first deliveries), so it counts only for an empty bucket; the
+                        # entry with nothing left pending marks a full load otherwise.
+                        if (await kv.status()).values == 0:
+                            self._loaded.set()
                         continue
                     if entry.value:
                         try:
@@ -104,6 +109,8 @@ class KeyStore:
                             log.error("unreadable API key record ignored", key_id=entry.key)
                     else:  # deleted or purged
                         self._keys.pop(entry.key, None)
+                    if entry.delta == 0:
+                        self._loaded.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection trouble: watch again
