@@ -14,8 +14,10 @@ from typing import NamedTuple
 
 __all__ = [
     "ADVISORY_STREAM",
+    "COMFY_ENVIRONMENT",
     "ENVIRONMENTS",
     "EXHAUSTED_CONSUMER",
+    "FACE_SWAP_ENVIRONMENT",
     "IDEMPOTENCY_BUCKET",
     "INDEX_BUCKET",
     "INPUT_OBJECT_PREFIX",
@@ -71,7 +73,13 @@ EXHAUSTED_CONSUMER = "exhausted-tasks"
 #: Clients cannot send it: validation admits only http(s) and data: URLs.
 INPUT_OBJECT_PREFIX = "pixelbus-object:"
 
-ENVIRONMENTS = ("face_swap", "comm")
+#: The environment of face-swap tasks (the face-swap workers' pool).
+FACE_SWAP_ENVIRONMENT = "face_swap"
+#: The environment of ComfyUI tasks (the comfy-workers' pool). "comm" is the replaced
+#: system's wire name; in code it is the ComfyUI environment, not the external-consumer
+#: API (``/api/comm/task/*``, whose path only happens to share the word).
+COMFY_ENVIRONMENT = "comm"
+ENVIRONMENTS = (FACE_SWAP_ENVIRONMENT, COMFY_ENVIRONMENT)
 
 #: Webhook deliveries to make: a work queue of their own, so that a slow receiver never
 #: holds up the task stream; the projector queues them (planned inside its batches), the
@@ -183,7 +191,7 @@ class Pool:
         return event_filter("created", self.environment)
 
 
-POOLS = (Pool("faceswap", "face_swap"), Pool("comfy", "comm"))
+POOLS = (Pool("faceswap", FACE_SWAP_ENVIRONMENT), Pool("comfy", COMFY_ENVIRONMENT))
 
 
 def pool_for_environment(environment: str) -> Pool:
