@@ -42,9 +42,9 @@ from pixelbus.gateway.queue import QueueBoard
 from pixelbus.gateway.quotas import ActiveTasks, RateLimiter
 from pixelbus.gateway.routes import (
     batch,
-    comm,
     dashboard,
     events,
+    external_consumers,
     face_swap,
     health,
     listing,
@@ -249,7 +249,7 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
     app.include_router(tasks.router)
     app.include_router(face_swap.router)
     app.include_router(batch.router)
-    app.include_router(comm.router)
+    app.include_router(external_consumers.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(events.router)

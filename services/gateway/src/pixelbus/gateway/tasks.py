@@ -34,6 +34,7 @@ from pixelbus.contracts.events import (
 )
 from pixelbus.contracts.fold import apply
 from pixelbus.contracts.subjects import (
+    COMFY_ENVIRONMENT,
     IDEMPOTENCY_BUCKET,
     LEASES_BUCKET,
     OUTPUTS_BUCKET,
@@ -227,7 +228,7 @@ class TaskService:
             raise KeyError(task_id)
         if state.is_final:
             raise TaskConflict(f"task {task_id} is already {state.status.value}", state)
-        environment, workflow = state.environment or "comm", state.workflow or "unknown"
+        environment, workflow = state.environment or COMFY_ENVIRONMENT, state.workflow or "unknown"
         await self.publisher.publish(
             TaskCancelRequested(
                 event_id=event_id(task_id, "cancel_requested"),

@@ -1,4 +1,6 @@
-"""``/api/comm/task/*``: external consumers lease tasks from the same pool as the workers.
+"""The external-consumer API, ``/api/comm/task/*``: GPU agents outside the cluster lease
+tasks from the same pool as the workers (the ``comm`` in the paths is the historical wire
+name, kept as is; it is not the ComfyUI environment, though that is also called ``comm``).
 
 ``fetch`` long-polls the pool's durable consumer; the delivered message is the lease, kept
 alive by ``progress`` (an in-progress ack) and ended by ``complete`` or ``fail``. A
@@ -27,7 +29,13 @@ from pixelbus.contracts.events import (
     decode_event,
 )
 from pixelbus.contracts.keys import CONSUMER
-from pixelbus.contracts.subjects import TASK_STREAM, pool_for_environment, sanitize_token
+from pixelbus.contracts.subjects import (
+    COMFY_ENVIRONMENT,
+    FACE_SWAP_ENVIRONMENT,
+    TASK_STREAM,
+    pool_for_environment,
+    sanitize_token,
+)
 from pixelbus.contracts.task import StoredOutput
 from pixelbus.gateway.auth import AUTH_RESPONSES, require
 from pixelbus.gateway.deps import BODY_RESPONSES, Gateway, error_response, gateway
@@ -43,6 +51,10 @@ router = APIRouter(
     dependencies=[Depends(require(CONSUMER))],
     responses=AUTH_RESPONSES,
 )
+
+
+#: the environments whose pools an external consumer may lease from
+_ENVIRONMENT_PATTERN = f"^({COMFY_ENVIRONMENT}|{FACE_SWAP_ENVIRONMENT})$"
 
 
 class LeaseBody(BaseModel):
@@ -75,8 +87,8 @@ class FailBody(LeaseBody):
 
 
 async def _pull(gw: Gateway, environment: str) -> Any:
-    subs: dict[str, Any] = gw.extras.setdefault("comm_subs", {})
-    locks: dict[str, asyncio.Lock] = gw.extras.setdefault("comm_locks", {})
+    subs: dict[str, Any] = gw.extras.setdefault("consumer_subs", {})
+    locks: dict[str, asyncio.Lock] = gw.extras.setdefault("consumer_locks", {})
     pool = pool_for_environment(environment)
     if pool.name not in subs:
         subs[pool.name] = await gw.js.pull_subscribe_bind(durable=pool.durable, stream=TASK_STREAM)
@@ -94,7 +106,7 @@ async def _pull(gw: Gateway, environment: str) -> Any:
 )
 async def fetch_task(
     gw: Annotated[Gateway, Depends(gateway)],
-    environment: Annotated[str, Query(pattern="^(comm|face_swap)$")] = "comm",
+    environment: Annotated[str, Query(pattern=_ENVIRONMENT_PATTERN)] = COMFY_ENVIRONMENT,
     wait: Annotated[float, Query(ge=0, description="seconds to long-poll (bounded)")] = 10,
     consumer: Annotated[str, Query(min_length=1, max_length=64)] = "external",
 ) -> Response:
