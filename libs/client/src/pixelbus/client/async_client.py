@@ -14,6 +14,7 @@ from pixelbus.client.errors import PixelbusError, WaitTimeout
 from pixelbus.client.http import check, headers, state_of, unreachable
 from pixelbus.client.sse import SseParser
 from pixelbus.client.task import LeasedTask, Output, Task, face_swap_body, workflow_body
+from pixelbus.contracts.subjects import COMFY_ENVIRONMENT
 
 __all__ = ["AsyncClient"]
 
@@ -164,7 +165,7 @@ class AsyncClient:
         return dest
 
     async def fetch_task(
-        self, *, environment: str = "comm", wait: float = 10, consumer: str = "external"
+        self, *, environment: str = COMFY_ENVIRONMENT, wait: float = 10, consumer: str = "external"
     ) -> LeasedTask | None:
         """Lease a task of ``environment``'s pool, long-polling up to ``wait`` s (keep the
         client's timeout above it); None when none came."""

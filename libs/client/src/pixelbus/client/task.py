@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pixelbus.contracts.subjects import COMFY_ENVIRONMENT, FACE_SWAP_ENVIRONMENT
+
 __all__ = [
     "FINAL",
     "LeasedTask",
@@ -128,7 +130,7 @@ def face_swap_body(
     return _webhook(
         {
             "workflow": "face_swap",
-            "environment": "face_swap",
+            "environment": FACE_SWAP_ENVIRONMENT,
             "params": {"input_data": {"wf_json": wf}},
         },
         webhook_url,
@@ -139,6 +141,10 @@ def workflow_body(
     graph: dict[str, Any], *, workflow: str = "comfy", webhook_url: str | None = None
 ) -> dict[str, Any]:
     return _webhook(
-        {"workflow": workflow, "environment": "comm", "params": {"input_data": {"wf_json": graph}}},
+        {
+            "workflow": workflow,
+            "environment": COMFY_ENVIRONMENT,
+            "params": {"input_data": {"wf_json": graph}},
+        },
         webhook_url,
     )

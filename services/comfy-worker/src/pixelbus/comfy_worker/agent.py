@@ -23,6 +23,7 @@ from pixelbus.client import ApiError, AsyncClient, LeasedTask, Output, Unreachab
 from pixelbus.comfy_worker.backends import BackendPool
 from pixelbus.comfy_worker.settings import AgentSettings
 from pixelbus.contracts.events import TaskCreated
+from pixelbus.contracts.subjects import COMFY_ENVIRONMENT
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.errors import PixelbusError
 from pixelbus.runtime.worker import Handler, TaskContext, TaskResult
@@ -101,7 +102,7 @@ class RemoteAgent:
         try:
             fetch = asyncio.ensure_future(
                 self._client.fetch_task(
-                    environment="comm",
+                    environment=COMFY_ENVIRONMENT,
                     wait=self._settings.poll_wait_s,
                     consumer=self._settings.name,
                 )

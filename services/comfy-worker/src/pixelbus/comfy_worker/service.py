@@ -12,7 +12,7 @@ from pixelbus.comfy_worker.backends import BackendPool
 from pixelbus.comfy_worker.handler import ComfyHandler
 from pixelbus.comfy_worker.settings import ComfySettings
 from pixelbus.comfy_worker.templates import Template
-from pixelbus.contracts.subjects import OUTPUTS_BUCKET, pool_for_environment
+from pixelbus.contracts.subjects import COMFY_ENVIRONMENT, OUTPUTS_BUCKET, pool_for_environment
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.worker import WorkerRuntime
 
@@ -36,13 +36,13 @@ def build_runtime(
     templates: Mapping[str, Template],
     **runtime_options: Any,
 ) -> WorkerRuntime:
-    """The comm pool's worker: every workflow name goes to the comfy handler; nothing is
+    """The ComfyUI pool's worker: every workflow name goes to the comfy handler; nothing is
     pulled while no backend has room; the backends' health rides on the presence entry."""
     js = nc.jetstream()
     return WorkerRuntime(
         nc=nc,
         js=js,
-        pool=pool_for_environment("comm"),
+        pool=pool_for_environment(COMFY_ENVIRONMENT),
         handlers={},
         default_handler=ComfyHandler(settings, pool, templates, ObjectReader(js, OUTPUTS_BUCKET)),
         settings=settings.bus,
