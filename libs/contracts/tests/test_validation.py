@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
+from pixelbus.contracts.face_swap import parse_resolution
 from pixelbus.contracts.subjects import (
     event_filter,
     input_object_names,
@@ -16,7 +18,6 @@ from pixelbus.contracts.subjects import (
 from pixelbus.contracts.validation import (
     ValidationFailed,
     decode_create_request,
-    parse_resolution,
     validate_create,
 )
 
@@ -241,13 +242,43 @@ def test_bad_face_swap_options_name_the_field(field: str, value: object) -> None
     assert locs(exc) == [("body", "params", "input_data", "wf_json", field)]
 
 
-def test_the_face_swap_request_lists_only_given_fields() -> None:
-    from pixelbus.contracts.validation import decode_face_swap_request
+def test_a_face_swap_body_refuses_unknown_fields_and_names_every_bad_one() -> None:
+    from pixelbus.contracts.validation import decode_face_swap_request, validate_face_swap_fields
 
-    request = decode_face_swap_request(
-        json.dumps({**FACE, "target_face_index": 2, "output_format": "webp"}).encode()
+    body = {**FACE, "target_face_index": 2, "output_format": "WEBP"}
+    fields = decode_face_swap_request(json.dumps(body).encode())
+    assert validate_face_swap_fields(fields, ("body",), strict=True) == {
+        **body,
+        "output_format": "webp",
+    }
+    with pytest.raises(ValidationFailed) as exc:
+        validate_face_swap_fields(
+            {**FACE, "quality": 0, "face_order": "random", "owner": "me"}, ("body",), strict=True
+        )
+    assert sorted(locs(exc)) == [("body", "face_order"), ("body", "owner"), ("body", "quality")]
+    # wf_json of the unified format keeps keys it does not know (older clients send some)
+    assert validate_face_swap_fields({**FACE, "extra": 1}, ("wf",))["extra"] == 1
+
+
+def test_the_typed_options_carry_the_constraints_and_the_messages() -> None:
+    """One definition: the constraint rejects, its description is the message, and the
+    JSON schema (the OpenAPI of the face-swap body) shows both."""
+    from pixelbus.contracts.face_swap import FaceSwapOptions, check_face_swap_options
+
+    options, errors = check_face_swap_options(
+        {"target_face_index": 1001, "enhancer_blend": 0.25, "resolution": " 800 X 600 "}
     )
-    assert request.fields() == {**FACE, "target_face_index": 2, "output_format": "webp"}
+    assert list(errors) == ["target_face_index"]
+    assert "0 to 1000" in errors["target_face_index"]
+    assert (options.enhancer_blend, options.resolution, options.size) == (
+        0.25,
+        "800x600",
+        (800, 600),
+    )
+    schema = msgspec.json.schema(FaceSwapOptions)["$defs"]["FaceSwapOptions"]
+    quality = schema["properties"]["quality"]
+    assert quality["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 100}
+    assert "between 1 and 100" in quality["description"]
 
 
 def test_comfy_graphs_are_capped_in_nodes_and_depth() -> None:

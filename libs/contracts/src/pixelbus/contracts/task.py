@@ -12,7 +12,6 @@ __all__ = [
     "FINAL_STATUSES",
     "CreateTaskRequest",
     "EventKey",
-    "FaceSwapRequest",
     "OutputObject",
     "Progress",
     "StoredOutput",
@@ -56,30 +55,6 @@ class CreateTaskRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     #: Where pixelbus POSTs the task's state (signed), and on which changes (ours).
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
-
-
-class FaceSwapRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Body of ``POST /api/face-swap/process``: the face-swap fields of ``wf_json``."""
-
-    source_url: str | None = None
-    target_url: str | None = None
-    resolution: str | None = None
-    model: str | None = None
-    source_face_index: int | None = None
-    target_face_index: int | str | None = None  # an index, or "many" (every face)
-    face_order: str | None = None
-    output_format: str | None = None
-    quality: int | None = None
-    enhancer: str | None = None
-    enhancer_blend: float | None = None
-
-    def fields(self) -> dict[str, Any]:
-        """The fields that were given (for ``validate_face_swap_fields``)."""
-        return {
-            name: value
-            for name in self.__struct_fields__
-            if (value := getattr(self, name)) is not None
-        }
 
 
 class OutputObject(msgspec.Struct, frozen=True, kw_only=True):

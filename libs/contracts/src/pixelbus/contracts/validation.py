@@ -8,52 +8,34 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from pixelbus.contracts.subjects import ENVIRONMENTS
-from pixelbus.contracts.task import CreateTaskRequest, FaceSwapRequest
+from pixelbus.contracts.face_swap import FaceSwapOptions, check_face_swap_options
+from pixelbus.contracts.subjects import COMFY_ENVIRONMENT, ENVIRONMENTS, FACE_SWAP_ENVIRONMENT
+from pixelbus.contracts.task import CreateTaskRequest
 from pixelbus.contracts.webhooks import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 
 __all__ = [
-    "FACE_ENHANCERS",
-    "FACE_ORDERS",
-    "FACE_SWAP_MODELS",
     "FACE_SWAP_WORKFLOW",
-    "MAX_SIDE",
-    "MIN_SIDE",
-    "OUTPUT_FORMATS",
     "PROBE_WORKFLOW",
     "FieldError",
     "TaskSpec",
     "ValidationFailed",
     "decode_create_request",
     "decode_face_swap_request",
-    "parse_resolution",
     "validate_create",
     "validate_face_swap_fields",
 ]
 
 FACE_SWAP_WORKFLOW = "face_swap"
 PROBE_WORKFLOW = "probe"
-#: Models a face-swap task may name. ``builtin`` is the offline landmark engine;
-#: ``remote`` the external service at ``FACE_SWAP_API_URL``.
-FACE_SWAP_MODELS = ("builtin", "inswapper_128", "inswapper_128_fp16", "remote")
-#: Face enhancers a face-swap task may ask for (``enhancer``).
-FACE_ENHANCERS = ("gfpgan_1.4",)
-#: How faces are numbered for ``source_face_index`` / ``target_face_index``.
-FACE_ORDERS = ("left-right", "right-left", "top-bottom", "bottom-top", "large-small", "small-large")
-#: ``output_format`` values; ``jpg`` is normalised to ``jpeg``.
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
-MAX_FACE_INDEX = 1000
-MIN_SIDE = 16
-MAX_SIDE = 8192
 MAX_URL_LENGTH = 2048
 _TASK_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _WORKFLOW = re.compile(r"^[A-Za-z0-9_\-.]{1,128}$")
-_RESOLUTION = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 _IMAGE_FIELDS = ("source_url", "target_url")
+_Body = TypeVar("_Body")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,42 +86,28 @@ def _decode_errors(exc: msgspec.ValidationError, prefix: tuple[str, ...]) -> Fie
 _TOO_DEEP = FieldError(("body",), "JSON nests too deep", "json_invalid")
 
 
+def _decode(body: bytes, kind: type[_Body]) -> _Body:
+    """A JSON request body decoded once into ``kind``; ``ValidationFailed`` naming the
+    field (or the body) otherwise."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except RecursionError:
+        raise ValidationFailed([_TOO_DEEP]) from None
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([_decode_errors(exc, ("body",))]) from exc
+    except msgspec.DecodeError as exc:
+        raise ValidationFailed(
+            [FieldError(("body",), f"invalid JSON: {exc}", "json_invalid")]
+        ) from exc
+
+
 def decode_create_request(body: bytes) -> CreateTaskRequest:
-    try:
-        return msgspec.json.decode(body, type=CreateTaskRequest)
-    except RecursionError:
-        raise ValidationFailed([_TOO_DEEP]) from None
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed([_decode_errors(exc, ("body",))]) from exc
-    except msgspec.DecodeError as exc:
-        raise ValidationFailed(
-            [FieldError(("body",), f"invalid JSON: {exc}", "json_invalid")]
-        ) from exc
+    return _decode(body, CreateTaskRequest)
 
 
-def decode_face_swap_request(body: bytes) -> FaceSwapRequest:
-    try:
-        return msgspec.json.decode(body, type=FaceSwapRequest)
-    except RecursionError:
-        raise ValidationFailed([_TOO_DEEP]) from None
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed([_decode_errors(exc, ("body",))]) from exc
-    except msgspec.DecodeError as exc:
-        raise ValidationFailed(
-            [FieldError(("body",), f"invalid JSON: {exc}", "json_invalid")]
-        ) from exc
-
-
-def parse_resolution(value: str) -> tuple[int, int]:
-    """``"1024x768"`` → ``(1024, 768)``; raises ``ValueError`` with a reason."""
-    match = _RESOLUTION.match(value)
-    if not match:
-        raise ValueError("must look like WIDTHxHEIGHT, e.g. 1024x1024")
-    width, height = int(match.group(1)), int(match.group(2))
-    for side in (width, height):
-        if not MIN_SIDE <= side <= MAX_SIDE:
-            raise ValueError(f"each side must be between {MIN_SIDE} and {MAX_SIDE} pixels")
-    return width, height
+def decode_face_swap_request(body: bytes) -> dict[str, Any]:
+    """The fields of a face-swap body, for ``validate_face_swap_fields(..., strict=True)``."""
+    return _decode(body, dict[str, Any])
 
 
 def _check_image_url(value: Any, loc: tuple[str | int, ...]) -> FieldError | None:
@@ -159,77 +127,32 @@ def _check_image_url(value: Any, loc: tuple[str | int, ...]) -> FieldError | Non
     return None
 
 
-def validate_face_swap_fields(fields: dict[str, Any], loc: tuple[str | int, ...]) -> dict[str, Any]:
-    """Check the face-swap fields of ``wf_json``; returns them normalised."""
+def validate_face_swap_fields(
+    fields: dict[str, Any], loc: tuple[str | int, ...], *, strict: bool = False
+) -> dict[str, Any]:
+    """Check the face-swap fields of ``wf_json`` (other keys pass through) or, with
+    ``strict``, of a face-swap body (no other key allowed); returns them normalised."""
     errors: list[FieldError] = []
+    if strict:
+        errors.extend(
+            FieldError((*loc, name), f"unknown field `{name}`", "extra_forbidden")
+            for name in fields
+            if name not in FaceSwapOptions.__struct_fields__
+        )
     for name in _IMAGE_FIELDS:
         error = _check_image_url(fields.get(name), (*loc, name))
         if error:
             errors.append(error)
-    normalised = dict(fields)
-    resolution = fields.get("resolution")
-    if resolution is not None:
-        if not isinstance(resolution, str):
-            errors.append(FieldError((*loc, "resolution"), "must be a string like 1024x1024"))
-        else:
-            try:
-                width, height = parse_resolution(resolution)
-                normalised["resolution"] = f"{width}x{height}"
-            except ValueError as exc:
-                errors.append(FieldError((*loc, "resolution"), str(exc)))
-    model = fields.get("model")
-    if model is not None and model not in FACE_SWAP_MODELS:
-        known = ", ".join(FACE_SWAP_MODELS)
-        errors.append(FieldError((*loc, "model"), f"unknown model {model!r}; known: {known}"))
-    errors.extend(_check_face_swap_options(fields, normalised, loc))
+    options, wrong = check_face_swap_options(fields)
+    errors.extend(
+        FieldError((*loc, name), message)
+        for name, message in wrong.items()
+        if name not in _IMAGE_FIELDS
+    )
     if errors:
         raise ValidationFailed(errors)
-    return normalised
-
-
-def _check_face_swap_options(
-    fields: dict[str, Any], normalised: dict[str, Any], loc: tuple[str | int, ...]
-) -> list[FieldError]:
-    """The optional face selection, enhancer and output fields."""
-    errors: list[FieldError] = []
-    for name in ("source_face_index", "target_face_index"):
-        value = fields.get(name)
-        if value is None or (name == "target_face_index" and value == "many"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            hint = ' (or "many")' if name == "target_face_index" else ""
-            errors.append(FieldError((*loc, name), f"must be an integer{hint}", "type_error"))
-        elif not 0 <= value <= MAX_FACE_INDEX:
-            errors.append(FieldError((*loc, name), f"must be between 0 and {MAX_FACE_INDEX}"))
-    choices: dict[str, tuple[str, ...]] = {
-        "face_order": FACE_ORDERS,
-        "enhancer": FACE_ENHANCERS,
-    }
-    for name, allowed in choices.items():
-        value = fields.get(name)
-        if value is not None and value not in allowed:
-            errors.append(FieldError((*loc, name), f"must be one of {', '.join(allowed)}"))
-    output_format = fields.get("output_format")
-    if output_format is not None:
-        lowered = output_format.lower() if isinstance(output_format, str) else None
-        lowered = "jpeg" if lowered == "jpg" else lowered
-        if lowered not in OUTPUT_FORMATS:
-            errors.append(
-                FieldError((*loc, "output_format"), f"must be one of {', '.join(OUTPUT_FORMATS)}")
-            )
-        else:
-            normalised["output_format"] = lowered
-    quality = fields.get("quality")
-    if quality is not None and (
-        isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100
-    ):
-        errors.append(FieldError((*loc, "quality"), "must be an integer between 1 and 100"))
-    blend = fields.get("enhancer_blend")
-    if blend is not None and (
-        isinstance(blend, bool) or not isinstance(blend, int | float) or not 0 <= blend <= 1
-    ):
-        errors.append(FieldError((*loc, "enhancer_blend"), "must be a number between 0 and 1"))
-    return errors
+    typed = {name: getattr(options, name) for name in FaceSwapOptions.__struct_fields__}
+    return {name: typed.get(name, value) for name, value in fields.items()}
 
 
 #: Caps on a ComfyUI task's ``input_data`` (the body limit caps its bytes): real API-format
@@ -280,7 +203,7 @@ def validate_create(request: CreateTaskRequest) -> TaskSpec:
         )
     environment = request.environment
     if workflow is None:
-        workflow = FACE_SWAP_WORKFLOW if environment == FACE_SWAP_WORKFLOW else None
+        workflow = FACE_SWAP_WORKFLOW if environment == FACE_SWAP_ENVIRONMENT else None
     if workflow is None:
         errors.append(FieldError(("body", "workflow"), "field required", "missing"))
     elif not _WORKFLOW.match(workflow):
@@ -288,12 +211,12 @@ def validate_create(request: CreateTaskRequest) -> TaskSpec:
             FieldError(("body", "workflow"), "must be 1-128 characters of A-Z a-z 0-9 _ - .")
         )
     if environment is None:
-        environment = FACE_SWAP_WORKFLOW if workflow == FACE_SWAP_WORKFLOW else "comm"
+        environment = FACE_SWAP_ENVIRONMENT if workflow == FACE_SWAP_WORKFLOW else COMFY_ENVIRONMENT
     if environment not in ENVIRONMENTS:
         errors.append(
             FieldError(("body", "environment"), f"must be one of {', '.join(ENVIRONMENTS)}")
         )
-    if workflow == FACE_SWAP_WORKFLOW and environment != FACE_SWAP_WORKFLOW:
+    if workflow == FACE_SWAP_WORKFLOW and environment != FACE_SWAP_ENVIRONMENT:
         errors.append(FieldError(("body", "environment"), "face_swap tasks run in face_swap"))
     input_data = dict(request.params.input_data)
     wf_loc = ("body", "params", "input_data", "wf_json")
@@ -310,9 +233,13 @@ def validate_create(request: CreateTaskRequest) -> TaskSpec:
                 input_data["wf_json"] = validate_face_swap_fields(wf_json, wf_loc)
             except ValidationFailed as exc:
                 errors.extend(exc.errors)
-    elif workflow != PROBE_WORKFLOW and environment == "comm" and not isinstance(wf_json, dict):
+    elif (
+        workflow != PROBE_WORKFLOW
+        and environment == COMFY_ENVIRONMENT
+        and not isinstance(wf_json, dict)
+    ):
         errors.append(FieldError(wf_loc, "field required: the ComfyUI API-format graph", "missing"))
-    if environment == "comm":
+    if environment == COMFY_ENVIRONMENT:
         errors.extend(_check_graph_size(input_data, ("body", "params", "input_data")))
     webhook_events = _check_webhook(request, errors)
     if errors:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from pixelbus.contracts.validation import FACE_SWAP_MODELS
+from pixelbus.contracts.face_swap import FACE_SWAP_MODELS
 from pixelbus.media.images import AnimatedInputs, animated_inputs_from
 from pixelbus.runtime.settings import (
     BusSettings,

@@ -59,16 +59,20 @@ def validation_error(description: str) -> dict[str, Any]:
     return json_body(description, VALIDATION_SCHEMA)
 
 
-def json_request(examples: dict[str, Any]) -> dict[str, Any]:
+def json_request(examples: dict[str, Any], body: type | None = None) -> dict[str, Any]:
     """A route's ``openapi_extra`` for a JSON object body that the route decodes itself
     (once, with msgspec, into its contract type) instead of a FastAPI ``Body`` parameter,
-    which would parse every body a second time only to hand over a dict."""
+    which would parse every body a second time only to hand over a dict. ``body``: a flat
+    msgspec struct whose schema (constraints and descriptions) documents the body."""
+    schema: dict[str, Any] = {"type": "object"}
+    if body is not None:
+        schema = msgspec.json.schema(body)["$defs"][body.__name__]
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"type": "object"},
+                    "schema": schema,
                     "examples": {name: {"value": value} for name, value in examples.items()},
                 }
             },

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeAlias, get_args, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
+from pixelbus.contracts.face_swap import FACE_ORDERS, FaceOrder
 from pixelbus.faceswap_worker.engines.errors import FaceIndexOutOfRange, NoFaceFound, Which
 
 __all__ = [
@@ -29,11 +30,6 @@ __all__ = [
 
 RGBImage: TypeAlias = NDArray[np.uint8]
 """An HxWx3 uint8 array in RGB order."""
-
-FaceOrder: TypeAlias = Literal[
-    "left-right", "right-left", "top-bottom", "bottom-top", "large-small", "small-large"
-]
-FACE_ORDERS: tuple[FaceOrder, ...] = get_args(FaceOrder)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from starlette.responses import Response
 
 from pixelbus.contracts.keys import TASKS_READ, TASKS_WRITE
-from pixelbus.contracts.task import FaceSwapRequest, TaskState
+from pixelbus.contracts.task import TaskState
 from pixelbus.contracts.validation import (
     FACE_SWAP_WORKFLOW,
     FieldError,
@@ -189,12 +189,7 @@ def _validate(batch: BatchRequest, max_image_bytes: int) -> list[dict[str, Any]]
         loc: tuple[str | int, ...] = ("body", "items", index)
         merged = {**batch.defaults, **item}
         try:
-            request = msgspec.convert(merged, type=FaceSwapRequest)
-        except msgspec.ValidationError as exc:
-            errors.append(FieldError(loc, str(exc), "type_error"))
-            continue
-        try:
-            fields = validate_face_swap_fields(request.fields(), loc)
+            fields = validate_face_swap_fields(merged, loc, strict=True)
         except ValidationFailed as exc:
             errors.extend(exc.errors)
             continue

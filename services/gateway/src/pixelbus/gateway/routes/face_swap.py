@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
+from pixelbus.contracts.face_swap import FaceSwapOptions
 from pixelbus.contracts.keys import TASKS_WRITE
 from pixelbus.contracts.validation import (
     FACE_SWAP_WORKFLOW,
@@ -41,7 +42,7 @@ EXAMPLE: dict[str, Any] = {
         413: {"description": "request body too large"},
         422: {"description": "invalid request; `detail` names each field"},
     },
-    openapi_extra=json_request({"urls": EXAMPLE}),
+    openapi_extra=json_request({"urls": EXAMPLE}, body=FaceSwapOptions),
 )
 async def process(
     request: Request,
@@ -55,7 +56,7 @@ async def process(
     raw = await request.body()
     try:
         fields = decode_face_swap_request(raw)
-        wf_json = validate_face_swap_fields(fields.fields(), ("body",))
+        wf_json = validate_face_swap_fields(fields, ("body",), strict=True)
         spec = TaskSpec(None, FACE_SWAP_WORKFLOW, FACE_SWAP_WORKFLOW, {"wf_json": wf_json})
         state, _ = await gw.create_task(spec, caller)
     except ValidationFailed as exc:
