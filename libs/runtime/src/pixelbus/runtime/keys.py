@@ -12,6 +12,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
+from pixelbus.contracts.errors import PixelbusError
 from pixelbus.contracts.keys import SCOPES, ApiKey, format_token, hash_secret
 from pixelbus.contracts.subjects import KEYS_BUCKET, sanitize_token
 from pixelbus.runtime.clock import utcnow
@@ -19,8 +20,11 @@ from pixelbus.runtime.clock import utcnow
 __all__ = ["KeyManagementError", "create_key", "list_keys", "revoke_key"]
 
 
-class KeyManagementError(ValueError):
-    """A key operation that cannot be done, with the reason for the operator."""
+class KeyManagementError(PixelbusError):
+    """A key operation that cannot be done (unknown scope, bad owner, no such key), with
+    the reason for the operator; trying again as is cannot help."""
+
+    code = "key_management"
 
 
 async def create_key(
