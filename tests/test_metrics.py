@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from pathlib import Path
 
@@ -111,21 +112,40 @@ async def test_worker_and_uploader_processes_serve_probes_and_metrics(
     assert worker.returncode == 0 and uploader.returncode == 0
 
 
-async def test_gateway_probe_port_answers_health_readiness_and_metrics(
+async def test_gateway_process_serves_probes_in_the_shared_shell_and_keeps_serving_while_draining(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    port = free_port()
-    async with (
-        running_stack(
-            nats_server.url, tmp_path, worker=False, PIXELBUS_PROBE_PORT=str(port)
-        ) as stack,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as probes,
-    ):
-        assert (await probes.get("/healthz")).status_code == 200
-        assert (await probes.get("/readyz")).status_code == 200
-        await stack.http.post("/api/tasks/create", json=PROBE)
-        text = (await probes.get("/metrics")).text
-        assert sample(text, "pixelbus_tasks_created_total", workflow="probe") >= 1
-        # preStop drains from inside the pod (loopback): readiness turns off for good.
-        assert (await probes.get("/drain")).status_code == 200
-        assert (await probes.get("/readyz")).status_code == 503
+    """``python -m pixelbus.gateway`` as deployed: the probe server comes from the shared
+    process shell; a drain (preStop) turns readiness off but the API keeps answering until
+    SIGTERM (Kubernetes takes the pod out of the endpoints meanwhile); SIGTERM: exit 0."""
+    probe_port, api_port = free_port(), free_port()
+    async with running_stack(nats_server.url, tmp_path, worker=False) as stack:
+        gateway = spawn_service(
+            "pixelbus.gateway",
+            {**stack.env, "PIXELBUS_PORT": str(api_port), "PIXELBUS_PROBE_PORT": str(probe_port)},
+        )
+        try:
+            async with (
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{probe_port}", timeout=5) as probes,
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=5) as api,
+            ):
+
+                async def ready() -> bool | None:
+                    with contextlib.suppress(httpx.TransportError):
+                        return True if (await probes.get("/readyz")).status_code == 200 else None
+                    return None
+
+                await eventually(ready, timeout=30)
+                assert (await probes.get("/healthz")).status_code == 200
+                assert (await api.post("/api/tasks/create", json=PROBE)).status_code == 201
+                text = (await probes.get("/metrics")).text
+                assert sample(text, "pixelbus_tasks_created_total", workflow="probe") == 1
+                # preStop drains from inside the pod (loopback): readiness off for good ...
+                assert (await probes.get("/drain")).status_code == 200
+                assert (await probes.get("/readyz")).status_code == 503
+                # ... while requests still routed to the pod are answered
+                assert (await api.post("/api/tasks/create", json=PROBE)).status_code == 201
+        finally:
+            gateway.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(gateway.wait, 20)
+    assert code == 0

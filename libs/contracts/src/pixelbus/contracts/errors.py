@@ -7,6 +7,7 @@ is tried again, with ``delay_s`` when it names one); nobody maps codes by hand::
 
     PixelbusError
     ├── pixelbus.runtime.errors      SettingsError, CounterContention, Retryable, Permanent
+    ├── pixelbus.runtime.keys        KeyManagementError: a key operation refused
     ├── pixelbus.media.errors        MediaError: URLs refused, fetches failed, bad images
     ├── pixelbus.storage_uploader    StorageError: a provider could not store
     ├── pixelbus.faceswap_worker     EngineError: no face, model missing, bad model output

@@ -64,8 +64,13 @@ async def service_shell(
     stop: Callable[[], object],
     ready: ReadinessCheck,
     environ: Mapping[str, str] | None = None,
+    stop_on_drain: bool = True,
 ) -> AsyncIterator[ProbeServer | None]:
-    """Tracing, signals that call ``stop``, and the probe server while the body runs."""
+    """Tracing, signals that call ``stop``, and the probe server while the body runs.
+
+    A drain (Kubernetes' ``preStop``) turns readiness off and, with ``stop_on_drain``,
+    calls ``stop`` (a consumer takes no new work); the gateway keeps serving while it
+    drains, until Kubernetes has taken it out of the endpoints and sends SIGTERM."""
     environ = os.environ if environ is None else environ
     setup_tracing(name, environ)
     loop = asyncio.get_running_loop()
@@ -77,7 +82,7 @@ async def service_shell(
             ProbeSettings.from_env(environ),
             ready=ready,
             registry=process_metrics().registry,
-            on_drain=(stop,),
+            on_drain=(stop,) if stop_on_drain else (),
         )
         await probes.start()
     try:

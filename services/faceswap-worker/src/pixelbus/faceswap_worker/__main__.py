@@ -7,7 +7,12 @@ import sys
 
 import structlog
 
-from pixelbus.contracts.subjects import OUTPUTS_BUCKET, TASK_STREAM, pool_for_environment
+from pixelbus.contracts.subjects import (
+    FACE_SWAP_ENVIRONMENT,
+    OUTPUTS_BUCKET,
+    TASK_STREAM,
+    pool_for_environment,
+)
 from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
 from pixelbus.faceswap_worker.engines.setup import build_catalog
 from pixelbus.faceswap_worker.handler import FaceSwapHandler
@@ -31,7 +36,7 @@ async def serve(settings: FaceSwapSettings) -> None:
     js = nc.jetstream()
     await ensure(js, settings.bus)
     handler = FaceSwapHandler(catalog, settings, ObjectReader(js, OUTPUTS_BUCKET))
-    pool = pool_for_environment("face_swap")
+    pool = pool_for_environment(FACE_SWAP_ENVIRONMENT)
     runtime = WorkerRuntime(
         nc=nc,
         js=js,

@@ -1,6 +1,6 @@
 """``python -m pixelbus.gateway``: serve the API with uvicorn, in the shared process shell
-(a refused start, e.g. no active API key while keys are required, is one line and exit
-code 2, like every service's)."""
+like every service (logging format, uvloop, tracing, signals, the probe server; a refused
+start, e.g. no active API key while keys are required, is one line and exit code 2)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,28 @@ import sys
 
 import uvicorn
 
-from pixelbus.gateway.app import create_app, open_gateway
+from pixelbus.gateway.app import create_app, gateway_ready, open_gateway
+from pixelbus.gateway.deps import Gateway
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.wire import CorkedHttpToolsProtocol
-from pixelbus.runtime.service import run_service
+from pixelbus.runtime.service import run_service, service_shell
 
 NAME = "pixelbus-gateway"
 
 
 async def serve(settings: GatewaySettings) -> None:
     gateway = await open_gateway(settings)  # refusals surface here, before uvicorn starts
-    config = uvicorn.Config(
+    server = uvicorn.Server(_config(settings, gateway))
+
+    def stop() -> None:
+        server.should_exit = True
+
+    async with service_shell(NAME, stop=stop, ready=gateway_ready(gateway), stop_on_drain=False):
+        await server.serve()
+
+
+def _config(settings: GatewaySettings, gateway: Gateway) -> uvicorn.Config:
+    return uvicorn.Config(
         create_app(settings, gateway),
         host=settings.host,
         port=settings.port,
@@ -29,7 +40,6 @@ async def serve(settings: GatewaySettings) -> None:
         proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
-    await uvicorn.Server(config).serve()
 
 
 def main() -> int:

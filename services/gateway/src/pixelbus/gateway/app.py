@@ -58,11 +58,10 @@ from pixelbus.media.ssrf import SsrfPolicy
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.errors import CounterContention, SettingsError
 from pixelbus.runtime.metrics import DEFAULT_CONSUMERS, process_metrics, sample_consumers
-from pixelbus.runtime.probes import NotReady, ProbeServer, ReadinessCheck
+from pixelbus.runtime.probes import NotReady, ReadinessCheck
 from pixelbus.runtime.provision import ensure, ensure_webhooks
 from pixelbus.runtime.publisher import store_is_full
 from pixelbus.runtime.task_index import TaskIndex
-from pixelbus.runtime.tracing import setup_tracing
 from pixelbus.runtime.webhook_log import DeliveryLogStore
 
 __all__ = ["create_app"]
@@ -79,7 +78,7 @@ Create a task with `POST /api/tasks/create` (unified task format), follow it wit
 """
 
 
-def _ready(gw: Gateway) -> ReadinessCheck:
+def gateway_ready(gw: Gateway) -> ReadinessCheck:
     """Ready while NATS is connected and the task-state bucket answers."""
 
     async def check() -> bool:
@@ -112,7 +111,6 @@ async def open_gateway(settings: GatewaySettings) -> Gateway:
     """Connect, provision and check what the gateway serves with; a start that must be
     refused (no active API key while keys are required) raises ``SettingsError``, whose
     one line the process shell prints before exiting with code 2."""
-    setup_tracing("pixelbus-gateway")
     log.info("gateway starting", settings=settings.redacted())
     nc = await connect(settings.bus.nats_url, "pixelbus-gateway")
     keys = KeyStore()
@@ -166,17 +164,9 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
         gw = gateway if gateway is not None else await open_gateway(settings)
         lag_sampler = asyncio.create_task(_sample_consumer_lag(gw.js))
         app.state.gateway = gw
-        probes = None
-        if settings.probes is not None:
-            probes = ProbeServer(
-                settings.probes, ready=_ready(gw), registry=process_metrics().registry
-            )
-            await probes.start()
         try:
             yield
         finally:
-            if probes is not None:
-                await probes.stop()
             lag_sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lag_sampler

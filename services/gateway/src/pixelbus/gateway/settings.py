@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from pixelbus.runtime.probes import ProbeSettings
 from pixelbus.runtime.settings import (
     BusSettings,
     Networks,
@@ -59,8 +58,6 @@ class GatewaySettings(Settings):
     #: A worker whose presence (written every 5 s) is older than this is not counted: three
     #: missed heartbeats, not the presence bucket's 30 s expiry.
     workers_seen_s: float = 15.0
-    #: The probe server runs only when ``PIXELBUS_PROBE_PORT`` is set.
-    probes: ProbeSettings | None = section(ProbeSettings, when="PIXELBUS_PROBE_PORT")
     auth: str = setting("PIXELBUS_AUTH", "open", one_of("open", "required"))
     """API keys required or not (see *API keys*); `open`: requests without a key act as the
     `anonymous` tenant; `required` by default and the only choice in production"""
