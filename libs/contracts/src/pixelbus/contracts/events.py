@@ -65,6 +65,9 @@ class TaskProgress(Event, tag="TaskProgress", frozen=True):
     fraction: float | None = None
     node: str | None = None
     message: str | None = None
+    #: a video task: frames swapped so far, of how many
+    frames_done: int | None = None
+    frames_total: int | None = None
 
 
 class OutputsReady(Event, tag="OutputsReady", frozen=True):

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_SIDE",
     "MIN_SIDE",
     "OUTPUT_FORMATS",
+    "VIDEO_OUTPUT_FORMATS",
     "FaceOrder",
     "FaceSwapModel",
     "FaceSwapOptions",
@@ -41,6 +42,8 @@ FaceOrder: TypeAlias = Literal[
 FACE_ORDERS: tuple[FaceOrder, ...] = get_args(FaceOrder)
 #: ``output_format`` values after normalisation (``jpg`` and any case are accepted).
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+#: ``output_format`` values of a video target.
+VIDEO_OUTPUT_FORMATS = ("mp4", "webm")
 MAX_FACE_INDEX = 1000
 MIN_SIDE = 16
 MAX_SIDE = 8192
@@ -90,8 +93,11 @@ class FaceSwapOptions(msgspec.Struct, kw_only=True, frozen=True):
         Meta(description=f"one of {', '.join(FACE_ORDERS)} (default left-right)"),
     ] = None
     output_format: Annotated[
-        Annotated[str, Meta(pattern="(?i)^(png|jpe?g|webp)$")] | None,
-        Meta(description="one of png (the default), jpeg (or jpg), webp"),
+        Annotated[str, Meta(pattern="(?i)^(png|jpe?g|webp|mp4|webm)$")] | None,
+        Meta(
+            description="for an image target png (the default), jpeg (or jpg) or webp; for a "
+            "video target mp4 (H.264, the default) or webm (VP9)"
+        ),
     ] = None
     quality: Annotated[
         Annotated[int, Meta(ge=1, le=100)] | None,

@@ -135,6 +135,8 @@ def _apply_live(state: TaskState, event: AnyEvent) -> TaskState:
                 fraction=event.fraction,
                 node=event.node,
                 message=event.message,
+                frames_done=event.frames_done,
+                frames_total=event.frames_total,
             )
             changes.update(progress_key=key, progress=progress)
     elif isinstance(event, TaskFailed):

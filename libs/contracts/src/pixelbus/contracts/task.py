@@ -93,6 +93,8 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     fraction: float | None = None
     node: str | None = None
     message: str | None = None
+    frames_done: int | None = None
+    frames_total: int | None = None
 
 
 class EventKey(msgspec.Struct, frozen=True, order=True, array_like=True):

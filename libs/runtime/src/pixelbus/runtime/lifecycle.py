@@ -122,8 +122,15 @@ class TaskEvents:
         )
 
     def progress(
-        self, seq: int, fraction: float | None, node: str | None, message: str | None
+        self,
+        seq: int,
+        fraction: float | None,
+        node: str | None,
+        message: str | None,
+        *,
+        frames: tuple[int, int] | None = None,
     ) -> TaskProgress:
+        """``frames``: a video task's (frames done, frames in all)."""
         return TaskProgress(
             event_id=event_id(self.task_id, "progress", self.attempt, seq),
             task_id=self.task_id,
@@ -132,6 +139,8 @@ class TaskEvents:
             fraction=fraction,
             node=node,
             message=message,
+            frames_done=None if frames is None else frames[0],
+            frames_total=None if frames is None else frames[1],
         )
 
     def outputs(

@@ -53,6 +53,15 @@ from pixelbus.contracts.subjects import (
     WORKERS_BUCKET,
     event_filter,
 )
+from pixelbus.contracts.video import (
+    VIDEO_ASSEMBLER_CONSUMER,
+    VIDEO_BUCKET,
+    VIDEO_CHUNKS_CONSUMER,
+    VIDEO_CHUNKS_FILTER,
+    VIDEO_DONE_FILTER,
+    VIDEO_STREAM,
+    VIDEO_SUBJECT_ROOT,
+)
 from pixelbus.runtime.settings import BusSettings
 
 __all__ = [
@@ -295,6 +304,50 @@ async def _ensure_all(js: JetStreamContext, settings: BusSettings, limits: PoolL
     await _ensure_kv(js, QUOTAS_BUCKET, settings, ttl=None, history=1)
     await _ensure_object_store(js, settings)
     log.info("jetstream provisioned", stream=TASK_STREAM, replicas=settings.replicas)
+
+
+def video_stream_config(settings: BusSettings) -> StreamConfig:
+    return StreamConfig(
+        name=VIDEO_STREAM,
+        description="pixelbus video chunks to swap and chunks swapped (a work queue)",
+        subjects=[f"{VIDEO_SUBJECT_ROOT}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=settings.stream_max_age_s,
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.replicas,
+    )
+
+
+async def ensure_video(js: JetStreamContext, settings: BusSettings) -> None:
+    """The video fan-out (``pixelbus.contracts.video``): its work queue, the chunk
+    workers' and the assembler's consumers, and the jobs' records. Only the face-swap
+    workers use them (and only they may create them)."""
+    await _ensure_stream(js, video_stream_config(settings))
+    await js.add_consumer(
+        VIDEO_STREAM,
+        _consumer(
+            VIDEO_CHUNKS_CONSUMER,
+            VIDEO_CHUNKS_FILTER,
+            ack_wait=settings.ack_wait_for("faceswap"),
+            # one more than the task's attempts: a chunk whose workers all died says so
+            # on its last delivery instead of vanishing (see the chunk worker)
+            max_deliver=settings.max_deliver + 1,
+            max_ack_pending=256,
+        ),
+    )
+    await js.add_consumer(
+        VIDEO_STREAM,
+        _consumer(
+            VIDEO_ASSEMBLER_CONSUMER,
+            VIDEO_DONE_FILTER,
+            ack_wait=settings.ack_wait_for("faceswap"),
+            max_deliver=-1,
+            max_ack_pending=256,
+        ),
+    )
+    await _ensure_kv(js, VIDEO_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
 
 
 def webhook_stream_config(settings: BusSettings) -> StreamConfig:

@@ -81,6 +81,7 @@ from pixelbus.runtime.tracing import (
 )
 
 __all__ = [
+    "DEFERRED",
     "Handler",
     "OutputFile",
     "PullGate",
@@ -136,6 +137,13 @@ async def pack_outputs(
 class TaskResult:
     outputs: list[OutputFile]
     result: dict[str, Any] | None = None
+    #: The task goes on elsewhere (a video fanned out in chunks, whose assembler publishes
+    #: the outputs): the worker acks it and publishes nothing more for it.
+    deferred: bool = False
+
+
+#: What a handler returns when it handed its task on (see ``TaskResult.deferred``).
+DEFERRED = TaskResult(outputs=[], deferred=True)
 
 
 class TaskContext:
@@ -552,6 +560,10 @@ class WorkerRuntime:
                 await msg.nak(delay=settle.delay_s)
             return f"{'retry' if exc.retryable else 'failed'}:{exc.code}"
         await coalescer.close()
+        if result.deferred:
+            await started
+            await msg.ack()
+            return "deferred"
         assert self._objects is not None
         outputs = await pack_outputs(
             self._objects, event.task_id, result.outputs, self.settings.inline_output_bytes
