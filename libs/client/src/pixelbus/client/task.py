@@ -59,6 +59,16 @@ class Task:
         return (self.progress or {}).get("fraction")
 
     @property
+    def frames(self) -> tuple[int, int] | None:
+        """A video task's progress in frames: (swapped so far, in all); ``None`` for a
+        task that does not count frames."""
+        progress = self.progress or {}
+        total = progress.get("frames_total")
+        if total is None:
+            return None
+        return int(progress.get("frames_done") or 0), int(total)
+
+    @property
     def output_urls(self) -> list[str]:
         return [o["url"] for o in (self.result or {}).get("outputs", [])]
 

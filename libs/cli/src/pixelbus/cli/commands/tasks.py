@@ -102,13 +102,21 @@ def _describe(task: Any) -> str:
 
 
 def _bar(task: Any, width: int = 30) -> str:
+    """``[#####.....]  40%  PROCESSING  step``: the step is ``frames 100/250`` for a
+    video task (it counts frames), else the progress message or node."""
     fraction = task.fraction
+    frames = task.frames
+    if fraction is None and frames is not None and frames[1] > 0:
+        fraction = frames[0] / frames[1]
     if task.status == "COMPLETED":
         fraction = 1.0
     if fraction is None:
         return f"[{'.' * width}]   ?%  {task.status}"
     filled = round(max(0.0, min(1.0, fraction)) * width)
-    step = (task.progress or {}).get("message") or (task.progress or {}).get("node") or ""
+    if frames is not None:
+        step = f"frames {frames[0]}/{frames[1]}"
+    else:
+        step = (task.progress or {}).get("message") or (task.progress or {}).get("node") or ""
     text = f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%  {task.status}"
     return f"{text}  {step}".rstrip()
 
