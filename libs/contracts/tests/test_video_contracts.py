@@ -22,7 +22,7 @@ def test_chunks_cover_every_frame_once_in_order_by_timestamp() -> None:
         chunk_ranges(pts, 0)
 
 
-def _done(index: int, frames: int, faces: int) -> ChunkDone:
+def _done(index: int, frames: int, faces: int, worker: str = "w1") -> ChunkDone:
     chunk = ChunkRange(index=index, first_frame=0, frames=frames, first_pts=0, last_pts=0)
     return ChunkDone(
         task_id="t",
@@ -34,6 +34,7 @@ def _done(index: int, frames: int, faces: int) -> ChunkDone:
         frames_total=7,
         segment_object="o",
         frames_with_faces=faces,
+        worker=worker,
     )
 
 
@@ -44,5 +45,6 @@ def test_a_chunk_is_counted_once_whatever_the_order_and_repeats() -> None:
     assert again is after
     assert (after.done, after.frames_done, after.frames_with_faces) == ((0, 2), 4, 3)
     assert not after.complete
-    full = after.with_chunk(_done(1, 3, 1))
+    full = after.with_chunk(_done(1, 3, 1, worker="w2"))
     assert full.complete and full.frames_done == 7 and full.done == (0, 1, 2)
+    assert full.workers == ("w1", "w2")

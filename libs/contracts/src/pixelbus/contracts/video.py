@@ -100,6 +100,8 @@ class ChunkDone(msgspec.Struct, frozen=True, kw_only=True):
     segment_object: str
     #: frames of the chunk where a target face was found (the others pass unchanged)
     frames_with_faces: int
+    #: the worker that swapped it
+    worker: str = ""
 
 
 class VideoJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,6 +113,8 @@ class VideoJob(msgspec.Struct, frozen=True, kw_only=True):
     done: tuple[int, ...] = ()
     frames_done: int = 0
     frames_with_faces: int = 0
+    #: the workers that swapped its chunks
+    workers: tuple[str, ...] = ()
     #: the outputs have been published: a late duplicate ``ChunkDone`` changes nothing
     assembled: bool = False
 
@@ -127,6 +131,7 @@ class VideoJob(msgspec.Struct, frozen=True, kw_only=True):
             done=tuple(sorted((*self.done, done.chunk.index))),
             frames_done=self.frames_done + done.chunk.frames,
             frames_with_faces=self.frames_with_faces + done.frames_with_faces,
+            workers=tuple(sorted({*self.workers, done.worker} - {""})),
         )
 
 
