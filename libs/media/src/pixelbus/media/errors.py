@@ -18,6 +18,10 @@ stable machine-readable ``code``; messages name the URL's host, never a whole UR
     │                                              unless the host name does not exist or
     │                                              its TLS certificate does not verify
     ├── InvalidImage               invalid_image   permanent: not an acceptable image
+    ├── InvalidVideo               invalid_video   permanent: not a video, truncated or
+    │                                              damaged, no video stream, no frames
+    ├── VideoTooLarge              video_too_large permanent: over a PIXELBUS_VIDEO_* limit
+    │                                              (bytes, duration, frames or pixels)
     └── InvalidFileName            invalid_file_name  permanent; also a ValueError
 """
 
@@ -35,10 +39,12 @@ __all__ = [
     "InvalidFileName",
     "InvalidImage",
     "InvalidUrl",
+    "InvalidVideo",
     "MediaError",
     "TooLarge",
     "TooManyRedirects",
     "UrlRefused",
+    "VideoTooLarge",
     "describe_url",
 ]
 
@@ -120,6 +126,19 @@ class FetchFailed(FetchError):
 
 class InvalidImage(MediaError):
     code = "invalid_image"
+
+
+class InvalidVideo(MediaError):
+    """Not an MP4, MOV, WebM or MKV video, or one that cannot be read: truncated, damaged,
+    without a video stream or without frames."""
+
+    code = "invalid_video"
+
+
+class VideoTooLarge(MediaError):
+    """The video is over one of the limits; the message names its setting."""
+
+    code = "video_too_large"
 
 
 def is_retryable_status(status_code: int) -> bool:
