@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import io
+import itertools
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -438,6 +439,7 @@ def encode_segment(
     if output_format not in _VIDEO_CODECS:
         raise ValueError(f"unknown video format {output_format!r} (mp4 or webm)")
     width, height = encoded_size(info, output_format)
+    durations = _frame_durations(info)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=output_format) as output:
         stream = _add_video_stream(output, info, output_format, width, height)
@@ -457,11 +459,28 @@ def encode_segment(
             )
             frame.pts = pts
             frame.time_base = info.time_base
-            for packet in stream.encode(frame):
-                output.mux(packet)
-        for packet in stream.encode(None):
-            output.mux(packet)
+            output.mux(_timed(stream.encode(frame), durations))
+        output.mux(_timed(stream.encode(None), durations))
     return buffer.getvalue()
+
+
+def _frame_durations(info: VideoInfo) -> dict[int, int]:
+    """Each frame's duration in time_base units: until the next frame, and for the last
+    one what is left of the video's duration (at least one unit)."""
+    pts = info.frame_pts
+    durations = {now: later - now for now, later in itertools.pairwise(pts)}
+    total = round(Fraction(info.duration_s) / info.time_base)
+    durations[pts[-1]] = max(1, total - (pts[-1] - pts[0]))
+    return durations
+
+
+def _timed(packets: list[Packet[Any]], durations: dict[int, int]) -> list[Packet[Any]]:
+    """``packets`` lasting as their frames did in the input (the encoder only knows the
+    average rate; the last frame's duration ends the video)."""
+    for packet in packets:
+        if packet.pts is not None and packet.pts in durations:
+            packet.duration = durations[packet.pts]
+    return packets
 
 
 def _add_video_stream(
@@ -539,6 +558,8 @@ def _join(
             template = sources[0].streams.video[0]
             video = output.add_stream_from_template(template)
             video.time_base = template.time_base
+            # the average rate is not in a template: WebM writes it as DefaultDuration
+            video.codec_context.framerate = info.average_rate
             if info.rotation:
                 video.set_display_rotation(info.rotation)
             audio_packets = _audio_packets(source, output, output_format)
