@@ -85,6 +85,15 @@ function progressText(task) {
   return fraction == null ? "" : `${Math.round(fraction * 100)}%`;
 }
 
+// A video task counts its frames: "frames 100 / 250"; any other task shows its step.
+function stepText(task) {
+  const progress = task.progress;
+  if (progress?.frames_total != null) {
+    return `frames ${progress.frames_done ?? 0} / ${progress.frames_total}`;
+  }
+  return progress?.message || "";
+}
+
 function renderRow(task) {
   let row = document.querySelector(`tr[data-task="${task.taskId}"]`);
   if (!row) {
@@ -112,25 +121,47 @@ function renderDetails(task) {
   $("detail-status").className = `status-${task.status}`;
   $("detail-queue").textContent =
     task.status === "PENDING" && task.queue_position ? `(queue position ${task.queue_position})` : "";
-  const fraction = task.status === "COMPLETED" ? 1 : task.progress?.fraction ?? 0;
+  const progress = task.progress;
+  const frames = progress?.frames_total ? (progress.frames_done ?? 0) / progress.frames_total : 0;
+  const fraction = task.status === "COMPLETED" ? 1 : progress?.fraction ?? frames;
   $("detail-progress").value = fraction;
-  $("detail-step").textContent = task.progress?.message || "";
+  $("detail-step").textContent = stepText(task);
   const error = $("detail-error");
   error.hidden = !task.error || task.status === "COMPLETED";
   error.textContent = task.error ? `${task.error.code}: ${task.error.message}` : "";
+  renderOutputs(task);
+}
+
+// Rebuilt only when the outputs change: a state event must not restart a playing video.
+function renderOutputs(task) {
   const outputs = $("detail-outputs");
+  const list = task.result?.outputs || [];
+  const key = JSON.stringify([task.taskId, list.map((o) => o.url)]);
+  if (outputs.dataset.key === key) return;
+  outputs.dataset.key = key;
   outputs.replaceChildren();
-  for (const output of task.result?.outputs || []) {
+  for (const output of list) {
     const link = document.createElement("a");
     link.href = output.url;
     link.textContent = `${output.filename} (${output.content_type}, ${output.size} bytes)`;
     outputs.appendChild(link);
-    if (output.content_type.startsWith("image/")) {
+    const type = output.content_type || "";
+    if (type.startsWith("image/")) {
       const image = document.createElement("img");
       image.className = "output-image";
       image.alt = `result of ${task.taskId}`;
       image.src = output.url;
       outputs.appendChild(image);
+    } else if (type.startsWith("video/")) {
+      const video = document.createElement("video");
+      video.className = "output-video";
+      video.controls = true;
+      video.setAttribute("muted", ""); // muted and inline: browsers let it play without a gesture
+      video.muted = true;
+      video.playsInline = true;
+      video.preload = "metadata";
+      video.src = output.url;
+      outputs.appendChild(video);
     }
   }
 }
@@ -178,6 +209,8 @@ async function submitFaceSwap(event) {
     };
     const resolution = $("resolution").value.trim();
     if (resolution) wf.resolution = resolution;
+    const format = $("output-format").value;
+    if (format) wf.output_format = format;
     const task = await api("/api/tasks/create", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
