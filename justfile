@@ -44,6 +44,10 @@ bench-reads *args:
 bench-faceswap *args:
     python -m tests.bench_faceswap "$@"
 
+# one video's face swap on 1 and 2 workers (frames/s, speed-up) beside a single-process loop of the same engine: the platform's added time
+bench-video *args:
+    python -m tests.bench_video "$@"
+
 # the platform's added time per ComfyUI task vs. the same graph sent straight to a (fake) ComfyUI
 bench-comfy *args:
     python -m tests.bench_comfy "$@"

@@ -40,8 +40,15 @@ def test_every_option_is_read() -> None:
         "large-small",
     )
     assert (swap.enhancer, swap.enhancer_blend) == ("gfpgan_1.4", 0.5)
-    assert output == OutputOptions("jpeg", 70, (800, 600))
+    assert output == OutputOptions("jpeg", 70, (800, 600), asked="jpeg")
     assert output.filename == "result.jpg"
+
+
+def test_a_video_output_format_is_kept_apart_from_the_image_one() -> None:
+    _, webm = parse_options({"output_format": "WebM"})
+    assert (webm.video_format, webm.asked, webm.format) == ("webm", "webm", "png")
+    _, default = parse_options({})
+    assert (default.video_format, default.asked) == ("mp4", None)
 
 
 @pytest.mark.parametrize(

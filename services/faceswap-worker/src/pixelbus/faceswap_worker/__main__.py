@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
+import uuid
 
 import structlog
 
@@ -17,6 +19,7 @@ from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
 from pixelbus.faceswap_worker.engines.setup import build_catalog
 from pixelbus.faceswap_worker.handler import FaceSwapHandler
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
+from pixelbus.faceswap_worker.video import open_video
 from pixelbus.runtime.connection import connect
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.provision import ensure
@@ -35,7 +38,11 @@ async def serve(settings: FaceSwapSettings) -> None:
     nc = await connect(settings.bus.nats_url, NAME)
     js = nc.jetstream()
     await ensure(js, settings.bus)
-    handler = FaceSwapHandler(catalog, settings, ObjectReader(js, OUTPUTS_BUCKET))
+    worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    video = await open_video(nc, settings, catalog, worker_id)
+    handler = FaceSwapHandler(
+        catalog, settings, ObjectReader(js, OUTPUTS_BUCKET), video=video.splitter
+    )
     pool = pool_for_environment(FACE_SWAP_ENVIRONMENT)
     runtime = WorkerRuntime(
         nc=nc,
@@ -44,11 +51,17 @@ async def serve(settings: FaceSwapSettings) -> None:
         handlers={"face_swap": handler},
         settings=settings.bus,
         concurrency=settings.concurrency,
+        worker_id=worker_id,
     )
     ready = consumer_ready(nc, TASK_STREAM, pool.durable)
+
+    def stop() -> None:
+        runtime.stop()
+        video.stop()
+
     try:
-        async with service_shell(NAME, stop=runtime.stop, ready=ready):
-            await runtime.run()
+        async with service_shell(NAME, stop=stop, ready=ready):
+            await asyncio.gather(runtime.run(), video.run())
     finally:
         await nc.close()
 

@@ -1,4 +1,5 @@
-"""The face-swap task handler: fetch both images safely, swap, resize, encode.
+"""The face-swap task handler: fetch both images safely, swap, resize, encode; a video
+target is handed to the video fan-out (``pixelbus.faceswap_worker.video``).
 
 Errors map onto the runtime's split: bad input (blocked URL, not an image, no face,
 unknown or uninstalled model, bad option) is ``Permanent``; a timeout or a 5xx from an
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import httpx
 from nats.js.errors import NotFoundError
+from pixelbus.media.video import is_video
 
-from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
+from pixelbus.contracts.face_swap import VIDEO_OUTPUT_FORMATS
+from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX, input_object_names
 from pixelbus.faceswap_worker.engines.base import FaceSwapEngine
 from pixelbus.faceswap_worker.engines.catalog import EngineCatalog, UnknownModel
 from pixelbus.faceswap_worker.engines.errors import EngineError
@@ -28,7 +31,10 @@ from pixelbus.runtime.errors import Permanent
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult
 
-__all__ = ["FaceSwapHandler"]
+if TYPE_CHECKING:
+    from pixelbus.faceswap_worker.video import VideoSplitter
+
+__all__ = ["FaceSwapHandler", "resolve_engine"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -41,6 +47,20 @@ class EngineUnknown(EngineError):
         super().__init__(f"face enhancer {name!r} is not known on this worker")
 
 
+def resolve_engine(engines: EngineCatalog, model: str) -> FaceSwapEngine:
+    """The engine of ``model`` (loaded on first use); ``Permanent`` when this worker does
+    not have it."""
+    try:
+        return engines.get(model)
+    except UnknownModel:
+        installed = ", ".join(engines.names()) or "none"
+        raise Permanent(
+            "model_not_installed",
+            f"model {model!r} is not available on this worker (available: {installed}); "
+            "install it or omit `model` to use the worker's default",
+        ) from None
+
+
 class FaceSwapHandler:
     def __init__(
         self,
@@ -48,7 +68,10 @@ class FaceSwapHandler:
         settings: FaceSwapSettings,
         objects: ObjectReader,
         http: httpx.AsyncClient | None = None,
+        video: VideoSplitter | None = None,
     ) -> None:
+        """``video``: splits video targets across the workers (without it they are
+        refused)."""
         self._engines = (
             engines if isinstance(engines, EngineCatalog) else EngineCatalog(fixed=engines)
         )
@@ -58,6 +81,13 @@ class FaceSwapHandler:
         self._limits = FetchLimits(
             max_bytes=settings.max_image_bytes, timeout_s=settings.fetch_timeout_s
         )
+        # a target may be a video: fetched up to the video limit, an image then judged by
+        # the image limit as it is decoded
+        self._target_limits = FetchLimits(
+            max_bytes=max(settings.max_image_bytes, settings.video.max_bytes),
+            timeout_s=settings.fetch_timeout_s,
+        )
+        self._video = video
         self._policy = SsrfPolicy(allow_networks=settings.ssrf_allow_networks)
 
     async def __call__(self, ctx: TaskContext) -> TaskResult:
@@ -71,9 +101,31 @@ class FaceSwapHandler:
         if swap_options.enhancer is not None:
             await self._run(self._enhancer_check, swap_options.enhancer)
         await ctx.progress(0.05, node="fetch", message="fetching images")
+        (source_bytes, source_type), (target_bytes, target_type) = await asyncio.gather(
+            self._fetch(wf.get("source_url"), "source_url", self._limits),
+            self._fetch(wf.get("target_url"), "target_url", self._target_limits),
+        )
+        if is_video(target_bytes):
+            if self._video is None:
+                raise Permanent("invalid_input", "target_url: video targets are not served here")
+            await self._image(source_bytes, source_type, "source_url")  # checked before the split
+            return await self._video.split(
+                ctx,
+                source=source_bytes,
+                target=target_bytes,
+                output=output,
+                model=str(model),
+                input_objects=input_object_names(ctx.input_data),
+            )
+        if output.asked in VIDEO_OUTPUT_FORMATS:
+            raise Permanent(
+                "invalid_input",
+                f"output_format {output.asked!r} is for video targets; the target is an "
+                "image: png, jpeg or webp",
+            )
         source, target = await asyncio.gather(
-            self._image(wf.get("source_url"), "source_url"),
-            self._image(wf.get("target_url"), "target_url"),
+            self._image(source_bytes, source_type, "source_url"),
+            self._image(target_bytes, target_type, "target_url"),
         )
         await ctx.progress(0.4, node="swap", message=f"swapping faces ({engine.name})")
         swapped = await self._run(engine.swap, source, target, swap_options)
@@ -93,15 +145,7 @@ class FaceSwapHandler:
         )
 
     async def _engine(self, model: str) -> FaceSwapEngine:
-        try:
-            return await self._run(self._engines.get, model)
-        except UnknownModel:
-            installed = ", ".join(self._engines.names()) or "none"
-            raise Permanent(
-                "model_not_installed",
-                f"model {model!r} is not available on this worker (available: {installed}); "
-                "install it or omit `model` to use the worker's default",
-            ) from None
+        return await self._run(resolve_engine, self._engines, model)
 
     def _enhancer_check(self, name: str) -> None:
         try:
@@ -114,10 +158,7 @@ class FaceSwapHandler:
         """``function(*args)`` in a worker thread."""
         return await asyncio.to_thread(function, *args, **kwargs)
 
-    async def _image(self, url: object, field: str) -> RGBImage:
-        if not isinstance(url, str) or not url:
-            raise Permanent("invalid_input", f"{field} is required")
-        data, content_type = await self._fetch(url, field)
+    async def _image(self, data: bytes, content_type: str | None, field: str) -> RGBImage:
         try:
             return await asyncio.to_thread(
                 decode_image,
@@ -131,7 +172,11 @@ class FaceSwapHandler:
             exc.about(field)
             raise
 
-    async def _fetch(self, url: str, field: str) -> tuple[bytes, str | None]:
+    async def _fetch(
+        self, url: object, field: str, limits: FetchLimits
+    ) -> tuple[bytes, str | None]:
+        if not isinstance(url, str) or not url:
+            raise Permanent("invalid_input", f"{field} is required")
         if url.startswith(INPUT_OBJECT_PREFIX):
             try:
                 data = await self._objects.read(url.removeprefix(INPUT_OBJECT_PREFIX))
@@ -141,9 +186,7 @@ class FaceSwapHandler:
                 ) from exc
             return data, None
         try:
-            fetched = await fetch_bytes(
-                url, limits=self._limits, policy=self._policy, client=self._http
-            )
+            fetched = await fetch_bytes(url, limits=limits, policy=self._policy, client=self._http)
         except MediaError as exc:
             exc.about(field)
             raise

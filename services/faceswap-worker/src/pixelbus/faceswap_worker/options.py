@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeAlias
 from pixelbus.contracts.face_swap import check_face_swap_options
 from pixelbus.faceswap_worker.engines.base import SwapOptions
 
-__all__ = ["OUTPUT_FORMATS", "OutputFormat", "OutputOptions", "parse_options"]
+__all__ = ["OUTPUT_FORMATS", "OutputFormat", "OutputOptions", "VideoFormat", "parse_options"]
 
 OutputFormat: TypeAlias = Literal["png", "jpeg", "webp"]
 #: Each (normalised) ``output_format``: its content type and file name.
@@ -22,12 +22,19 @@ OUTPUT_FORMATS: dict[OutputFormat, tuple[str, str]] = {
 }
 
 
+VideoFormat: TypeAlias = Literal["mp4", "webm"]
+
+
 @dataclass(frozen=True, slots=True)
 class OutputOptions:
     format: OutputFormat = "png"
     quality: int = 92
     resolution: tuple[int, int] | None = None
     """Fit within this box (width, height), keeping the aspect ratio; never enlarge."""
+    video_format: VideoFormat = "mp4"
+    """The format of a video target's output."""
+    asked: str | None = None
+    """The ``output_format`` the task named, if any (to refuse one of the wrong kind)."""
 
     @property
     def content_type(self) -> str:
@@ -51,6 +58,8 @@ def parse_options(wf: Mapping[str, Any]) -> tuple[SwapOptions, OutputOptions]:
         enhancer=options.enhancer,
         enhancer_blend=0.8 if options.enhancer_blend is None else options.enhancer_blend,
     )
-    output_format: OutputFormat = options.output_format or "png"  # type: ignore[assignment]
-    output = OutputOptions(output_format, options.quality or 92, options.size)
+    asked = options.output_format
+    image: OutputFormat = asked if asked in OUTPUT_FORMATS else "png"
+    video: VideoFormat = "webm" if asked == "webm" else "mp4"
+    output = OutputOptions(image, options.quality or 92, options.size, video, asked)
     return swap, output

@@ -27,7 +27,7 @@ from pixelbus.runtime.settings import (
     without_credentials,
 )
 
-__all__ = ["FaceSwapSettings", "ModelSettings", "RemoteSettings"]
+__all__ = ["FaceSwapSettings", "ModelSettings", "RemoteSettings", "VideoSettings"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,26 @@ class RemoteSettings(Settings):
 
 
 @dataclass(frozen=True)
+class VideoSettings(Settings):
+    """Video targets: their limits, and how they are split across workers."""
+
+    max_bytes: int = setting("PIXELBUS_VIDEO_MAX_BYTES", 200 << 20, integer(1024, 1 << 34))
+    """largest target video"""
+    max_duration_s: float = setting("PIXELBUS_VIDEO_MAX_DURATION_S", 120.0, number(0.1, 86400))
+    """longest target video (s)"""
+    max_frames: int = setting("PIXELBUS_VIDEO_MAX_FRAMES", 7200, integer(1, 10**7))
+    """most frames in a target video"""
+    max_pixels: int = setting(
+        "PIXELBUS_VIDEO_MAX_PIXELS", 1920 * 1080, integer(64, 1 << 27), default_doc="1080p"
+    )
+    """largest frame of a target video (width x height)"""
+    chunk_s: float = setting("PIXELBUS_VIDEO_CHUNK_S", 2.0, number(0.1, 600))
+    """seconds of frames in one chunk that one worker swaps"""
+    chunk_concurrency: int = setting("PIXELBUS_VIDEO_CHUNK_CONCURRENCY", 1, integer(1, 64))
+    """video chunks a worker swaps at once (each keeps a core busy)"""
+
+
+@dataclass(frozen=True)
 class FaceSwapSettings(Settings):
     bus: BusSettings = section(BusSettings)
     concurrency: int = setting("PIXELBUS_WORKER_CONCURRENCY", 2, integer(1, 256))
@@ -90,6 +110,7 @@ class FaceSwapSettings(Settings):
     """an animated input image: `first_frame` (use it) or `refuse`"""
     models: ModelSettings = section(ModelSettings)
     remote: RemoteSettings = section(RemoteSettings)
+    video: VideoSettings = section(VideoSettings)
 
     @classmethod
     def read(cls, reader: Reader) -> Self | None:

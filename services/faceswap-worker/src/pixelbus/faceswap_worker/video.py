@@ -1,0 +1,582 @@
+"""Video targets, fanned out across the face-swap workers (``pixelbus.contracts.video``).
+
+- ``VideoSplitter`` runs in the handler of the task: it checks the video against the
+  limits, puts the source image and the target video into the Object Store, records the
+  job, publishes one ``VideoChunk`` per chunk of frames and hands the task on
+  (``DEFERRED``): the task stays PROCESSING while its chunks are swapped.
+- ``ChunkWorker`` (a consumer loop in every face-swap worker) swaps one chunk's frames
+  with the task's engine and options, writes them as a video segment to the Object Store
+  and publishes ``ChunkDone``. A worker that dies mid-chunk costs that chunk's redo only:
+  the chunk comes back after the ack wait. A frame without a target face passes unchanged.
+- ``Assembler`` (another consumer loop in every face-swap worker) counts the chunks in the
+  job's record (compare-and-set: exactly one update completes it), reports
+  ``frames_done / frames_total`` as the task's progress, and when all are in joins the
+  segments in order with the original's audio and publishes the task's ``OutputsReady``;
+  the uploader then stores the file and deletes the working objects like any inputs.
+
+Cancel: a chunk worker reads the task's state before a chunk and every few seconds while
+it swaps; a cancel request stops the chunk and ends the task CANCELLED, and every other
+chunk of it is skipped. A chunk that fails for good (bad frames, no source face, out of
+attempts) fails the task with its frame range in the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pixelbus.media.video import (
+    VideoInfo,
+    VideoLimits,
+    assemble,
+    decode_frames,
+    encode_segment,
+    probe_video,
+)
+
+from pixelbus.contracts.errors import PixelbusError
+from pixelbus.contracts.subjects import OUTPUTS_BUCKET, STATE_BUCKET
+from pixelbus.contracts.video import (
+    VIDEO_ASSEMBLER_CONSUMER,
+    VIDEO_BUCKET,
+    VIDEO_CHUNKS_CONSUMER,
+    VIDEO_STREAM,
+    ChunkDone,
+    VideoChunk,
+    VideoJob,
+    chunk_done_subject,
+    chunk_object,
+    chunk_ranges,
+    chunk_subject,
+    job_object,
+)
+from pixelbus.faceswap_worker.engines.base import FaceSwapEngine, SwapOptions
+from pixelbus.faceswap_worker.engines.catalog import EngineCatalog
+from pixelbus.faceswap_worker.engines.errors import NoFaceFound
+from pixelbus.faceswap_worker.handler import resolve_engine
+from pixelbus.faceswap_worker.options import OutputOptions, VideoFormat, parse_options
+from pixelbus.faceswap_worker.settings import FaceSwapSettings
+from pixelbus.faceswap_worker.tracking import TargetTracker
+from pixelbus.media.arrays import RGBImage, decode_image
+from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.errors import Permanent
+from pixelbus.runtime.lifecycle import Before, RetryPolicy, TaskEvents, after_failure, before_run
+from pixelbus.runtime.objects import ObjectReader
+from pixelbus.runtime.provision import ensure_video
+from pixelbus.runtime.publisher import EventPublisher
+from pixelbus.runtime.pull import DurableLoop, keep_alive
+from pixelbus.runtime.state import read_state
+from pixelbus.runtime.worker import DEFERRED, OutputFile, TaskContext, TaskResult, pack_outputs
+
+__all__ = [
+    "Assembler",
+    "ChunkWorker",
+    "VideoFanOut",
+    "VideoSplitter",
+    "open_video",
+    "video_limits",
+]
+
+log = structlog.get_logger("pixelbus.faceswap.video")
+
+#: The assembler's progress events are numbered apart from the splitting attempt's own.
+_PROGRESS_SEQ_BASE = 1_000_000
+#: How often a chunk being swapped looks at its task's state (for a cancel request).
+_CANCEL_CHECK_S = 2.0
+_CONTENT_TYPES: dict[VideoFormat, str] = {"mp4": "video/mp4", "webm": "video/webm"}
+
+
+def video_limits(settings: FaceSwapSettings) -> VideoLimits:
+    video = settings.video
+    return VideoLimits(
+        max_bytes=video.max_bytes,
+        max_duration_s=video.max_duration_s,
+        max_frames=video.max_frames,
+        max_pixels=video.max_pixels,
+    )
+
+
+class _Job(msgspec.Struct, frozen=True, kw_only=True):
+    """What the assembler needs besides ``VideoJob``'s counts (kept in the same record)."""
+
+    source_object: str
+    target_object: str
+    output_format: str
+    model: str
+    input_objects: tuple[str, ...] = ()
+
+
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The video bucket's value: the counts and the job's working files."""
+
+    counts: VideoJob
+    job: _Job
+
+
+class VideoSplitter:
+    """Splits a video task into chunks (see the module's docstring)."""
+
+    def __init__(self, nc: Client, settings: FaceSwapSettings, objects: Any) -> None:
+        self._js = nc.jetstream()
+        self._settings = settings
+        self._objects = objects  # nats ObjectStore of OUTPUTS_BUCKET
+        self._jobs: KeyValue | None = None
+
+    async def split(
+        self,
+        ctx: TaskContext,
+        *,
+        source: bytes,
+        target: bytes,
+        output: OutputOptions,
+        model: str,
+        input_objects: tuple[str, ...],
+    ) -> TaskResult:
+        if output.asked is not None and output.asked not in _CONTENT_TYPES:
+            raise Permanent(
+                "invalid_input",
+                f"output_format {output.asked!r} is for image targets; the target is a "
+                "video: mp4 or webm",
+            )
+        info = await asyncio.to_thread(probe_video, target, video_limits(self._settings))
+        await ctx.progress(0.02, node="split", message=f"splitting {info.frames} frames")
+        task_id = ctx.task_id
+        source_object = job_object(task_id, "source")
+        target_object = job_object(task_id, "target")
+        await asyncio.gather(
+            self._objects.put(source_object, source), self._objects.put(target_object, target)
+        )
+        per_chunk = max(1, round(self._settings.video.chunk_s * float(info.average_rate)))
+        ranges = chunk_ranges(info.frame_pts, per_chunk)
+        record = JobRecord(
+            counts=VideoJob(task_id=task_id, chunks=len(ranges), frames_total=info.frames),
+            job=_Job(
+                source_object=source_object,
+                target_object=target_object,
+                output_format=output.video_format,
+                model=model,
+                input_objects=input_objects,
+            ),
+        )
+        jobs = await self._bucket()
+        with contextlib.suppress(KeyWrongLastSequenceError):  # split before: keep its count
+            await jobs.create(task_id, msgspec.json.encode(record))
+        created = ctx.created
+        for chunk in ranges:
+            message = VideoChunk(
+                task_id=task_id,
+                environment=created.environment,
+                workflow=created.workflow,
+                attempt=ctx.attempt,
+                chunk=chunk,
+                chunks=len(ranges),
+                frames_total=info.frames,
+                source_object=source_object,
+                target_object=target_object,
+                options=ctx.wf_json,
+                model=model,
+                output_format=output.video_format,
+            )
+            await self._js.publish(
+                chunk_subject(task_id, chunk.index),
+                msgspec.json.encode(message),
+                headers={"Nats-Msg-Id": f"{task_id}:chunk:{chunk.index}"},
+            )
+        log.debug("video split", task_id=task_id, frames=info.frames, chunks=len(ranges))
+        return DEFERRED
+
+    async def _bucket(self) -> KeyValue:
+        if self._jobs is None:
+            self._jobs = await self._js.key_value(VIDEO_BUCKET)
+        return self._jobs
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSwap:
+    """What swapping a chunk needs, ready to run in a thread."""
+
+    engine: FaceSwapEngine
+    options: SwapOptions
+
+
+def swap_frames(
+    frames: Iterator[tuple[int, RGBImage]],
+    source: RGBImage,
+    swap: ChunkSwap,
+    stop: threading.Event,
+    counts: list[int],
+) -> Iterator[tuple[int, RGBImage]]:
+    """The chunk's frames swapped, lazily (one frame in memory at a time); a frame
+    without a target face passes unchanged. ``counts``: [frames, frames with a face]."""
+    tracker = TargetTracker(swap.engine, swap.options)
+    for pts, frame in frames:
+        if stop.is_set():
+            raise _Stopped
+        counts[0] += 1
+        try:
+            options = tracker.options_for(frame)
+            swapped = swap.engine.swap(source, frame, options)
+        except NoFaceFound as exc:
+            if exc.which == "source":
+                raise
+            yield pts, frame
+            continue
+        counts[1] += 1
+        yield pts, swapped
+
+
+class _Stopped(Exception):
+    """The chunk's task was cancelled (or ended) while the chunk was being swapped."""
+
+
+class _InputCache:
+    """The last few inputs read from the Object Store: a worker usually swaps several
+    chunks of one video in a row."""
+
+    def __init__(self, reader: ObjectReader, size: int = 4) -> None:
+        self._reader = reader
+        self._size = size
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+
+    async def read(self, name: str) -> bytes:
+        if name in self._entries:
+            self._entries.move_to_end(name)
+            return self._entries[name]
+        data = await self._reader.read(name)
+        self._entries[name] = data
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return data
+
+
+class ChunkWorker(DurableLoop):
+    """Swaps chunks (see the module's docstring)."""
+
+    stream = VIDEO_STREAM
+    durable = VIDEO_CHUNKS_CONSUMER
+    what = "video chunk"
+
+    def __init__(
+        self,
+        nc: Client,
+        settings: FaceSwapSettings,
+        engines: EngineCatalog,
+        worker_id: str,
+    ) -> None:
+        super().__init__(nc, concurrency=settings.video.chunk_concurrency, grace_s=30.0)
+        self._settings = settings
+        self._engines = engines
+        self._worker_id = worker_id
+        self._publisher = EventPublisher(self._js)
+        self._retry: RetryPolicy = settings.bus.retry_policy()
+        self._reader = ObjectReader(self._js, OUTPUTS_BUCKET)
+        self._inputs = _InputCache(self._reader)
+        self._state: KeyValue | None = None
+        self._objects: Any = None
+
+    async def process(self, msg: Msg) -> None:
+        chunk = msgspec.json.decode(msg.data, type=VideoChunk)
+        delivery = msg.metadata.num_delivered
+        events = TaskEvents(chunk.task_id, chunk.attempt, utcnow)
+        if self._state is None:
+            self._state = await self._js.key_value(STATE_BUCKET)
+            self._objects = await self._js.object_store(OUTPUTS_BUCKET)
+        if await self._ended(chunk, events):
+            await msg.ack()
+            return
+        label = chunk.chunk.label
+        if delivery > self._settings.bus.max_deliver:  # its workers kept dying
+            await self._fail(
+                chunk,
+                events,
+                "chunk_exhausted",
+                f"{label}: no worker finished this chunk in {delivery - 1} attempts",
+            )
+            await msg.term()
+            return
+        interval = max(0.2, self._settings.bus.ack_wait_for("faceswap") / 3)
+        try:
+            with keep_alive(msg, interval):
+                segment, with_faces = await self._swap(chunk)
+        except _Stopped:
+            await self._ended(chunk, events)
+            await msg.ack()
+            return
+        except PixelbusError as exc:
+            settle = after_failure(
+                self._retry,
+                delivery,
+                retryable=exc.retryable,
+                draw=random.random(),
+                asked_delay_s=exc.delay_s,
+            )
+            if settle.final:
+                await self._fail(chunk, events, exc.code, f"{label}: {exc.message}")
+                await msg.term()
+            else:
+                await msg.nak(delay=settle.delay_s)
+            return
+        name = chunk_object(chunk.task_id, chunk.chunk.index)
+        await self._objects.put(name, segment)
+        done = ChunkDone(
+            task_id=chunk.task_id,
+            environment=chunk.environment,
+            workflow=chunk.workflow,
+            attempt=chunk.attempt,
+            chunk=chunk.chunk,
+            chunks=chunk.chunks,
+            frames_total=chunk.frames_total,
+            segment_object=name,
+            frames_with_faces=with_faces,
+            worker=self._worker_id,
+        )
+        await self._js.publish(
+            chunk_done_subject(chunk.task_id, chunk.chunk.index),
+            msgspec.json.encode(done),
+            headers={"Nats-Msg-Id": f"{chunk.task_id}:done:{chunk.chunk.index}"},
+        )
+        await msg.ack()
+
+    async def _swap(self, chunk: VideoChunk) -> tuple[bytes, int]:
+        source_bytes, target = await asyncio.gather(
+            self._inputs.read(chunk.source_object), self._inputs.read(chunk.target_object)
+        )
+        try:
+            options, _ = parse_options(chunk.options)
+        except ValueError as exc:
+            raise Permanent("invalid_input", str(exc)) from exc
+        stop = threading.Event()
+        counts = [0, 0]
+        settings = self._settings
+        engines = self._engines
+
+        def work() -> bytes:
+            swap = ChunkSwap(resolve_engine(engines, chunk.model), options)
+            source = decode_image(
+                source_bytes,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+            )
+            info = probe_video(target, video_limits(settings))
+            first, last = chunk.chunk.first_pts, chunk.chunk.last_pts
+            frames = swap_frames(decode_frames(target, first, last), source, swap, stop, counts)
+            return encode_segment(frames, info, chunk.output_format)  # type: ignore[arg-type]
+
+        watcher = asyncio.create_task(self._watch(chunk, stop))
+        try:
+            segment = await asyncio.to_thread(work)
+        except NoFaceFound as exc:
+            raise Permanent("no_source_face", str(exc)) from exc
+        finally:
+            watcher.cancel()
+        if stop.is_set():
+            raise _Stopped
+        if counts[0] != chunk.chunk.frames:
+            raise Permanent(
+                "invalid_video",
+                f"{counts[0]} of the chunk's {chunk.chunk.frames} frames could be decoded",
+            )
+        return segment, counts[1]
+
+    async def _watch(self, chunk: VideoChunk, stop: threading.Event) -> None:
+        """Stop the chunk when its task gets a cancel request or ends meanwhile."""
+        assert self._state is not None
+        while True:
+            await asyncio.sleep(_CANCEL_CHECK_S)
+            with contextlib.suppress(Exception):
+                state, _ = await read_state(self._state, chunk.task_id)
+                if before_run(state) is not Before.RUN:
+                    stop.set()
+                    return
+
+    async def _ended(self, chunk: VideoChunk, events: TaskEvents) -> bool:
+        """Whether the task is over (or now cancelled, which this ends)."""
+        assert self._state is not None
+        state, _ = await read_state(self._state, chunk.task_id)
+        before = before_run(state)
+        if before is Before.CANCEL:
+            assert state is not None
+            await self._publish(chunk, events.cancelled(state.cancel_reason))
+        return before is not Before.RUN
+
+    async def _fail(self, chunk: VideoChunk, events: TaskEvents, code: str, message: str) -> None:
+        await self._publish(chunk, events.failed(code, message, retryable=False, final=True))
+
+    async def _publish(self, chunk: VideoChunk, event: Any) -> None:
+        await self._publisher.publish(event, environment=chunk.environment, workflow=chunk.workflow)
+
+
+class Assembler(DurableLoop):
+    """Counts chunks and joins them (see the module's docstring)."""
+
+    stream = VIDEO_STREAM
+    durable = VIDEO_ASSEMBLER_CONSUMER
+    what = "swapped video chunk"
+
+    def __init__(self, nc: Client, settings: FaceSwapSettings) -> None:
+        super().__init__(nc, concurrency=4, grace_s=30.0)
+        self._settings = settings
+        self._publisher = EventPublisher(self._js)
+        self._reader = ObjectReader(self._js, OUTPUTS_BUCKET)
+        self._jobs: KeyValue | None = None
+        self._state: KeyValue | None = None
+        self._objects: Any = None
+
+    async def process(self, msg: Msg) -> None:
+        done = msgspec.json.decode(msg.data, type=ChunkDone)
+        if self._jobs is None:
+            self._jobs = await self._js.key_value(VIDEO_BUCKET)
+            self._state = await self._js.key_value(STATE_BUCKET)
+            self._objects = await self._js.object_store(OUTPUTS_BUCKET)
+        events = TaskEvents(done.task_id, done.attempt, utcnow)
+        record, revision = await self._count(done)
+        if record is None or record.counts.assembled:
+            await msg.ack()
+            return
+        counts = record.counts
+        await self._publish(
+            done,
+            events.progress(
+                _PROGRESS_SEQ_BASE + len(counts.done),
+                counts.frames_done / max(1, counts.frames_total),
+                "video",
+                f"{counts.frames_done} of {counts.frames_total} frames swapped",
+                frames=(counts.frames_done, counts.frames_total),
+            ),
+        )
+        if counts.complete:
+            interval = max(0.2, self._settings.bus.ack_wait_for("faceswap") / 3)
+            with keep_alive(msg, interval):
+                await self._finish(done, record, events)
+            await self._mark_assembled(done.task_id, record, revision)
+        await msg.ack()
+
+    async def _count(self, done: ChunkDone) -> tuple[JobRecord | None, int]:
+        """The job's record with ``done`` counted (compare-and-set, retried on a race)."""
+        assert self._jobs is not None
+        while True:
+            try:
+                entry = await self._jobs.get(done.task_id)
+            except KeyNotFoundError:
+                log.warning("a chunk of an unknown video job", task_id=done.task_id)
+                return None, 0
+            record = msgspec.json.decode(entry.value or b"", type=JobRecord)
+            counted = record.counts.with_chunk(done)
+            if counted is record.counts:
+                return record, entry.revision or 0
+            updated = JobRecord(counts=counted, job=record.job)
+            try:
+                revision = await self._jobs.update(
+                    done.task_id, msgspec.json.encode(updated), last=entry.revision
+                )
+            except KeyWrongLastSequenceError:
+                continue  # another assembler counted a chunk meanwhile: count again
+            return updated, revision
+
+    async def _finish(self, done: ChunkDone, record: JobRecord, events: TaskEvents) -> None:
+        assert self._state is not None
+        state, _ = await read_state(self._state, done.task_id)
+        before = before_run(state)
+        if before is Before.CANCEL:
+            assert state is not None
+            await self._publish(done, events.cancelled(state.cancel_reason))
+            return
+        if before is Before.SKIP:
+            return
+        counts, job = record.counts, record.job
+        if counts.frames_with_faces == 0:
+            await self._publish(
+                done,
+                events.failed(
+                    "no_face_found",
+                    f"no face was found in any of the target video's {counts.frames_total} frames",
+                    retryable=False,
+                    final=True,
+                ),
+            )
+            return
+        names = [chunk_object(done.task_id, index) for index in range(counts.chunks)]
+        segments = [await self._reader.read(name) for name in names]
+        original = await self._reader.read(job.target_object)
+        video_format: VideoFormat = "webm" if job.output_format == "webm" else "mp4"
+        limits = video_limits(self._settings)
+
+        def join() -> tuple[bytes, VideoInfo]:
+            info = probe_video(original, limits)
+            return assemble(segments, original, info, video_format), info
+
+        data, info = await asyncio.to_thread(join)
+        output = OutputFile(f"result.{video_format}", data, _CONTENT_TYPES[video_format])
+        outputs = await pack_outputs(
+            self._objects, done.task_id, [output], self._settings.bus.inline_output_bytes
+        )
+        result = {
+            "width": info.width,
+            "height": info.height,
+            "frames": info.frames,
+            "fps": round(float(info.average_rate), 3),
+            "duration_s": round(info.duration_s, 3),
+            "format": video_format,
+            "model": job.model,
+            "chunks": counts.chunks,
+            "frames_with_faces": counts.frames_with_faces,
+            "workers": len(counts.workers),
+        }
+        working = (job.source_object, job.target_object, *names, *job.input_objects)
+        await self._publish(done, events.outputs(outputs, result, working))
+
+    async def _mark_assembled(self, task_id: str, record: JobRecord, revision: int) -> None:
+        assert self._jobs is not None
+        counts = msgspec.structs.replace(record.counts, assembled=True)
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._jobs.update(
+                task_id,
+                msgspec.json.encode(JobRecord(counts=counts, job=record.job)),
+                last=revision,
+            )
+
+    async def _publish(self, done: ChunkDone, event: Any) -> None:
+        await self._publisher.publish(event, environment=done.environment, workflow=done.workflow)
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFanOut:
+    """A worker's part of the video fan-out: the splitter its handler uses, and the
+    chunk and assembler loops it runs beside its task pool."""
+
+    splitter: VideoSplitter
+    chunks: ChunkWorker
+    assembler: Assembler
+
+    async def run(self) -> None:
+        await asyncio.gather(self.chunks.run(), self.assembler.run())
+
+    def stop(self) -> None:
+        self.chunks.stop()
+        self.assembler.stop()
+
+
+async def open_video(
+    nc: Client, settings: FaceSwapSettings, engines: EngineCatalog, worker_id: str
+) -> VideoFanOut:
+    """Provision the video stream, consumers and bucket; the worker's fan-out parts."""
+    js = nc.jetstream()
+    await ensure_video(js, settings.bus)
+    objects = await js.object_store(OUTPUTS_BUCKET)
+    return VideoFanOut(
+        splitter=VideoSplitter(nc, settings, objects),
+        chunks=ChunkWorker(nc, settings, engines, worker_id),
+        assembler=Assembler(nc, settings),
+    )
