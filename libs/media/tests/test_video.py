@@ -405,3 +405,33 @@ def test_segments_out_of_order_are_refused() -> None:
         assemble([second, first], mp4(), info, "mp4")
     with pytest.raises(InvalidVideo, match="segment 0"):
         assemble([first], mp4(), info, "webm")  # an mp4 segment in a webm
+
+
+def test_a_segment_needs_frames_of_the_video() -> None:
+    info = probe_video(mp4(), LIMITS)
+    with pytest.raises(InvalidVideo, match="no decodable frame"):
+        encode_segment(iter(()), info, "mp4")
+    wrong = np.zeros((SIZE[0], SIZE[1], 3), dtype=np.uint8)  # sideways
+    with pytest.raises(ValueError, match="frame 0 is 192x256 upright"):
+        encode_segment([(0, wrong)], info, "webm")
+
+
+# --- the test kit's builders ----------------------------------------------------------
+
+
+def test_builders_are_deterministic_and_their_frames_move() -> None:
+    faces = videos.face_crops()
+    group = videos.photos()["group"]
+    made: dict[str, Callable[[], bytes]] = {
+        "zoom": lambda: videos.zoom_video(group, seconds=0.4, fps=25, size=(160, 120)),
+        "crossing": lambda: videos.crossing_video(
+            faces["astronaut"], faces["hopper"], seconds=0.4, fps=25, size=(160, 120)
+        ),
+    }
+    for name, make in made.items():
+        data = make()
+        assert make() == data, name
+        info = probe_video(data, LIMITS)
+        assert (info.frames, info.width, info.height) == (10, 160, 120), name
+        frames = all_frames(data)
+        assert mean_error(frames[0][1], frames[-1][1]) > 5, name

@@ -114,7 +114,6 @@ _NOT_VIDEO_BRANDS = frozenset(
         b"hevx",
         b"mif1",
         b"msf1",
-        b"jpeg",
         b"crx ",
         b"M4A ",
         b"M4B ",
@@ -187,6 +186,7 @@ _DEMUXERS: dict[Container, str] = {
     "webm": "matroska",
     "mkv": "matroska",
 }
+_AUDIO_SLACK_S = 1.0
 _FFMPEG_ERRORS = (av.error.FFmpegError, EOFError, ValueError, OverflowError)
 
 
@@ -278,10 +278,13 @@ def probe_video(data: bytes, limits: VideoLimits) -> VideoInfo:
 
 
 def _header_duration(source: InputContainer, stream: VideoStream, tb: Fraction) -> float | None:
+    """The duration the headers claim, to refuse a long video before demuxing it: the
+    video stream's, else the container's less a second (it counts the audio too, which
+    often lasts a few milliseconds longer). The frames' span is checked afterwards."""
     if stream.duration is not None and stream.duration > 0:
         return float(stream.duration * tb)
     if source.duration is not None and source.duration > 0:
-        return source.duration / 1_000_000
+        return source.duration / 1_000_000 - _AUDIO_SLACK_S
     return None
 
 
@@ -435,7 +438,8 @@ def encode_segment(
     rotation, each frame at its original pts, no B-frames (pts == dts) so that segments
     join by stream copy. MP4: H.264 (libx264 veryfast, crf 20, yuv420p); an odd last
     column or row of the stored frame is cropped (see ``encoded_size``). WebM: VP9
-    (libvpx-vp9, realtime), yuv420p. Raises ValueError for a frame of the wrong size."""
+    (libvpx-vp9, realtime), yuv420p. Raises ValueError for a frame of the wrong size and
+    InvalidVideo for no frames at all (their part of the video did not decode)."""
     if output_format not in _VIDEO_CODECS:
         raise ValueError(f"unknown video format {output_format!r} (mp4 or webm)")
     width, height = encoded_size(info, output_format)
@@ -443,6 +447,7 @@ def encode_segment(
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=output_format) as output:
         stream = _add_video_stream(output, info, output_format, width, height)
+        count = 0
         for pts, image in frames:
             stored = _stored(image, info.rotation)
             if stored.shape[:2] != (info.height, info.width) and stored.shape[:2] != (
@@ -460,6 +465,9 @@ def encode_segment(
             frame.pts = pts
             frame.time_base = info.time_base
             output.mux(_timed(stream.encode(frame), durations))
+            count += 1
+        if not count:
+            raise InvalidVideo("this part of the video has no decodable frame")
         output.mux(_timed(stream.encode(None), durations))
     return buffer.getvalue()
 
