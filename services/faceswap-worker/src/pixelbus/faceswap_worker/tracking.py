@@ -1,38 +1,36 @@
-"""The chosen target face of a video, followed from frame to frame.
+"""The target faces of a video, followed from frame to frame and steadied. Pure.
 
-``target_face_index`` picks a face by its number in the first frame; in the next frames
-faces are renumbered as they move (two faces crossing swap their left-right order), so
-the same number would jump to the other person. ``TargetTracker`` numbers the first
-frame's faces as the engine does, then in each next frame takes the face that overlaps
-the previous one most (or, when none overlaps, the nearest within one and a half face
-widths), and hands the engine that face's number in this frame. Only when the face is lost (it left
-the picture) is it chosen by its number again. Without an index (every face is swapped)
-there is nothing to follow.
+Following: ``target_face_index`` picks a face by its number in the first frame; in the
+next frames faces are renumbered as they move (two faces crossing swap their left-right
+order), so the same number would jump to the other person. ``FaceFollower`` takes the
+numbered face in the first frame, then in each next frame the face that overlaps the
+previous one most (or, when none overlaps, the nearest within one and a half face
+widths). Only when the face is lost (it left the picture) is it chosen by its number
+again; while it is lost, frames pass unchanged.
+
+Steadying: a landmark detector places each point a pixel or two differently from frame
+to frame, and the swapped face would shimmer with it. Each followed face's *shape* (its
+landmarks relative to their mean) is averaged with its shape in the frames before
+(exponentially, ``SHAPE_WEIGHT`` for the new frame) while its *position* (the mean) is
+this frame's: the jitter goes, and a moving face is not dragged behind.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from dataclasses import dataclass
 
-from pixelbus.faceswap_worker.engines.base import FaceBox, FaceSwapEngine, RGBImage, SwapOptions
-from pixelbus.faceswap_worker.engines.errors import NoFaceFound
-from pixelbus.faceswap_worker.engines.inswapper import InswapperEngine
-from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
+import numpy as np
+from numpy.typing import NDArray
 
-__all__ = ["TargetTracker", "follow", "locate_faces"]
+from pixelbus.faceswap_worker.engines.base import FaceBox, LocatedFace
 
+__all__ = ["SHAPE_WEIGHT", "FaceFollower", "follow", "steady"]
 
-def locate_faces(
-    engine: FaceSwapEngine, frame: RGBImage, options: SwapOptions
-) -> list[FaceBox] | None:
-    """The frame's face boxes numbered as ``engine.swap`` numbers them; ``None`` for an
-    engine that does not say where faces are (the remote one: it is not followed)."""
-    if isinstance(engine, InswapperEngine):
-        return [d.face_box for d in engine.find_faces(frame, options.face_order)]
-    if isinstance(engine, LandmarkEngine):
-        return [f.box for f in engine.find_faces(frame)]
-    return None
+#: The weight of the new frame's shape in the running average of a face's shape.
+SHAPE_WEIGHT = 0.5
+
+Points = NDArray[np.float32]
 
 
 def _overlap(a: FaceBox, b: FaceBox) -> float:
@@ -53,7 +51,7 @@ def _distance(a: FaceBox, b: FaceBox) -> float:
 
 
 def follow(previous: FaceBox, boxes: list[FaceBox]) -> int | None:
-    """The number of the face in ``boxes`` that is ``previous`` moved on, if any. Pure."""
+    """The number of the face in ``boxes`` that is ``previous`` moved on, if any."""
     if not boxes:
         return None
     best = max(range(len(boxes)), key=lambda i: _overlap(previous, boxes[i]))
@@ -64,26 +62,48 @@ def follow(previous: FaceBox, boxes: list[FaceBox]) -> int | None:
     return nearest if _distance(previous, boxes[nearest]) <= reach else None
 
 
-class TargetTracker:
-    def __init__(self, engine: FaceSwapEngine, options: SwapOptions) -> None:
-        self._engine = engine
-        self._options = options
-        self._index = options.target_face_index
-        self._last: FaceBox | None = None
+def steady(points: Points, shape_before: Points | None) -> tuple[Points, Points]:
+    """``points`` with their shape averaged with ``shape_before``; also the new average
+    shape (for the next frame)."""
+    centre = points.mean(axis=0)
+    shape = points - centre
+    if shape_before is not None and shape_before.shape == shape.shape:
+        shape = SHAPE_WEIGHT * shape + (1 - SHAPE_WEIGHT) * shape_before
+    return (centre + shape).astype(np.float32), shape.astype(np.float32)
 
-    def options_for(self, frame: RGBImage) -> SwapOptions:
-        """The options that swap the followed face in ``frame``; raises ``NoFaceFound``
-        (the frame passes unchanged) when the chosen face is not in it."""
-        if self._index is None:
-            return self._options
-        boxes = locate_faces(self._engine, frame, self._options)
-        if boxes is None:
-            return self._options
-        chosen = None if self._last is None else follow(self._last, boxes)
-        if chosen is None:  # first frame, or the face was lost: choose by its number
-            if self._index >= len(boxes):
-                self._last = None
-                raise NoFaceFound("target")
-            chosen = self._index
-        self._last = boxes[chosen]
-        return dataclasses.replace(self._options, target_face_index=chosen)
+
+@dataclass(frozen=True, slots=True)
+class _Track:
+    box: FaceBox
+    shape: Points
+
+
+class FaceFollower:
+    """Per frame: the faces to swap (the followed one, or every face when no index was
+    asked for), their landmarks steadied against the same faces in the frame before."""
+
+    def __init__(self, index: int | None) -> None:
+        self._index = index
+        self._tracks: list[_Track] = []
+
+    def choose(self, faces: list[LocatedFace]) -> list[LocatedFace]:
+        chosen = faces if self._index is None else self._followed(faces)
+        before = self._tracks
+        self._tracks = []
+        steadied = []
+        for face in chosen:
+            match = follow(face.box, [track.box for track in before])
+            points, shape = steady(face.points, None if match is None else before[match].shape)
+            self._tracks.append(_Track(face.box, shape))
+            steadied.append(LocatedFace(face.box, points))
+        return steadied
+
+    def _followed(self, faces: list[LocatedFace]) -> list[LocatedFace]:
+        assert self._index is not None
+        boxes = [face.box for face in faces]
+        found = follow(self._tracks[0].box, boxes) if self._tracks else None
+        if found is None:  # first frame, or the face was lost: choose by its number
+            if self._index >= len(faces):
+                return []
+            found = self._index
+        return [faces[found]]

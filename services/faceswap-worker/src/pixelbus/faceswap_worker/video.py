@@ -37,14 +37,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from pixelbus.media.video import (
-    VideoInfo,
-    VideoLimits,
-    assemble,
-    decode_frames,
-    encode_segment,
-    probe_video,
-)
 
 from pixelbus.contracts.errors import PixelbusError
 from pixelbus.contracts.subjects import OUTPUTS_BUCKET, STATE_BUCKET
@@ -62,14 +54,22 @@ from pixelbus.contracts.video import (
     chunk_subject,
     job_object,
 )
-from pixelbus.faceswap_worker.engines.base import FaceSwapEngine, SwapOptions
+from pixelbus.faceswap_worker.engines.base import FaceSwapEngine, FrameSwapEngine, SwapOptions
 from pixelbus.faceswap_worker.engines.catalog import EngineCatalog
 from pixelbus.faceswap_worker.engines.errors import NoFaceFound
 from pixelbus.faceswap_worker.handler import resolve_engine
 from pixelbus.faceswap_worker.options import OutputOptions, VideoFormat, parse_options
 from pixelbus.faceswap_worker.settings import FaceSwapSettings
-from pixelbus.faceswap_worker.tracking import TargetTracker
+from pixelbus.faceswap_worker.tracking import FaceFollower
 from pixelbus.media.arrays import RGBImage, decode_image
+from pixelbus.media.video import (
+    VideoInfo,
+    VideoLimits,
+    assemble,
+    decode_frames,
+    encode_segment,
+    probe_video,
+)
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.errors import Permanent
 from pixelbus.runtime.lifecycle import Before, RetryPolicy, TaskEvents, after_failure, before_run
@@ -219,20 +219,33 @@ def swap_frames(
     counts: list[int],
 ) -> Iterator[tuple[int, RGBImage]]:
     """The chunk's frames swapped, lazily (one frame in memory at a time); a frame
-    without a target face passes unchanged. ``counts``: [frames, frames with a face]."""
-    tracker = TargetTracker(swap.engine, swap.options)
+    without a target face passes unchanged. ``counts``: [frames, frames with a face].
+
+    An engine that swaps frame by frame (``FrameSwapEngine``: the built-in one and
+    inswapper) prepares the source face once, and its target faces are followed and
+    steadied (``FaceFollower``); any other engine swaps each frame as an image."""
+    engine, options = swap.engine, swap.options
+    if isinstance(engine, FrameSwapEngine):
+        prepared = engine.prepare_source(source, options)
+        follower = FaceFollower(options.target_face_index)
     for pts, frame in frames:
         if stop.is_set():
             raise _Stopped
         counts[0] += 1
-        try:
-            options = tracker.options_for(frame)
-            swapped = swap.engine.swap(source, frame, options)
-        except NoFaceFound as exc:
-            if exc.which == "source":
-                raise
-            yield pts, frame
-            continue
+        if isinstance(engine, FrameSwapEngine):
+            faces = follower.choose(engine.locate(frame, options))
+            if not faces:
+                yield pts, frame
+                continue
+            swapped = engine.swap_located(prepared, frame, faces, options)
+        else:
+            try:
+                swapped = engine.swap(source, frame, options)
+            except NoFaceFound as exc:
+                if exc.which == "source":
+                    raise
+                yield pts, frame
+                continue
         counts[1] += 1
         yield pts, swapped
 

@@ -19,6 +19,8 @@ __all__ = [
     "FaceBox",
     "FaceOrder",
     "FaceSwapEngine",
+    "FrameSwapEngine",
+    "LocatedFace",
     "RGBImage",
     "SwapOptions",
     "in_reading_order",
@@ -67,6 +69,34 @@ class FaceSwapEngine(Protocol):
     name: str
 
     def swap(self, source: RGBImage, target: RGBImage, options: SwapOptions) -> RGBImage: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocatedFace:
+    """A face found in a frame: its box and its landmarks (x, y in frame pixels; 68 for
+    the built-in engine, 5 keypoints for inswapper), which a caller may smooth."""
+
+    box: FaceBox
+    points: NDArray[np.float32]
+
+
+@runtime_checkable
+class FrameSwapEngine(Protocol):
+    """An engine that swaps a video frame by frame: the source face is prepared once,
+    each frame's faces are located, and the caller (which follows and smooths them)
+    hands back the ones to replace."""
+
+    name: str
+
+    def prepare_source(self, source: RGBImage, options: SwapOptions) -> object: ...
+
+    def locate(self, frame: RGBImage, options: SwapOptions) -> list[LocatedFace]:
+        """The frame's faces, numbered as ``swap`` numbers them."""
+        ...
+
+    def swap_located(
+        self, prepared: object, frame: RGBImage, faces: Sequence[LocatedFace], options: SwapOptions
+    ) -> RGBImage: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@ and optionally a face enhancer, all on onnxruntime (see the modules of each step
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from pixelbus.faceswap_worker.engines.alignment import (
     arcface_template,
@@ -13,6 +14,7 @@ from pixelbus.faceswap_worker.engines.alignment import (
 from pixelbus.faceswap_worker.engines.arcface import ArcFaceEmbedder
 from pixelbus.faceswap_worker.engines.base import (
     FaceOrder,
+    LocatedFace,
     RGBImage,
     SwapOptions,
     order_faces,
@@ -22,7 +24,7 @@ from pixelbus.faceswap_worker.engines.base import (
 )
 from pixelbus.faceswap_worker.engines.enhancer import FaceEnhancer
 from pixelbus.faceswap_worker.engines.pasteback import paste_back, soft_mask
-from pixelbus.faceswap_worker.engines.scrfd import Detection, ScrfdDetector
+from pixelbus.faceswap_worker.engines.scrfd import Detection, FloatArray, ScrfdDetector
 from pixelbus.faceswap_worker.engines.swapper import InswapperModel
 
 __all__ = ["InswapperEngine"]
@@ -62,19 +64,44 @@ class InswapperEngine:
         require_rgb(source, "source")
         require_rgb(target, "target")
         enhancer = self._enhancers(options.enhancer) if options.enhancer else None
+        latent = self.prepare_source(source, options)
+        faces = self.locate(target, options)
+        chosen = select_targets([f.box for f in faces], options.target_face_index)
+        return self._swap_faces(latent, target, [faces[i] for i in chosen], options, enhancer)
+
+    def prepare_source(self, source: RGBImage, options: SwapOptions) -> FloatArray:
+        """The swapper's latent of the source's chosen face."""
+        require_rgb(source, "source")
         source_faces = self.find_faces(source, options.face_order)
         chosen = source_faces[
             select_source([f.face_box for f in source_faces], options.source_face_index)
         ]
-        latent = self.swapper.latent(self.embedder.embed(source, chosen.keypoints))
-        target_faces = self.find_faces(target, options.face_order)
-        indexes = select_targets([f.face_box for f in target_faces], options.target_face_index)
+        return self.swapper.latent(self.embedder.embed(source, chosen.keypoints))
+
+    def locate(self, frame: RGBImage, options: SwapOptions) -> list[LocatedFace]:
+        return [
+            LocatedFace(d.face_box, d.keypoints) for d in self.find_faces(frame, options.face_order)
+        ]
+
+    def swap_located(
+        self, prepared: object, frame: RGBImage, faces: Sequence[LocatedFace], options: SwapOptions
+    ) -> RGBImage:
+        enhancer = self._enhancers(options.enhancer) if options.enhancer else None
+        return self._swap_faces(cast(FloatArray, prepared), frame, faces, options, enhancer)
+
+    def _swap_faces(
+        self,
+        latent: FloatArray,
+        target: RGBImage,
+        faces: Sequence[LocatedFace],
+        options: SwapOptions,
+        enhancer: FaceEnhancer | None,
+    ) -> RGBImage:
         result = target
-        for index in indexes:  # every chosen face, in this one pass
-            face = target_faces[index]
-            matrix = similarity_transform(face.keypoints, self._template)
+        for face in faces:  # every chosen face, in this one pass
+            matrix = similarity_transform(face.points, self._template)
             swapped = self.swapper.swap(warp_face(target, matrix, self.swapper.size), latent)
             result = paste_back(result, swapped, matrix, self._mask)
             if enhancer is not None:
-                result = enhancer.enhance(result, face.keypoints, options.enhancer_blend)
+                result = enhancer.enhance(result, face.points, options.enhancer_blend)
         return result.copy() if result is target else result

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import cv2
 import dlib  # type: ignore[import-untyped]
@@ -20,6 +22,7 @@ from cv2.typing import MatLike
 
 from pixelbus.faceswap_worker.engines.base import (
     FaceBox,
+    LocatedFace,
     RGBImage,
     SwapOptions,
     in_reading_order,
@@ -73,16 +76,29 @@ class LandmarkEngine:
         self._lock = threading.Lock()
 
     def swap(self, source: RGBImage, target: RGBImage, options: SwapOptions) -> RGBImage:
-        require_rgb(source, "source")
+        prepared = self.prepare_source(source, options)
         require_rgb(target, "target")
-        source_faces = self.find_faces(source)
-        chosen = source_faces[
-            select_source([f.box for f in source_faces], options.source_face_index)
-        ]
-        target_faces = self.find_faces(target)
-        result = target.copy()
-        for index in select_targets([f.box for f in target_faces], options.target_face_index):
-            result = composite_face(result, source, chosen.points, target_faces[index].points)
+        faces = self.locate(target, options)
+        chosen = select_targets([f.box for f in faces], options.target_face_index)
+        return self.swap_located(prepared, target, [faces[i] for i in chosen], options)
+
+    def prepare_source(self, source: RGBImage, options: SwapOptions) -> tuple[RGBImage, Points]:
+        """The source image and the landmarks of its chosen face."""
+        require_rgb(source, "source")
+        faces = self.find_faces(source)
+        chosen = faces[select_source([f.box for f in faces], options.source_face_index)]
+        return source, chosen.points
+
+    def locate(self, frame: RGBImage, options: SwapOptions) -> list[LocatedFace]:
+        return [LocatedFace(face.box, face.points) for face in self.find_faces(frame)]
+
+    def swap_located(
+        self, prepared: object, frame: RGBImage, faces: Sequence[LocatedFace], options: SwapOptions
+    ) -> RGBImage:
+        source, source_points = cast(tuple[RGBImage, Points], prepared)
+        result = frame.copy()
+        for face in faces:
+            result = composite_face(result, source, source_points, face.points)
         return result
 
     def find_faces(self, image: RGBImage) -> list[Face]:
