@@ -41,12 +41,16 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
 
 
 def loop_seconds(source_png: bytes, target: bytes) -> float:
-    """The single-process loop: decode, swap every frame, encode, join with the audio."""
+    """The single-process loop: decode, swap every frame (the same engine and the same
+    frame-by-frame path as a chunk worker: source face prepared once, faces followed and
+    steadied), encode, join with the audio."""
+    import threading
+
     import cv2
 
     from pixelbus.faceswap_worker.engines.base import SwapOptions
-    from pixelbus.faceswap_worker.engines.errors import NoFaceFound
     from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
+    from pixelbus.faceswap_worker.video import ChunkSwap, swap_frames
     from pixelbus.media.arrays import decode_image
     from pixelbus.media.video import (
         VideoLimits,
@@ -64,15 +68,11 @@ def loop_seconds(source_png: bytes, target: bytes) -> float:
     started = time.perf_counter()
     source = decode_image(source_png, max_bytes=1 << 30, max_pixels=1 << 27)
     info = probe_video(target, limits)
-
-    def swapped():  # type: ignore[no-untyped-def]
-        for pts, frame in decode_frames(target, info.frame_pts[0], info.frame_pts[-1]):
-            try:
-                yield pts, engine.swap(source, frame, SwapOptions())
-            except NoFaceFound:
-                yield pts, frame
-
-    segment = encode_segment(swapped(), info, "mp4")
+    frames = decode_frames(target, info.frame_pts[0], info.frame_pts[-1])
+    swapped = swap_frames(
+        frames, source, ChunkSwap(engine, SwapOptions()), threading.Event(), [0, 0]
+    )
+    segment = encode_segment(swapped, info, "mp4")
     assemble([segment], target, info, "mp4")
     return time.perf_counter() - started
 
