@@ -43,11 +43,10 @@ def test_steadying_removes_shape_jitter_but_not_movement() -> None:
         points, before = steady(noisy, before)
         raw.append(noisy - true)
         steadied.append(points - true)
-    shape_error = (
-        lambda errors: float(  # noqa: E731
-            np.mean([np.abs(e - e.mean(axis=0)).mean() for e in errors[5:]])
-        )
-    )
+
+    def shape_error(errors: list[np.ndarray]) -> float:
+        return float(np.mean([np.abs(e - e.mean(axis=0)).mean() for e in errors[5:]]))
+
     assert shape_error(steadied) < 0.75 * shape_error(raw)
     # the position is this frame's: no lag behind a moving face
     assert abs(float(np.mean([e.mean() for e in steadied[5:]]))) < 0.5

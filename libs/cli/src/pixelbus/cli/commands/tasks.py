@@ -29,9 +29,16 @@ def register(subparsers: Any) -> None:
 
     submit = subparsers.add_parser("submit", help="create a task")
     kinds = submit.add_subparsers(dest="kind", metavar="KIND", required=True)
-    swap = kinds.add_parser("face-swap", parents=[common], help="swap a face into an image")
+    swap = kinds.add_parser(
+        "face-swap", parents=[common], help="swap a face into an image or a video"
+    )
     swap.add_argument("--source", required=True, help="the face: a file or an http(s) URL")
-    swap.add_argument("--target", required=True, help="the image: a file or an http(s) URL")
+    swap.add_argument(
+        "--target", required=True, help="the image or video: a file or an http(s) URL"
+    )
+    swap.add_argument(
+        "--output-format", help="png, jpeg, webp; for a video target mp4 (default) or webm"
+    )
     swap.add_argument("--resolution", help="fit within WIDTHxHEIGHT")
     swap.add_argument("--model", help="builtin, inswapper_128, inswapper_128_fp16, remote")
     swap.add_argument("--webhook-url", help="POST the final state here (signed)")
@@ -158,7 +165,12 @@ def _pending(task: Any) -> str:
 
 
 def _submit_face_swap(client: Any, args: argparse.Namespace) -> int:
-    options = {k: v for k, v in (("resolution", args.resolution), ("model", args.model)) if v}
+    given = (
+        ("resolution", args.resolution),
+        ("model", args.model),
+        ("output_format", args.output_format),
+    )
+    options = {k: v for k, v in given if v}
     task = client.face_swap(args.source, args.target, webhook_url=args.webhook_url, **options)
     return _submitted(client, task, args)
 
