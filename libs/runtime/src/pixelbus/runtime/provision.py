@@ -13,6 +13,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import nats.errors
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -227,7 +228,7 @@ async def ensure(
     """Create or update every JetStream asset pixelbus uses. Safe to run concurrently.
 
     While the cluster cannot place replicas yet (it is forming, or a peer is restarting)
-    the whole step is retried for up to ``patience_s``.
+    or answers too late, the whole step is retried for up to ``patience_s``.
     """
     deadline = time.monotonic() + patience_s
     pause = 0.2
@@ -235,7 +236,8 @@ async def ensure(
         try:
             await _ensure_all(js, settings, limits or PoolLimits())
             return
-        except (BadRequestError, ServiceUnavailableError) as exc:
+        except (BadRequestError, ServiceUnavailableError, nats.errors.TimeoutError) as exc:
+            # a meta leader busy placing (or electing) can also answer too late
             code = getattr(exc, "err_code", None)
             if isinstance(exc, BadRequestError) and code not in _PLACEMENT_ERRORS:
                 raise
