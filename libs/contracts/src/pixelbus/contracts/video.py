@@ -68,8 +68,8 @@ class ChunkRange(msgspec.Struct, frozen=True, kw_only=True):
         return f"frames {self.first_frame}-{self.first_frame + self.frames - 1}"
 
 
-class VideoChunk(msgspec.Struct, frozen=True, kw_only=True):
-    """A chunk to swap: which frames, of which video, with which options."""
+class _ChunkMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """Which chunk of which task: what both messages about a chunk say."""
 
     task_id: str
     environment: str
@@ -79,6 +79,11 @@ class VideoChunk(msgspec.Struct, frozen=True, kw_only=True):
     chunk: ChunkRange
     chunks: int
     frames_total: int
+
+
+class VideoChunk(_ChunkMessage, frozen=True, kw_only=True):
+    """A chunk to swap: which frames, of which video, with which options."""
+
     #: Object Store names of the source image and the target video
     source_object: str
     target_object: str
@@ -88,14 +93,9 @@ class VideoChunk(msgspec.Struct, frozen=True, kw_only=True):
     output_format: str
 
 
-class ChunkDone(msgspec.Struct, frozen=True, kw_only=True):
-    task_id: str
-    environment: str
-    workflow: str
-    attempt: int
-    chunk: ChunkRange
-    chunks: int
-    frames_total: int
+class ChunkDone(_ChunkMessage, frozen=True, kw_only=True):
+    """A chunk swapped."""
+
     #: the swapped segment in the Object Store
     segment_object: str
     #: frames of the chunk where a target face was found (the others pass unchanged)

@@ -308,11 +308,14 @@ async def _ensure_all(js: JetStreamContext, settings: BusSettings, limits: PoolL
     log.info("jetstream provisioned", stream=TASK_STREAM, replicas=settings.replicas)
 
 
-def video_stream_config(settings: BusSettings) -> StreamConfig:
+def _work_queue_config(
+    name: str, description: str, subject_root: str, settings: BusSettings
+) -> StreamConfig:
+    """A work queue under ``subject_root``: each message kept until a consumer acks it."""
     return StreamConfig(
-        name=VIDEO_STREAM,
-        description="pixelbus video chunks to swap and chunks swapped (a work queue)",
-        subjects=[f"{VIDEO_SUBJECT_ROOT}.>"],
+        name=name,
+        description=f"{description} (a work queue)",
+        subjects=[f"{subject_root}.>"],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -320,6 +323,11 @@ def video_stream_config(settings: BusSettings) -> StreamConfig:
         duplicate_window=settings.duplicate_window_s,
         num_replicas=settings.replicas,
     )
+
+
+def video_stream_config(settings: BusSettings) -> StreamConfig:
+    description = "pixelbus video chunks to swap and chunks swapped"
+    return _work_queue_config(VIDEO_STREAM, description, VIDEO_SUBJECT_ROOT, settings)
 
 
 async def ensure_video(js: JetStreamContext, settings: BusSettings) -> None:
@@ -353,17 +361,8 @@ async def ensure_video(js: JetStreamContext, settings: BusSettings) -> None:
 
 
 def webhook_stream_config(settings: BusSettings) -> StreamConfig:
-    return StreamConfig(
-        name=WEBHOOK_STREAM,
-        description="pixelbus webhook deliveries still to make (a work queue)",
-        subjects=[f"{WEBHOOK_SUBJECT_ROOT}.>"],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_age=settings.stream_max_age_s,
-        duplicate_window=settings.duplicate_window_s,
-        num_replicas=settings.replicas,
-    )
+    description = "pixelbus webhook deliveries still to make"
+    return _work_queue_config(WEBHOOK_STREAM, description, WEBHOOK_SUBJECT_ROOT, settings)
 
 
 async def ensure_webhook_queue(js: JetStreamContext, settings: BusSettings) -> None:

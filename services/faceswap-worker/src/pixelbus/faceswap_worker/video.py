@@ -125,6 +125,26 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     job: _Job
 
 
+async def _settle_cancel(
+    states: KeyValue,
+    publisher: EventPublisher,
+    message: VideoChunk | ChunkDone,
+    events: TaskEvents,
+) -> Before:
+    """What the task's state says of going on with it; a task with a cancel request is
+    ended here (``TaskCancelled``)."""
+    state, _ = await read_state(states, message.task_id)
+    before = before_run(state)
+    if before is Before.CANCEL:
+        assert state is not None
+        await publisher.publish(
+            events.cancelled(state.cancel_reason),
+            environment=message.environment,
+            workflow=message.workflow,
+        )
+    return before
+
+
 class VideoSplitter:
     """Splits a video task into chunks (see the module's docstring)."""
 
@@ -417,11 +437,7 @@ class ChunkWorker(DurableLoop):
     async def _ended(self, chunk: VideoChunk, events: TaskEvents) -> bool:
         """Whether the task is over (or now cancelled, which this ends)."""
         assert self._state is not None
-        state, _ = await read_state(self._state, chunk.task_id)
-        before = before_run(state)
-        if before is Before.CANCEL:
-            assert state is not None
-            await self._publish(chunk, events.cancelled(state.cancel_reason))
+        before = await _settle_cancel(self._state, self._publisher, chunk, events)
         return before is not Before.RUN
 
     async def _fail(self, chunk: VideoChunk, events: TaskEvents, code: str, message: str) -> None:
@@ -500,13 +516,7 @@ class Assembler(DurableLoop):
 
     async def _finish(self, done: ChunkDone, record: JobRecord, events: TaskEvents) -> None:
         assert self._state is not None
-        state, _ = await read_state(self._state, done.task_id)
-        before = before_run(state)
-        if before is Before.CANCEL:
-            assert state is not None
-            await self._publish(done, events.cancelled(state.cancel_reason))
-            return
-        if before is Before.SKIP:
+        if await _settle_cancel(self._state, self._publisher, done, events) is not Before.RUN:
             return
         counts, job = record.counts, record.job
         if counts.frames_with_faces == 0:
