@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ObjectNotFoundError
 
+from pixelbus.contracts.subjects import OUTPUTS_BUCKET
 from pixelbus.contracts.task import TaskState, TaskStatus
-from pixelbus.contracts.video import VIDEO_CHUNKS_CONSUMER, VIDEO_STREAM
+from pixelbus.contracts.video import VIDEO_CHUNKS_CONSUMER, VIDEO_STREAM, job_object
 from pixelbus.media.arrays import RGBImage
 from pixelbus.media.video import VideoInfo, VideoLimits, decode_frames, probe_video
+from pixelbus.runtime.objects import ObjectReader
 from pixelbus.testkit import videos
 from pixelbus.testkit.nats_server import NatsServer
 from pixelbus.testkit.waiting import eventually, wait_for_state
@@ -199,6 +201,19 @@ async def test_cancel_stops_every_chunk(stack: Stack, workers: Workers) -> None:
     final = await wait_for_state(kv, task_id, lambda s: s.is_final, 60)
     assert final.status is TaskStatus.CANCELLED
     assert final.progress is not None and (final.progress.frames_done or 0) < 100
+    await eventually(lambda: working_files_gone(stack, task_id), timeout=30)
+
+
+async def working_files_gone(stack: Stack, task_id: str) -> bool | None:
+    """True once the video task's source and target copies are out of the Object Store."""
+    reader = ObjectReader(stack.nc.jetstream(), OUTPUTS_BUCKET)
+    for name in (job_object(task_id, "source"), job_object(task_id, "target")):
+        try:
+            await reader.info(name)
+            return None
+        except ObjectNotFoundError:
+            continue
+    return True
 
 
 @pytest.mark.parametrize(
@@ -231,3 +246,5 @@ async def test_bad_videos_fail_clearly(
     assert final.status is TaskStatus.FAILED
     assert final.error is not None and final.error.code == code, final.error
     assert words in final.error.message
+    if make == "no_faces":  # split, swapped, then failed: its working files are removed
+        await eventually(lambda: working_files_gone(stack, task_id), timeout=30)

@@ -125,14 +125,29 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     job: _Job
 
 
+async def _drop_working_objects(objects: Any, message: VideoChunk | ChunkDone) -> None:
+    """Remove a video task's working files once it has ended without outputs (a completed
+    task's are removed by the uploader). A chunk still being swapped elsewhere then finds
+    its task ended, or its input gone and comes back to find it ended."""
+    names = [job_object(message.task_id, "source"), job_object(message.task_id, "target")]
+    names += [chunk_object(message.task_id, index) for index in range(message.chunks)]
+
+    async def drop(name: str) -> None:
+        with contextlib.suppress(Exception):  # never written, or removed already
+            await objects.delete(name)
+
+    await asyncio.gather(*(drop(name) for name in names))
+
+
 async def _settle_cancel(
     states: KeyValue,
     publisher: EventPublisher,
+    objects: Any,
     message: VideoChunk | ChunkDone,
     events: TaskEvents,
 ) -> Before:
     """What the task's state says of going on with it; a task with a cancel request is
-    ended here (``TaskCancelled``)."""
+    ended here (``TaskCancelled``, its working files removed)."""
     state, _ = await read_state(states, message.task_id)
     before = before_run(state)
     if before is Before.CANCEL:
@@ -142,6 +157,7 @@ async def _settle_cancel(
             environment=message.environment,
             workflow=message.workflow,
         )
+        await _drop_working_objects(objects, message)
     return before
 
 
@@ -437,11 +453,12 @@ class ChunkWorker(DurableLoop):
     async def _ended(self, chunk: VideoChunk, events: TaskEvents) -> bool:
         """Whether the task is over (or now cancelled, which this ends)."""
         assert self._state is not None
-        before = await _settle_cancel(self._state, self._publisher, chunk, events)
+        before = await _settle_cancel(self._state, self._publisher, self._objects, chunk, events)
         return before is not Before.RUN
 
     async def _fail(self, chunk: VideoChunk, events: TaskEvents, code: str, message: str) -> None:
         await self._publish(chunk, events.failed(code, message, retryable=False, final=True))
+        await _drop_working_objects(self._objects, chunk)
 
     async def _publish(self, chunk: VideoChunk, event: Any) -> None:
         await self._publisher.publish(event, environment=chunk.environment, workflow=chunk.workflow)
@@ -516,7 +533,8 @@ class Assembler(DurableLoop):
 
     async def _finish(self, done: ChunkDone, record: JobRecord, events: TaskEvents) -> None:
         assert self._state is not None
-        if await _settle_cancel(self._state, self._publisher, done, events) is not Before.RUN:
+        settled = await _settle_cancel(self._state, self._publisher, self._objects, done, events)
+        if settled is not Before.RUN:
             return
         counts, job = record.counts, record.job
         if counts.frames_with_faces == 0:
@@ -529,6 +547,7 @@ class Assembler(DurableLoop):
                     final=True,
                 ),
             )
+            await _drop_working_objects(self._objects, done)
             return
         names = [chunk_object(done.task_id, index) for index in range(counts.chunks)]
         segments = [await self._reader.read(name) for name in names]
