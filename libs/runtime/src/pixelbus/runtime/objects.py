@@ -11,16 +11,19 @@ digest is checked at the end.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from hashlib import sha256
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import ObjectInfo
 from nats.js.errors import DigestMismatchError, NotFoundError, ObjectNotFoundError
 
-__all__ = ["ObjectReader"]
+__all__ = ["ObjectReader", "delete_objects"]
 
 _DIGEST_PREFIX = "SHA-256="
 
@@ -63,3 +66,15 @@ class ObjectReader:
 
     async def read(self, name: str) -> bytes:
         return b"".join([chunk async for chunk in self.chunks(name)])
+
+
+async def delete_objects(objects: Any, names: Iterable[str]) -> None:
+    """Remove these entries of ``objects`` (a nats ``ObjectStore``) at once; one that is
+    missing (never written, or removed already) or cannot be removed now is left to the
+    bucket's TTL."""
+
+    async def delete(name: str) -> None:
+        with contextlib.suppress(Exception):
+            await objects.delete(name)
+
+    await asyncio.gather(*(delete(name) for name in names))

@@ -73,7 +73,7 @@ from pixelbus.media.video import (
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.errors import Permanent
 from pixelbus.runtime.lifecycle import Before, RetryPolicy, TaskEvents, after_failure, before_run
-from pixelbus.runtime.objects import ObjectReader
+from pixelbus.runtime.objects import ObjectReader, delete_objects
 from pixelbus.runtime.provision import ensure_video
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.pull import DurableLoop, keep_alive
@@ -131,12 +131,7 @@ async def _drop_working_objects(objects: Any, message: VideoChunk | ChunkDone) -
     its task ended, or its input gone and comes back to find it ended."""
     names = [job_object(message.task_id, "source"), job_object(message.task_id, "target")]
     names += [chunk_object(message.task_id, index) for index in range(message.chunks)]
-
-    async def drop(name: str) -> None:
-        with contextlib.suppress(Exception):  # never written, or removed already
-            await objects.delete(name)
-
-    await asyncio.gather(*(drop(name) for name in names))
+    await delete_objects(objects, names)
 
 
 async def _settle_cancel(

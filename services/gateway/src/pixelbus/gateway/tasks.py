@@ -12,7 +12,6 @@ never answered 404, whichever replica is asked and however far the projector lag
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import uuid
 from typing import Any
@@ -47,6 +46,7 @@ from pixelbus.contracts.task import TaskState, TaskStatus
 from pixelbus.contracts.validation import FieldError, TaskSpec, ValidationFailed
 from pixelbus.gateway.inputs import store_inline_images
 from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.objects import delete_objects
 from pixelbus.runtime.publisher import EventPublisher, FirstOnTaken
 from pixelbus.runtime.state import read_state
 
@@ -178,9 +178,7 @@ class TaskService:
 
     async def _drop_inputs(self, input_data: dict[str, Any]) -> None:
         """Remove inputs this request stored for a task that is not its own."""
-        for name in input_object_names(input_data):
-            with contextlib.suppress(Exception):
-                await self.objects.delete(name)
+        await delete_objects(self.objects, input_object_names(input_data))
 
     async def _publish_first(self, event: TaskCreated) -> None:
         """Publish the ``TaskCreated`` of a caller-chosen task id only if none exists: the

@@ -47,7 +47,7 @@ from pixelbus.contracts.task import OutputObject, StoredOutput
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.lifecycle import Before, TaskEvents, after_failure, before_run
 from pixelbus.runtime.metrics import process_metrics
-from pixelbus.runtime.objects import ObjectReader
+from pixelbus.runtime.objects import ObjectReader, delete_objects
 from pixelbus.runtime.publisher import EventPublisher
 from pixelbus.runtime.pull import PullConsumer, dispatch, keep_alive, stop_when_set
 from pixelbus.runtime.settings import BusSettings
@@ -321,11 +321,4 @@ class Uploader:
         objects = self._objects
         names = [o.object_name for o in event.outputs if o.data is None]
         names.extend(event.input_objects)
-        if not names:
-            return
-
-        async def delete(name: str) -> None:
-            with contextlib.suppress(Exception):
-                await objects.delete(name)
-
-        await asyncio.gather(*(delete(name) for name in names))
+        await delete_objects(objects, names)
