@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import httpx
 from nats.js.errors import NotFoundError
-from pixelbus.media.video import is_video
 
 from pixelbus.contracts.face_swap import VIDEO_OUTPUT_FORMATS
 from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX, input_object_names
@@ -27,6 +26,7 @@ from pixelbus.media.arrays import RGBImage, decode_image, encode_image, fit_with
 from pixelbus.media.errors import MediaError
 from pixelbus.media.fetch import FetchLimits, fetch_bytes
 from pixelbus.media.ssrf import SsrfPolicy
+from pixelbus.media.video import is_video
 from pixelbus.runtime.errors import Permanent
 from pixelbus.runtime.objects import ObjectReader
 from pixelbus.runtime.worker import OutputFile, TaskContext, TaskResult
