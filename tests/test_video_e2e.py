@@ -158,6 +158,30 @@ async def test_a_video_is_swapped_by_two_workers_with_progress_frames_and_audio_
     assert_same_frames_swapped(target, result)
 
 
+async def test_progress_moves_frame_by_frame_within_a_chunk(stack: Stack, workers: Workers) -> None:
+    """One chunk holds the whole video: the progress seen before it is done can only come
+    from the frames swapped so far."""
+    photos = videos.photos()
+    target = videos.pan_video(photos["hopper"], seconds=2.0, fps=25, size=(256, 256))
+    frames = probe_video(target, LIMITS).frames
+    workers.start(1, PIXELBUS_VIDEO_CHUNK_S="60", PIXELBUS_PROGRESS_INTERVAL_S="0.05")
+    task_id = await create(stack, face_swap(video_uri(target)))
+    kv = await stack.kv()
+
+    def partial(state: TaskState) -> bool:
+        done = 0 if state.progress is None else state.progress.frames_done or 0
+        return state.is_final or 0 < done < frames
+
+    seen = await wait_for_state(kv, task_id, partial, 120)
+    assert not seen.is_final, "the task ended before any progress within its one chunk"
+    assert seen.progress is not None and seen.progress.frames_total == frames
+    assert seen.progress.message == f"{seen.progress.frames_done} of {frames} frames swapped"
+    final = await wait_for_state(kv, task_id, lambda s: s.is_final, 120)
+    assert final.status is TaskStatus.COMPLETED, final.error
+    assert final.result is not None and final.result["chunks"] == 1
+    assert final.progress is not None and final.progress.frames_done == frames
+
+
 async def test_a_worker_killed_mid_chunk_costs_only_that_chunk(
     stack: Stack, workers: Workers
 ) -> None:

@@ -48,3 +48,21 @@ def test_a_chunk_is_counted_once_whatever_the_order_and_repeats() -> None:
     full = after.with_chunk(_done(1, 3, 1, worker="w2"))
     assert full.complete and full.frames_done == 7 and full.done == (0, 1, 2)
     assert full.workers == ("w1", "w2")
+
+
+def test_frames_under_way_count_towards_progress_and_never_go_back() -> None:
+    job = VideoJob(task_id="t", chunks=3, frames_total=7)
+    under_way = job.with_partial(0, 2).with_partial(1, 1)
+    assert under_way.frames_swapped == 3 and under_way.frames_done == 0
+    # a chunk started over (its worker died) reports fewer frames: no news
+    assert under_way.with_partial(0, 1) is under_way
+    assert under_way.with_partial(0, 2) is under_way
+    done = under_way.with_chunk(_done(0, 3, 3))
+    assert done.swapping == {1: 1} and done.frames_swapped == 4
+    # a late partial report of a chunk already done changes nothing
+    assert done.with_partial(0, 3) is done
+    swapped = [
+        j.frames_swapped
+        for j in (job, under_way, done, done.with_partial(1, 3), done.with_chunk(_done(1, 3, 0)))
+    ]
+    assert swapped == sorted(swapped)

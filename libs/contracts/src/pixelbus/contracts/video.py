@@ -117,10 +117,25 @@ class VideoJob(msgspec.Struct, frozen=True, kw_only=True):
     workers: tuple[str, ...] = ()
     #: the outputs have been published: a late duplicate ``ChunkDone`` changes nothing
     assembled: bool = False
+    #: frames swapped so far of chunks being swapped (by chunk index), for progress
+    swapping: dict[int, int] = {}
 
     @property
     def complete(self) -> bool:
         return len(self.done) == self.chunks
+
+    @property
+    def frames_swapped(self) -> int:
+        """Frames swapped so far: those of the chunks done and of the chunks under way."""
+        return self.frames_done + sum(self.swapping.values())
+
+    def with_partial(self, index: int, frames: int) -> VideoJob:
+        """The record with chunk ``index`` ``frames`` frames into its swap (itself when that
+        is no news: the chunk is done, or was further along, e.g. before its worker died
+        and the chunk started over)."""
+        if index in self.done or frames <= self.swapping.get(index, 0):
+            return self
+        return msgspec.structs.replace(self, swapping={**self.swapping, index: frames})
 
     def with_chunk(self, done: ChunkDone) -> VideoJob:
         """The record with ``done`` counted (itself when it was counted already)."""
@@ -132,6 +147,7 @@ class VideoJob(msgspec.Struct, frozen=True, kw_only=True):
             frames_done=self.frames_done + done.chunk.frames,
             frames_with_faces=self.frames_with_faces + done.frames_with_faces,
             workers=tuple(sorted({*self.workers, done.worker} - {""})),
+            swapping={i: n for i, n in self.swapping.items() if i != done.chunk.index},
         )
 
 

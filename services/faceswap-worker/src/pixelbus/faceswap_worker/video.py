@@ -6,13 +6,19 @@
   (``DEFERRED``): the task stays PROCESSING while its chunks are swapped.
 - ``ChunkWorker`` (a consumer loop in every face-swap worker) swaps one chunk's frames
   with the task's engine and options, writes them as a video segment to the Object Store
-  and publishes ``ChunkDone``. A worker that dies mid-chunk costs that chunk's redo only:
-  the chunk comes back after the ack wait. A frame without a target face passes unchanged.
+  and publishes ``ChunkDone``. While it swaps, it adds the chunk's frames so far to the
+  job's record every progress interval and reports the task's ``frames_done /
+  frames_total`` from it: progress moves frame by frame, whichever workers hold the
+  chunks. A worker that dies mid-chunk costs that chunk's redo only: the chunk comes back
+  after the ack wait. A frame without a target face passes unchanged.
 - ``Assembler`` (another consumer loop in every face-swap worker) counts the chunks in the
-  job's record (compare-and-set: exactly one update completes it), reports
-  ``frames_done / frames_total`` as the task's progress, and when all are in joins the
-  segments in order with the original's audio and publishes the task's ``OutputsReady``;
-  the uploader then stores the file and deletes the working objects like any inputs.
+  job's record (compare-and-set: exactly one update completes it), reports the progress
+  from it, and when all are in joins the segments in order with the original's audio and
+  publishes the task's ``OutputsReady``; the uploader then stores the file and deletes the
+  working objects like any inputs.
+
+Progress events are numbered by the record's revision: every update of it (by any
+worker) has its own, and the frames it counts never go down.
 
 Cancel: a chunk worker reads the task's state before a chunk and every few seconds while
 it swaps; a cancel request stops the chunk and ends the task CANCELLED, and every other
@@ -26,10 +32,11 @@ import asyncio
 import contextlib
 import random
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -39,6 +46,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from pixelbus.contracts.errors import PixelbusError
+from pixelbus.contracts.events import TaskProgress
 from pixelbus.contracts.subjects import OUTPUTS_BUCKET, STATE_BUCKET
 from pixelbus.contracts.video import (
     VIDEO_ASSEMBLER_CONSUMER,
@@ -91,7 +99,7 @@ __all__ = [
 
 log = structlog.get_logger("pixelbus.faceswap.video")
 
-#: The assembler's progress events are numbered apart from the splitting attempt's own.
+#: The fan-out's progress events are numbered apart from the splitting attempt's own.
 _PROGRESS_SEQ_BASE = 1_000_000
 #: How often a chunk being swapped looks at its task's state (for a cancel request).
 _CANCEL_CHECK_S = 2.0
@@ -123,6 +131,47 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     counts: VideoJob
     job: _Job
+
+
+class JobUpdate(NamedTuple):
+    record: JobRecord
+    revision: int
+    #: whether this call changed the record (not: it already said so)
+    changed: bool
+
+
+async def update_job(
+    jobs: KeyValue, task_id: str, change: Callable[[VideoJob], VideoJob]
+) -> JobUpdate | None:
+    """The job's record with its counts changed by ``change`` (compare-and-set, tried again
+    when another worker updated it meanwhile); ``None`` for a job not (or no longer) known."""
+    while True:
+        try:
+            entry = await jobs.get(task_id)
+        except KeyNotFoundError:
+            return None
+        record = msgspec.json.decode(entry.value or b"", type=JobRecord)
+        counts = change(record.counts)
+        if counts is record.counts:
+            return JobUpdate(record, entry.revision or 0, changed=False)
+        updated = JobRecord(counts=counts, job=record.job)
+        try:
+            revision = await jobs.update(task_id, msgspec.json.encode(updated), last=entry.revision)
+        except KeyWrongLastSequenceError:
+            continue
+        return JobUpdate(updated, revision, changed=True)
+
+
+def frames_progress(events: TaskEvents, counts: VideoJob, revision: int) -> TaskProgress:
+    """The task's progress as the job's record at ``revision`` counts it."""
+    swapped, total = counts.frames_swapped, counts.frames_total
+    return events.progress(
+        _PROGRESS_SEQ_BASE + revision,
+        swapped / max(1, total),
+        "video",
+        f"{swapped} of {total} frames swapped",
+        frames=(swapped, total),
+    )
 
 
 async def _drop_working_objects(objects: Any, message: VideoChunk | ChunkDone) -> None:
@@ -250,7 +299,8 @@ def swap_frames(
     counts: list[int],
 ) -> Iterator[tuple[int, RGBImage]]:
     """The chunk's frames swapped, lazily (one frame in memory at a time); a frame
-    without a target face passes unchanged. ``counts``: [frames, frames with a face].
+    without a target face passes unchanged. ``counts``: [frames handed on, frames with a
+    face], counted as the frames go.
 
     An engine that swaps frame by frame (``FrameSwapEngine``: the built-in one and
     inswapper) prepares the source face once, and its target faces are followed and
@@ -262,23 +312,21 @@ def swap_frames(
     for pts, frame in frames:
         if stop.is_set():
             raise _Stopped
-        counts[0] += 1
+        swapped: RGBImage | None
         if isinstance(engine, FrameSwapEngine):
             faces = follower.choose(engine.locate(frame, options))
-            if not faces:
-                yield pts, frame
-                continue
-            swapped = engine.swap_located(prepared, frame, faces, options)
+            swapped = engine.swap_located(prepared, frame, faces, options) if faces else None
         else:
             try:
                 swapped = engine.swap(source, frame, options)
             except NoFaceFound as exc:
                 if exc.which == "source":
                     raise
-                yield pts, frame
-                continue
-        counts[1] += 1
-        yield pts, swapped
+                swapped = None
+        if swapped is not None:
+            counts[1] += 1
+        yield pts, frame if swapped is None else swapped
+        counts[0] += 1
 
 
 class _Stopped(Exception):
@@ -328,6 +376,7 @@ class ChunkWorker(DurableLoop):
         self._reader = ObjectReader(self._js, OUTPUTS_BUCKET)
         self._inputs = _InputCache(self._reader)
         self._state: KeyValue | None = None
+        self._jobs: KeyValue | None = None
         self._objects: Any = None
 
     async def process(self, msg: Msg) -> None:
@@ -336,6 +385,7 @@ class ChunkWorker(DurableLoop):
         events = TaskEvents(chunk.task_id, chunk.attempt, utcnow)
         if self._state is None:
             self._state = await self._js.key_value(STATE_BUCKET)
+            self._jobs = await self._js.key_value(VIDEO_BUCKET)
             self._objects = await self._js.object_store(OUTPUTS_BUCKET)
         if await self._ended(chunk, events):
             await msg.ack()
@@ -353,7 +403,7 @@ class ChunkWorker(DurableLoop):
         interval = max(0.2, self._settings.bus.ack_wait_for("faceswap") / 3)
         try:
             with keep_alive(msg, interval):
-                segment, with_faces = await self._swap(chunk)
+                segment, with_faces = await self._swap(chunk, events)
         except _Stopped:
             await self._ended(chunk, events)
             await msg.ack()
@@ -393,7 +443,7 @@ class ChunkWorker(DurableLoop):
         )
         await msg.ack()
 
-    async def _swap(self, chunk: VideoChunk) -> tuple[bytes, int]:
+    async def _swap(self, chunk: VideoChunk, events: TaskEvents) -> tuple[bytes, int]:
         source_bytes, target = await asyncio.gather(
             self._inputs.read(chunk.source_object), self._inputs.read(chunk.target_object)
         )
@@ -418,13 +468,13 @@ class ChunkWorker(DurableLoop):
             frames = swap_frames(decode_frames(target, first, last), source, swap, stop, counts)
             return encode_segment(frames, info, chunk.output_format)  # type: ignore[arg-type]
 
-        watcher = asyncio.create_task(self._watch(chunk, stop))
+        follower = asyncio.create_task(self._follow(chunk, events, stop, counts))
         try:
             segment = await asyncio.to_thread(work)
         except NoFaceFound as exc:
             raise Permanent("no_source_face", str(exc)) from exc
         finally:
-            watcher.cancel()
+            follower.cancel()
         if stop.is_set():
             raise _Stopped
         if counts[0] != chunk.chunk.frames:
@@ -434,16 +484,38 @@ class ChunkWorker(DurableLoop):
             )
         return segment, counts[1]
 
-    async def _watch(self, chunk: VideoChunk, stop: threading.Event) -> None:
-        """Stop the chunk when its task gets a cancel request or ends meanwhile."""
+    async def _follow(
+        self, chunk: VideoChunk, events: TaskEvents, stop: threading.Event, counts: list[int]
+    ) -> None:
+        """While the chunk is swapped: report its frames so far every progress interval,
+        and stop it when its task gets a cancel request or ends meanwhile. A failed report
+        or read is left for the next round (the swap goes on)."""
         assert self._state is not None
+        interval = max(0.05, self._settings.bus.progress_interval_s)
+        reported = 0
+        next_check = time.monotonic() + _CANCEL_CHECK_S
         while True:
-            await asyncio.sleep(_CANCEL_CHECK_S)
+            await asyncio.sleep(interval)
             with contextlib.suppress(Exception):
-                state, _ = await read_state(self._state, chunk.task_id)
-                if before_run(state) is not Before.RUN:
-                    stop.set()
-                    return
+                if counts[0] > reported:
+                    await self._report(chunk, events, counts[0])
+                    reported = counts[0]
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + _CANCEL_CHECK_S
+                    state, _ = await read_state(self._state, chunk.task_id)
+                    if before_run(state) is not Before.RUN:
+                        stop.set()
+                        return
+
+    async def _report(self, chunk: VideoChunk, events: TaskEvents, frames: int) -> None:
+        assert self._jobs is not None
+        index = chunk.chunk.index
+        update = await update_job(
+            self._jobs, chunk.task_id, lambda counts: counts.with_partial(index, frames)
+        )
+        if update is not None and update.changed:
+            progress = frames_progress(events, update.record.counts, update.revision)
+            await self._publish(chunk, progress)
 
     async def _ended(self, chunk: VideoChunk, events: TaskEvents) -> bool:
         """Whether the task is over (or now cancelled, which this ends)."""
@@ -482,49 +554,20 @@ class Assembler(DurableLoop):
             self._state = await self._js.key_value(STATE_BUCKET)
             self._objects = await self._js.object_store(OUTPUTS_BUCKET)
         events = TaskEvents(done.task_id, done.attempt, utcnow)
-        record, revision = await self._count(done)
-        if record is None or record.counts.assembled:
+        update = await update_job(self._jobs, done.task_id, lambda counts: counts.with_chunk(done))
+        if update is None:
+            log.warning("a chunk of an unknown video job", task_id=done.task_id)
+        if update is None or update.record.counts.assembled:
             await msg.ack()
             return
-        counts = record.counts
-        await self._publish(
-            done,
-            events.progress(
-                _PROGRESS_SEQ_BASE + len(counts.done),
-                counts.frames_done / max(1, counts.frames_total),
-                "video",
-                f"{counts.frames_done} of {counts.frames_total} frames swapped",
-                frames=(counts.frames_done, counts.frames_total),
-            ),
-        )
-        if counts.complete:
+        record, revision = update.record, update.revision
+        await self._publish(done, frames_progress(events, record.counts, revision))
+        if record.counts.complete:
             interval = max(0.2, self._settings.bus.ack_wait_for("faceswap") / 3)
             with keep_alive(msg, interval):
                 await self._finish(done, record, events)
             await self._mark_assembled(done.task_id, record, revision)
         await msg.ack()
-
-    async def _count(self, done: ChunkDone) -> tuple[JobRecord | None, int]:
-        """The job's record with ``done`` counted (compare-and-set, retried on a race)."""
-        assert self._jobs is not None
-        while True:
-            try:
-                entry = await self._jobs.get(done.task_id)
-            except KeyNotFoundError:
-                log.warning("a chunk of an unknown video job", task_id=done.task_id)
-                return None, 0
-            record = msgspec.json.decode(entry.value or b"", type=JobRecord)
-            counted = record.counts.with_chunk(done)
-            if counted is record.counts:
-                return record, entry.revision or 0
-            updated = JobRecord(counts=counted, job=record.job)
-            try:
-                revision = await self._jobs.update(
-                    done.task_id, msgspec.json.encode(updated), last=entry.revision
-                )
-            except KeyWrongLastSequenceError:
-                continue  # another assembler counted a chunk meanwhile: count again
-            return updated, revision
 
     async def _finish(self, done: ChunkDone, record: JobRecord, events: TaskEvents) -> None:
         assert self._state is not None
