@@ -48,6 +48,10 @@ bench-faceswap *args:
 bench-video *args:
     python -m tests.bench_video "$@"
 
+# a video face swap through ./dev up itself (10 s 720p, one face): progress, the result checked against the input, played to its end in Chromium
+check-up-video *args:
+    python -m tests.devstack_video "$@"
+
 # the platform's added time per ComfyUI task vs. the same graph sent straight to a (fake) ComfyUI
 bench-comfy *args:
     python -m tests.bench_comfy "$@"

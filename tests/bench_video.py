@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import io
 import os
 import signal
 import subprocess
@@ -28,7 +26,6 @@ from pathlib import Path
 
 import httpx
 import nats
-from PIL import Image
 
 from pixelbus.contracts.subjects import STATE_BUCKET
 from pixelbus.contracts.task import TaskStatus
@@ -161,13 +158,11 @@ def main() -> int:
     target = videos.pan_video(
         photos["hopper"], seconds=args.seconds, fps=args.fps, size=(width, height)
     )
-    buffer = io.BytesIO()
-    Image.fromarray(photos["astronaut"]).save(buffer, format="PNG")
-    source_png = buffer.getvalue()
+    source_png = videos.png_bytes(photos["astronaut"])
     frames = round(args.seconds * args.fps)
     chunks = -(-frames // max(1, round(args.chunk_s * args.fps)))
-    source_uri = "data:image/png;base64," + base64.b64encode(source_png).decode()
-    target_uri = "data:video/mp4;base64," + base64.b64encode(target).decode()
+    source_uri = videos.data_uri(source_png, "image/png")
+    target_uri = videos.data_uri(target, "video/mp4")
     print(
         f"video: {frames} frames, {args.size}, {args.fps} fps, {len(target)} bytes; "
         f"{chunks} chunks of {args.chunk_s} s",

@@ -9,7 +9,6 @@ doubled or out of order would show as a wrong match.
 
 from __future__ import annotations
 
-import base64
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -38,24 +37,8 @@ LIMITS = VideoLimits(max_bytes=1 << 30, max_duration_s=3600, max_frames=10**6, m
 CHUNKED = {"PIXELBUS_VIDEO_CHUNK_S": "0.4", "PIXELBUS_LOG_LEVEL": "WARNING"}
 
 
-def video_uri(data: bytes, media_type: str = "video/mp4") -> str:
-    return f"data:{media_type};base64," + base64.b64encode(data).decode()
-
-
-def image_uri(image: RGBImage) -> str:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def face_swap(target: str, **options: Any) -> dict[str, Any]:
-    photos = videos.photos()
-    wf = {"source_url": image_uri(photos["astronaut"]), "target_url": target, **options}
-    return {"workflow": "face_swap", "params": {"input_data": {"wf_json": wf}}}
+def face_swap(target: bytes, **options: Any) -> dict[str, Any]:
+    return videos.face_swap_body(videos.data_uri(target, "video/mp4"), **options)
 
 
 def all_frames(data: bytes) -> list[tuple[int, RGBImage]]:
@@ -135,7 +118,7 @@ async def test_a_video_is_swapped_by_two_workers_with_progress_frames_and_audio_
     target = videos.pan_video(photos["hopper"], seconds=2.0, fps=25, size=(256, 256))
     info: VideoInfo = probe_video(target, LIMITS)
     workers.start(2)
-    task_id = await create(stack, face_swap(video_uri(target)))
+    task_id = await create(stack, face_swap(target))
     kv = await stack.kv()
     seen = await wait_for_state(
         kv,
@@ -165,7 +148,7 @@ async def test_progress_moves_frame_by_frame_within_a_chunk(stack: Stack, worker
     target = videos.pan_video(photos["hopper"], seconds=2.0, fps=25, size=(256, 256))
     frames = probe_video(target, LIMITS).frames
     workers.start(1, PIXELBUS_VIDEO_CHUNK_S="60", PIXELBUS_PROGRESS_INTERVAL_S="0.05")
-    task_id = await create(stack, face_swap(video_uri(target)))
+    task_id = await create(stack, face_swap(target))
     kv = await stack.kv()
 
     def partial(state: TaskState) -> bool:
@@ -188,7 +171,7 @@ async def test_a_worker_killed_mid_chunk_costs_only_that_chunk(
     photos = videos.photos()
     target = videos.pan_video(photos["hopper"], seconds=4.0, fps=25, size=(320, 256))
     workers.start(2)
-    task_id = await create(stack, face_swap(video_uri(target)))
+    task_id = await create(stack, face_swap(target))
     js = stack.nc.jetstream()
 
     async def both_busy() -> bool | None:
@@ -215,7 +198,7 @@ async def test_cancel_stops_every_chunk(stack: Stack, workers: Workers) -> None:
     photos = videos.photos()
     target = videos.pan_video(photos["hopper"], seconds=4.0, fps=25, size=(256, 256))
     workers.start(1)
-    task_id = await create(stack, face_swap(video_uri(target)))
+    task_id = await create(stack, face_swap(target))
     kv = await stack.kv()
     await wait_for_state(
         kv, task_id, lambda s: s.progress is not None and (s.progress.frames_done or 0) > 0, 120
@@ -265,7 +248,7 @@ async def test_bad_videos_fail_clearly(
         "image_format": good,
     }[make]
     workers.start(1, PIXELBUS_VIDEO_MAX_DURATION_S="2")
-    task_id = await create(stack, face_swap(video_uri(target), **extra))
+    task_id = await create(stack, face_swap(target, **extra))
     final = await wait_for_state(await stack.kv(), task_id, lambda s: s.is_final, 120)
     assert final.status is TaskStatus.FAILED
     assert final.error is not None and final.error.code == code, final.error

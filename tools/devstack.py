@@ -1,10 +1,10 @@
 """``./dev up``: the whole stack on embedded defaults, in the foreground.
 
-Its own nats-server (a free port, never 4222's NATS; store under .pixelbus/nats), the
-gateway, the projector (the only writer of the task state; it also plans webhooks), the
-webhook dispatcher, the face-swap worker with the built-in engine and the storage
-uploader with ``local`` storage, each as its own process, and the comfy-worker when
-``COMFYUI_URL`` names ComfyUI servers. Ctrl-C stops all.
+Its own nats-server (a free port, never 4222's NATS; store under .pixelbus/nats, or
+under ``PIXELBUS_DEV_DIR``), the gateway, the projector (the only writer of the task
+state; it also plans webhooks), the webhook dispatcher, the face-swap worker with the
+built-in engine and the storage uploader with ``local`` storage, each as its own process,
+and the comfy-worker when ``COMFYUI_URL`` names ComfyUI servers. Ctrl-C stops all.
 
 With ``PIXELBUS_AUTH=required`` (``./dev up --auth``) the stack's first admin key is
 created before the gateway starts, when its keys bucket holds no active key, and its token
@@ -31,7 +31,8 @@ from pixelbus.runtime.settings import BusSettings
 from pixelbus.testkit.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".pixelbus"
+#: Where the stack keeps its NATS store and local storage (``PIXELBUS_DEV_DIR``).
+STATE = Path(os.environ.get("PIXELBUS_DEV_DIR") or ROOT / ".pixelbus")
 #: Every service ``./dev up`` starts: name → module (``python -m``). Other tools read this
 #: dict as the list of pixelbus services.
 SERVICES = {

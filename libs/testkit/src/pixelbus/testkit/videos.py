@@ -10,6 +10,7 @@ a video with a display rotation of ±90 degrees stores its frames the other way 
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import io
 import math
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import av
 import numpy as np
@@ -27,10 +28,13 @@ from PIL import Image
 __all__ = [
     "RGBImage",
     "crossing_video",
+    "data_uri",
     "face_crops",
+    "face_swap_body",
     "frame_times",
     "pan_video",
     "photos",
+    "png_bytes",
     "zoom_video",
 ]
 
@@ -79,6 +83,24 @@ def photos() -> dict[str, RGBImage]:
         "group": _photo("insightface", "data", "images", "t1.jpg"),
         "coffee": _photo("skimage", "data", "coffee.png"),
     }
+
+
+def png_bytes(image: RGBImage) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, media_type: str) -> str:
+    """``data`` as a ``data:`` URI: a file handed to the API without a server to fetch it."""
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+def face_swap_body(target_uri: str, source: str = "astronaut", **options: Any) -> dict[str, Any]:
+    """A ``POST /api/tasks/create`` body: the face of photo ``source`` onto the target."""
+    source_uri = data_uri(png_bytes(photos()[source]), "image/png")
+    wf_json = {"source_url": source_uri, "target_url": target_uri, **options}
+    return {"workflow": "face_swap", "params": {"input_data": {"wf_json": wf_json}}}
 
 
 def face_crops() -> dict[str, RGBImage]:
