@@ -39,6 +39,7 @@ from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -250,11 +251,16 @@ async def sample_consumers(
     """Read each durable consumer's info once and set the lag gauges.
 
     Call it from a loop every few seconds (one per service is enough; any service may).
-    A consumer that cannot be read keeps its last value and is logged.
+    A consumer that cannot be read keeps its last value and is logged; one that does not
+    exist (its service is not deployed, or not yet) only at DEBUG, so a stack without the
+    webhooks service does not log a warning every few seconds.
     """
     for stream, consumer in consumers:
         try:
             info = await asyncio.wait_for(js.consumer_info(stream, consumer), timeout_s)
+        except NotFoundError:
+            log.debug("consumer not there", stream=stream, consumer=consumer)
+            continue
         except Exception as exc:
             log.warning("consumer info failed", stream=stream, consumer=consumer, error=str(exc))
             continue
