@@ -147,7 +147,7 @@ async def test_progress_moves_frame_by_frame_within_a_chunk(stack: Stack, worker
     photos = videos.photos()
     target = videos.pan_video(photos["hopper"], seconds=2.0, fps=25, size=(256, 256))
     frames = probe_video(target, LIMITS).frames
-    workers.start(1, PIXELBUS_VIDEO_CHUNK_S="60", PIXELBUS_PROGRESS_INTERVAL_S="0.05")
+    workers.start(1, PIXELBUS_VIDEO_CHUNK_S="60", PIXELBUS_VIDEO_PROGRESS_INTERVAL_S="0.05")
     task_id = await create(stack, face_swap(target))
     kv = await stack.kv()
 

@@ -406,8 +406,7 @@ class BusSettings(Settings):
     idempotency_ttl_s: float = setting("PIXELBUS_IDEMPOTENCY_TTL_S", 1.0 * _DAYS, number(60, 3.2e7))
     """how long an `Idempotency-Key` is remembered"""
     progress_interval_s: float = setting("PIXELBUS_PROGRESS_INTERVAL_S", 0.25, number(0, 60))
-    """least time between two progress events of one task (reports in between are coalesced);
-    each chunk of a video task reports its frames this often"""
+    """least time between two progress events of one task (reports in between are coalesced)"""
     inline_output_bytes: int = setting(
         "PIXELBUS_INLINE_OUTPUT_BYTES", 256 * 1024, integer(0, 512 * 1024)
     )

@@ -79,6 +79,11 @@ class VideoSettings(Settings):
     """seconds of frames in one chunk that one worker swaps"""
     chunk_concurrency: int = setting("PIXELBUS_VIDEO_CHUNK_CONCURRENCY", 1, integer(1, 64))
     """video chunks a worker swaps at once (each keeps a core busy)"""
+    progress_interval_s: float = setting(
+        "PIXELBUS_VIDEO_PROGRESS_INTERVAL_S", 1.0, number(0.05, 60)
+    )
+    """how often a chunk being swapped reports its frames so far (each report costs the
+    swap a few ms: 0.25 s made a 10 s 720p video 7% slower on 2 cores, 1 s 2%)"""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@
 - ``ChunkWorker`` (a consumer loop in every face-swap worker) swaps one chunk's frames
   with the task's engine and options, writes them as a video segment to the Object Store
   and publishes ``ChunkDone``. While it swaps, it adds the chunk's frames so far to the
-  job's record every progress interval and reports the task's ``frames_done /
+  job's record every ``PIXELBUS_VIDEO_PROGRESS_INTERVAL_S`` and reports the task's ``frames_done /
   frames_total`` from it: progress moves frame by frame, whichever workers hold the
   chunks. A worker that dies mid-chunk costs that chunk's redo only: the chunk comes back
   after the ack wait. A frame without a target face passes unchanged.
@@ -487,11 +487,11 @@ class ChunkWorker(DurableLoop):
     async def _follow(
         self, chunk: VideoChunk, events: TaskEvents, stop: threading.Event, counts: list[int]
     ) -> None:
-        """While the chunk is swapped: report its frames so far every progress interval,
-        and stop it when its task gets a cancel request or ends meanwhile. A failed report
+        """While the chunk is swapped: report its frames so far every video progress
+        interval, and stop it when its task gets a cancel request or ends meanwhile. A failed report
         or read is left for the next round (the swap goes on)."""
         assert self._state is not None
-        interval = max(0.05, self._settings.bus.progress_interval_s)
+        interval = self._settings.video.progress_interval_s
         reported = 0
         next_check = time.monotonic() + _CANCEL_CHECK_S
         while True:
