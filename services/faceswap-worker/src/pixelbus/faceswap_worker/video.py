@@ -34,9 +34,9 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 import structlog
@@ -98,6 +98,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("pixelbus.faceswap.video")
+T = TypeVar("T")
 
 #: The fan-out's progress events are numbered apart from the splitting attempt's own.
 _PROGRESS_SEQ_BASE = 1_000_000
@@ -333,24 +334,24 @@ class _Stopped(Exception):
     """The chunk's task was cancelled (or ended) while the chunk was being swapped."""
 
 
-class _InputCache:
-    """The last few inputs read from the Object Store: a worker usually swaps several
-    chunks of one video in a row."""
+class _Recent(Generic[T]):
+    """The last few values loaded, by name: a worker usually swaps several chunks of one
+    video in a row, so its inputs (and the video's probe, which reads the whole file) are
+    loaded once, not once per chunk."""
 
-    def __init__(self, reader: ObjectReader, size: int = 4) -> None:
-        self._reader = reader
+    def __init__(self, size: int = 4) -> None:
         self._size = size
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._entries: OrderedDict[str, T] = OrderedDict()
 
-    async def read(self, name: str) -> bytes:
+    async def get(self, name: str, load: Callable[[], Awaitable[T]]) -> T:
         if name in self._entries:
             self._entries.move_to_end(name)
             return self._entries[name]
-        data = await self._reader.read(name)
-        self._entries[name] = data
+        value = await load()
+        self._entries[name] = value
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
-        return data
+        return value
 
 
 class ChunkWorker(DurableLoop):
@@ -374,7 +375,8 @@ class ChunkWorker(DurableLoop):
         self._publisher = EventPublisher(self._js)
         self._retry: RetryPolicy = settings.bus.retry_policy()
         self._reader = ObjectReader(self._js, OUTPUTS_BUCKET)
-        self._inputs = _InputCache(self._reader)
+        self._inputs: _Recent[bytes] = _Recent()
+        self._probes: _Recent[VideoInfo] = _Recent()
         self._state: KeyValue | None = None
         self._jobs: KeyValue | None = None
         self._objects: Any = None
@@ -445,7 +447,11 @@ class ChunkWorker(DurableLoop):
 
     async def _swap(self, chunk: VideoChunk, events: TaskEvents) -> tuple[bytes, int]:
         source_bytes, target = await asyncio.gather(
-            self._inputs.read(chunk.source_object), self._inputs.read(chunk.target_object)
+            self._input(chunk.source_object), self._input(chunk.target_object)
+        )
+        limits = video_limits(self._settings)
+        info = await self._probes.get(
+            chunk.target_object, lambda: asyncio.to_thread(probe_video, target, limits)
         )
         try:
             options, _ = parse_options(chunk.options)
@@ -463,7 +469,6 @@ class ChunkWorker(DurableLoop):
                 max_bytes=settings.max_image_bytes,
                 max_pixels=settings.max_image_pixels,
             )
-            info = probe_video(target, video_limits(settings))
             first, last = chunk.chunk.first_pts, chunk.chunk.last_pts
             frames = swap_frames(decode_frames(target, first, last), source, swap, stop, counts)
             return encode_segment(frames, info, chunk.output_format)  # type: ignore[arg-type]
@@ -483,6 +488,9 @@ class ChunkWorker(DurableLoop):
                 f"{counts[0]} of the chunk's {chunk.chunk.frames} frames could be decoded",
             )
         return segment, counts[1]
+
+    async def _input(self, name: str) -> bytes:
+        return await self._inputs.get(name, lambda: self._reader.read(name))
 
     async def _follow(
         self, chunk: VideoChunk, events: TaskEvents, stop: threading.Event, counts: list[int]
