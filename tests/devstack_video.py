@@ -20,11 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tools.devstack import wait_http
 
 from pixelbus.media.video import VideoInfo, VideoLimits, probe_video
 from pixelbus.testkit import videos
@@ -60,7 +62,7 @@ async def check(
     fps: int = 25,
     browser: bool = True,
     env: dict[str, str] | None = None,
-    say: Any = print,
+    say: Callable[[str], object] = print,
 ) -> Report:
     """One video task through a fresh ``./dev up``; raises ``CheckFailed``."""
     target = videos.pan_video(videos.photos()["hopper"], seconds=seconds, fps=fps, size=size)
@@ -77,7 +79,9 @@ async def check(
     try:
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
             began = time.monotonic()
-            await _wait_up(http, process, log_path)
+            # the launcher's own wait: the gateway answers /api/health (or exits)
+            if not await asyncio.to_thread(wait_http, f"{base}/api/health", 120, process):
+                raise CheckFailed(f"./dev up did not come up: {_tail(log_path)}")
             report.startup_s = time.monotonic() - began
             say(f"./dev up: answering at {base}/api after {report.startup_s:.1f} s")
             began = time.monotonic()
@@ -151,20 +155,6 @@ def stop_stack(process: subprocess.Popen[bytes]) -> None:
 
 def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-2000:]
-
-
-async def _wait_up(http: httpx.AsyncClient, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise CheckFailed(f"./dev up exited ({process.returncode}): {_tail(log)}")
-        try:
-            if (await http.get("/api/health")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
-    raise CheckFailed("./dev up did not answer within 120 s")
 
 
 async def _follow(
