@@ -134,6 +134,7 @@ def test_each_image_runs_its_service_as_a_user_with_no_build_tools(built: Built)
 #: the S3 models of botocore's data, see the Dockerfile)
 R2_PUT = """
 import asyncio, sys
+from pixelbus.storage_uploader.providers.base import store_bytes
 from pixelbus.storage_uploader.providers.r2 import R2Provider
 from pixelbus.storage_uploader.settings import R2Settings
 
@@ -142,7 +143,8 @@ async def put():
     provider = R2Provider(R2Settings(access_key_id=key_id, secret_access_key=secret,
         bucket=bucket, public_url=None, endpoint_url=endpoint))
     try:
-        await provider.put("from-the-image/hello.txt", b"hello from the image", "text/plain")
+        await store_bytes(provider, "from-the-image/hello.txt", b"hello from the image",
+            "text/plain")
     finally:
         await provider.aclose()
 

@@ -28,6 +28,7 @@ from pixelbus.storage_uploader.providers import (
     LocalProvider,
     Upload,
     build_provider,
+    store_bytes,
 )
 from pixelbus.storage_uploader.settings import CfImagesSettings, LocalSettings, StorageSettings
 from pixelbus.testkit.cf_images_server import CfImagesServer
@@ -62,7 +63,7 @@ async def provider(cf_images_server: CfImagesServer) -> AsyncIterator[CfImagesPr
 async def test_an_image_is_uploaded_under_its_key_and_served_by_the_variant_url(
     provider: CfImagesProvider, cf_images_server: CfImagesServer
 ) -> None:
-    url = await provider.put(KEY, PNG, "image/png")
+    url = await store_bytes(provider, KEY, PNG, "image/png")
     base = f"{cf_images_server.delivery_url}/{cf_images_server.account_hash}"
     assert url == f"{base}/{KEY}/public"
     assert cf_images_server.images[KEY].data == PNG
@@ -78,7 +79,7 @@ async def test_the_configured_variant_is_the_one_returned(
     settings = cf_settings(cf_images_server, PIXELBUS_CF_IMAGES_VARIANT="thumbnail")
     provider = CfImagesProvider(settings)
     try:
-        url = await provider.put(KEY, PNG, "image/png")
+        url = await store_bytes(provider, KEY, PNG, "image/png")
     finally:
         await provider.aclose()
     assert url.endswith(f"/{KEY}/thumbnail")
@@ -87,8 +88,8 @@ async def test_the_configured_variant_is_the_one_returned(
 async def test_a_redelivered_upload_keeps_one_image_and_the_same_url(
     provider: CfImagesProvider, cf_images_server: CfImagesServer
 ) -> None:
-    first = await provider.put(KEY, PNG, "image/png")
-    second = await provider.put(KEY, PNG, "image/png")
+    first = await store_bytes(provider, KEY, PNG, "image/png")
+    second = await store_bytes(provider, KEY, PNG, "image/png")
     assert first == second
     assert list(cf_images_server.images) == [KEY]
     api = f"/client/v4/accounts/{cf_images_server.account_id}/images/v1"
@@ -101,7 +102,7 @@ async def test_an_unknown_variant_is_permanent_and_names_the_setting(
     provider = CfImagesProvider(cf_settings(cf_images_server, PIXELBUS_CF_IMAGES_VARIANT="hero"))
     try:
         with pytest.raises(StoragePermanentError) as caught:
-            await provider.put(KEY, PNG, "image/png")
+            await store_bytes(provider, KEY, PNG, "image/png")
     finally:
         await provider.aclose()
     assert caught.value.code == "no_such_variant"
@@ -113,7 +114,7 @@ async def test_a_non_image_without_fallback_fails_permanently_before_any_request
     provider: CfImagesProvider, cf_images_server: CfImagesServer
 ) -> None:
     with pytest.raises(StoragePermanentError) as caught:
-        await provider.put("tasks/t/clip.mp4", b"\x00\x00\x00\x18ftypmp42", "video/mp4")
+        await store_bytes(provider, "tasks/t/clip.mp4", b"\x00\x00\x00\x18ftypmp42", "video/mp4")
     assert caught.value.code == "not_an_image"
     assert "PIXELBUS_CF_IMAGES_FALLBACK" in str(caught.value)
     assert "video/mp4" in str(caught.value)
@@ -161,7 +162,7 @@ async def test_bytes_the_api_cannot_decode_are_a_permanent_failure(
     provider: CfImagesProvider,
 ) -> None:
     with pytest.raises(StoragePermanentError) as caught:
-        await provider.put(KEY, b"not really a png", "image/png")
+        await store_bytes(provider, KEY, b"not really a png", "image/png")
     assert caught.value.code == "5400"
     assert "9422" in str(caught.value)
 
@@ -172,7 +173,7 @@ async def test_a_refused_token_is_permanent_names_the_setting_and_is_tried_once(
     provider = CfImagesProvider(cf_settings(cf_images_server, CLOUDFLARE_API_TOKEN="wrong"))
     try:
         with pytest.raises(StoragePermanentError) as caught:
-            await provider.put(KEY, PNG, "image/png")
+            await store_bytes(provider, KEY, PNG, "image/png")
         with pytest.raises(StoragePermanentError, match="CLOUDFLARE_API_TOKEN"):
             await provider.check()
     finally:
@@ -191,7 +192,7 @@ async def test_another_account_is_refused_and_names_the_account_setting(
     provider = CfImagesProvider(settings)
     try:
         with pytest.raises(StoragePermanentError, match="CLOUDFLARE_ACCOUNT_ID") as caught:
-            await provider.put(KEY, PNG, "image/png")
+            await store_bytes(provider, KEY, PNG, "image/png")
     finally:
         await provider.aclose()
     assert "answered 403" in str(caught.value)
@@ -203,10 +204,10 @@ async def test_throttling_and_server_errors_are_retryable_then_the_next_try_land
 ) -> None:
     cf_images_server.fail_next(1, status)
     with pytest.raises(StorageRetryableError) as caught:
-        await provider.put(KEY, PNG, "image/png")
+        await store_bytes(provider, KEY, PNG, "image/png")
     assert caught.value.code == code
     assert f"answered {status}" in str(caught.value)
-    url = await provider.put(KEY, PNG, "image/png")
+    url = await store_bytes(provider, KEY, PNG, "image/png")
     assert url.endswith("/public") and list(cf_images_server.images) == [KEY]
 
 
@@ -225,6 +226,6 @@ async def test_an_api_nobody_listens_on_is_retryable() -> None:
     provider = CfImagesProvider(settings)
     try:
         with pytest.raises(StorageRetryableError, match="PIXELBUS_CF_IMAGES_API_URL"):
-            await provider.put(KEY, PNG, "image/png")
+            await store_bytes(provider, KEY, PNG, "image/png")
     finally:
         await provider.aclose()

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from pixelbus.storage_uploader.errors import StoragePermanentError, StorageRetryableError
-from pixelbus.storage_uploader.providers import GcsProvider, Upload, build_provider
+from pixelbus.storage_uploader.providers import GcsProvider, Upload, build_provider, store_bytes
 from pixelbus.storage_uploader.settings import DEFAULT_CACHE_CONTROL, GcsSettings, StorageSettings
 from pixelbus.testkit.gcs_emulator import GcsEmulator
 from pixelbus.testkit.gcs_server import GcsServer
@@ -132,7 +132,7 @@ async def test_store_writes_bytes_type_and_cache_control_and_the_public_url_serv
     gcs_provider: GcsProvider, gcs: Gcs, gcs_bucket: str
 ) -> None:
     key = "tasks/2026/11/28/task_1/out.png"
-    url = await gcs_provider.put(key, PNG, "image/png")
+    url = await store_bytes(gcs_provider, key, PNG, "image/png")
     assert url == f"{gcs.url}/{gcs_bucket}/{key}"
     assert gcs.stored(gcs_bucket, key) == Stored(PNG, "image/png", DEFAULT_CACHE_CONTROL)
     async with httpx.AsyncClient() as http:
@@ -144,7 +144,7 @@ async def test_the_public_url_answers_with_the_cache_control_stored(
     provider: GcsProvider, gcs_server: GcsServer, bucket: str
 ) -> None:
     # ours only: the emulator's downloads carry no Cache-Control header
-    url = await provider.put("tasks/t/out.png", PNG, "image/png")
+    url = await store_bytes(provider, "tasks/t/out.png", PNG, "image/png")
     async with httpx.AsyncClient() as http:
         response = await http.get(url)
     assert response.headers["cache-control"] == DEFAULT_CACHE_CONTROL
@@ -153,8 +153,8 @@ async def test_the_public_url_answers_with_the_cache_control_stored(
 async def test_the_same_key_twice_is_one_object_with_the_last_bytes(
     gcs_provider: GcsProvider, gcs: Gcs, gcs_bucket: str
 ) -> None:
-    first = await gcs_provider.put("tasks/t/a.png", b"first", "image/png")
-    second = await gcs_provider.put("tasks/t/a.png", b"second", "image/png")
+    first = await store_bytes(gcs_provider, "tasks/t/a.png", b"first", "image/png")
+    second = await store_bytes(gcs_provider, "tasks/t/a.png", b"second", "image/png")
     assert first == second
     assert gcs.keys(gcs_bucket) == ["tasks/t/a.png"]
     stored = gcs.stored(gcs_bucket, "tasks/t/a.png")
@@ -222,7 +222,7 @@ async def test_without_a_public_url_the_url_is_signed_and_only_the_signed_one_wo
     private = gcs_server.create_bucket(public=False)
     provider = GcsProvider(gcs_settings(gcs_server, private, account, public=False))
     try:
-        url = await provider.put("tasks/t/a.png", PNG, "image/png")
+        url = await store_bytes(provider, "tasks/t/a.png", PNG, "image/png")
     finally:
         await provider.aclose()
     assert "X-Goog-Signature=" in url and "X-Goog-Expires=604800" in url
@@ -245,7 +245,7 @@ async def test_refused_credentials_are_permanent_name_the_setting_and_reach_no_b
     provider = GcsProvider(gcs_settings(gcs_server, bucket, unknown))
     try:
         with pytest.raises(StoragePermanentError) as caught:
-            await provider.put("tasks/t/a.png", PNG, "image/png")
+            await store_bytes(provider, "tasks/t/a.png", PNG, "image/png")
         with pytest.raises(StoragePermanentError, match="GOOGLE_APPLICATION_CREDENTIALS"):
             await provider.check()
     finally:
@@ -266,7 +266,7 @@ async def test_an_account_that_may_only_read_is_refused_permanently(
     provider = GcsProvider(gcs_settings(gcs_server, bucket, reader))
     try:
         with pytest.raises(StoragePermanentError) as caught:
-            await provider.put("tasks/t/a.png", PNG, "image/png")
+            await store_bytes(provider, "tasks/t/a.png", PNG, "image/png")
     finally:
         await provider.aclose()
     assert caught.value.code == "403"
@@ -277,7 +277,7 @@ async def test_a_missing_bucket_is_permanent_and_named(gcs: Gcs) -> None:
     provider = GcsProvider(gcs_settings(gcs, "no-such-bucket", gcs.credentials))
     try:
         with pytest.raises(StoragePermanentError) as caught:
-            await provider.put("tasks/t/a.png", PNG, "image/png")
+            await store_bytes(provider, "tasks/t/a.png", PNG, "image/png")
         with pytest.raises(StoragePermanentError, match="PIXELBUS_GCS_BUCKET"):
             await provider.check()
     finally:
@@ -292,10 +292,10 @@ async def test_server_errors_are_retryable_and_the_next_attempt_lands(
 ) -> None:
     gcs_server.fail_next(1, status)
     with pytest.raises(StorageRetryableError) as caught:
-        await provider.put("tasks/t/a.png", PNG, "image/png")
+        await store_bytes(provider, "tasks/t/a.png", PNG, "image/png")
     assert caught.value.code == str(status)
     assert gcs_server.objects == {}
-    await provider.put("tasks/t/a.png", PNG, "image/png")
+    await store_bytes(provider, "tasks/t/a.png", PNG, "image/png")
     assert gcs_server.objects[(bucket, "tasks/t/a.png")].data == PNG
 
 
@@ -314,7 +314,7 @@ async def test_an_endpoint_nobody_listens_on_is_retryable(bucket: str, account: 
     provider = build_provider(settings)
     try:
         with pytest.raises(StorageRetryableError) as caught:
-            await provider.put("tasks/t/a.png", PNG, "image/png")
+            await store_bytes(provider, "tasks/t/a.png", PNG, "image/png")
     finally:
         await provider.aclose()
     assert "STORAGE_EMULATOR_HOST" in str(caught.value)
@@ -325,7 +325,7 @@ async def test_an_emulator_without_credentials_gets_no_token(tmp_path: Path) -> 
         bucket = server.create_bucket()
         provider = build_provider(StorageSettings.from_env(gcs_env(server, bucket, None)))
         try:
-            url = await provider.put("tasks/t/a.png", PNG, "image/png")
+            url = await store_bytes(provider, "tasks/t/a.png", PNG, "image/png")
         finally:
             await provider.aclose()
         assert server.objects[(bucket, "tasks/t/a.png")].data == PNG

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 
-from pixelbus.storage_uploader.providers import R2Provider, Upload
+from pixelbus.storage_uploader.providers import R2Provider, Upload, store_bytes
 from pixelbus.storage_uploader.settings import MIN_PART_SIZE, R2Settings, StorageSettings
 from pixelbus.testkit.s3_server import S3Server
 
@@ -120,7 +120,7 @@ async def test_without_a_public_url_the_url_is_a_valid_presigned_get_of_the_obje
     assert r2.public_url is None
     provider = R2Provider(r2)
     try:
-        url = await provider.put("tasks/t/a.png", b"\x89PNG data", "image/png")
+        url = await store_bytes(provider, "tasks/t/a.png", b"\x89PNG data", "image/png")
     finally:
         await provider.aclose()
     assert url.startswith(f"{s3_server.endpoint_url}/{s3_bucket}/tasks/t/a.png?")

@@ -11,7 +11,7 @@ import aioboto3
 import pytest
 
 from pixelbus.storage_uploader.errors import StoragePermanentError, StorageRetryableError
-from pixelbus.storage_uploader.providers import R2Provider, build_provider, output_key
+from pixelbus.storage_uploader.providers import R2Provider, build_provider, output_key, store_bytes
 from pixelbus.storage_uploader.settings import R2Settings, StorageSettings
 from pixelbus.testkit.s3_server import FaultyProxy, S3Credentials, S3Server
 
@@ -64,7 +64,7 @@ async def test_put_stores_the_bytes_with_their_content_type_and_returns_the_publ
     provider: R2Provider, s3_server: S3Server, s3_bucket: str
 ) -> None:
     key = output_key("task_1", "out.webp")
-    url = await provider.put(key, b"RIFF....WEBP", "image/webp")
+    url = await store_bytes(provider, key, b"RIFF....WEBP", "image/webp")
     assert url == f"{PUBLIC_URL}/tasks/task_1/out.webp"
     assert stored(s3_server, s3_bucket, key) == (b"RIFF....WEBP", "image/webp")
 
@@ -73,8 +73,8 @@ async def test_the_same_key_twice_is_one_object_with_the_last_bytes(
     provider: R2Provider, s3_server: S3Server, s3_bucket: str
 ) -> None:
     key = output_key("task_1", "out.png")
-    first = await provider.put(key, b"first", "image/png")
-    second = await provider.put(key, b"second", "image/png")
+    first = await store_bytes(provider, key, b"first", "image/png")
+    second = await store_bytes(provider, key, b"second", "image/png")
     assert first == second
     assert keys_in(s3_server, s3_bucket) == [key]
     assert stored(s3_server, s3_bucket, key) == (b"second", "image/png")
@@ -95,7 +95,7 @@ async def test_concurrent_puts_share_one_client(s3_server: S3Server, s3_bucket: 
     provider = R2Provider(r2_settings(s3_server, s3_bucket), session=CountingSession())
     keys = [output_key("t", f"{i}.png") for i in range(8)]
     try:
-        await asyncio.gather(*(provider.put(k, k.encode(), "image/png") for k in keys))
+        await asyncio.gather(*(store_bytes(provider, k, k.encode(), "image/png") for k in keys))
         await provider.check()
     finally:
         await provider.aclose()
@@ -108,7 +108,7 @@ async def test_a_missing_bucket_is_permanent_and_named(s3_server: S3Server) -> N
     provider = R2Provider(r2_settings(s3_server, "no-such-bucket"))
     try:
         with pytest.raises(StoragePermanentError) as caught:
-            await provider.put("tasks/t/a.png", b"x", "image/png")
+            await store_bytes(provider, "tasks/t/a.png", b"x", "image/png")
         assert caught.value.code == "NoSuchBucket"
         assert "'no-such-bucket'" in str(caught.value)
         assert "R2_BUCKET" in str(caught.value)
@@ -137,7 +137,7 @@ async def test_answers_behind_the_fault_proxy_are_the_servers_own(s3_server: S3S
         provider = R2Provider(settings)
         try:
             with pytest.raises(StoragePermanentError) as caught:
-                await provider.put("tasks/t/a.png", b"x", "image/png")
+                await store_bytes(provider, "tasks/t/a.png", b"x", "image/png")
         finally:
             await provider.aclose()
     assert caught.value.code == "NoSuchBucket"
@@ -163,7 +163,7 @@ async def test_refused_credentials_are_permanent_and_name_the_setting(
     provider = R2Provider(r2_settings(s3_server, s3_bucket, credentials=credentials))
     try:
         with pytest.raises(StoragePermanentError) as caught:
-            await provider.put("tasks/t/a.png", b"x", "image/png")
+            await store_bytes(provider, "tasks/t/a.png", b"x", "image/png")
     finally:
         await provider.aclose()
     error = caught.value
@@ -198,14 +198,14 @@ async def test_server_errors_are_retryable_and_not_retried_by_botocore(
         provider = R2Provider(r2_settings(s3_server, s3_bucket, endpoint_url=proxy.endpoint_url))
         try:
             with pytest.raises(StorageRetryableError) as caught:
-                await provider.put("tasks/t/a.png", b"x", "image/png")
+                await store_bytes(provider, "tasks/t/a.png", b"x", "image/png")
             assert proxy.requests == 1  # our retry is JetStream's redelivery, not botocore's
             assert (caught.value.code, caught.value.retryable) == (code, True)
             assert f"({status} {code})" in str(caught.value)
             assert keys_in(s3_server, s3_bucket) == []
 
             # The next attempt (a redelivery) goes through the same provider and lands.
-            await provider.put("tasks/t/a.png", b"x", "image/png")
+            await store_bytes(provider, "tasks/t/a.png", b"x", "image/png")
         finally:
             await provider.aclose()
     assert stored(s3_server, s3_bucket, "tasks/t/a.png") == (b"x", "image/png")
@@ -219,7 +219,7 @@ async def test_a_server_that_does_not_answer_is_a_retryable_timeout(
         provider = R2Provider(settings)
         try:
             with pytest.raises(StorageRetryableError) as caught:
-                await provider.put("tasks/t/a.png", b"x", "image/png")
+                await store_bytes(provider, "tasks/t/a.png", b"x", "image/png")
         finally:
             await provider.aclose()
     assert caught.value.code == "ReadTimeoutError"
@@ -236,7 +236,7 @@ async def test_an_endpoint_nobody_listens_on_is_retryable(
     provider = R2Provider(r2_settings(s3_server, s3_bucket, endpoint_url=endpoint))
     try:
         with pytest.raises(StorageRetryableError) as caught:
-            await provider.put("tasks/t/a.png", b"x", "image/png")
+            await store_bytes(provider, "tasks/t/a.png", b"x", "image/png")
         with pytest.raises(StorageRetryableError):
             await provider.check()
     finally:
@@ -252,7 +252,7 @@ async def test_an_invalid_key_is_refused_before_any_request(
         provider = R2Provider(r2_settings(s3_server, s3_bucket, endpoint_url=proxy.endpoint_url))
         try:
             with pytest.raises(StoragePermanentError) as caught:
-                await provider.put("../outside.png", b"x", "image/png")
+                await store_bytes(provider, "../outside.png", b"x", "image/png")
         finally:
             await provider.aclose()
     assert caught.value.code == "invalid_key"
@@ -264,7 +264,7 @@ async def test_build_provider_makes_an_r2_provider(s3_server: S3Server, s3_bucke
     provider = build_provider(settings)
     try:
         assert provider.name == "r2"
-        url = await provider.put("tasks/t/a.png", b"x", "image/png")
+        url = await store_bytes(provider, "tasks/t/a.png", b"x", "image/png")
     finally:
         await provider.aclose()
     assert url == f"{PUBLIC_URL}/tasks/t/a.png"

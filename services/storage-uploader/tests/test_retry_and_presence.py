@@ -51,9 +51,6 @@ class Script:
             raise self.errors.pop(0)
         return Stored("https://x/" + upload.key, self.name)
 
-    async def put(self, key: str, data: bytes, content_type: str) -> str:
-        raise NotImplementedError
-
     async def check(self) -> None:
         pass
 

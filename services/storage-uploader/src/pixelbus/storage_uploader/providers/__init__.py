@@ -8,6 +8,7 @@ from pixelbus.storage_uploader.providers.base import (
     Stored,
     Upload,
     output_key,
+    store_bytes,
     validate_key,
 )
 from pixelbus.storage_uploader.providers.cf_images import CfImagesProvider
@@ -30,6 +31,7 @@ __all__ = [
     "Upload",
     "build_provider",
     "output_key",
+    "store_bytes",
     "validate_key",
 ]
 

@@ -29,6 +29,7 @@ __all__ = [
     "Upload",
     "close_stream",
     "output_key",
+    "store_bytes",
     "validate_key",
 ]
 
@@ -97,10 +98,6 @@ class StorageProvider(Protocol):
         """Store ``upload`` under its key (overwriting) and say where it is."""
         ...
 
-    async def put(self, key: str, data: bytes, content_type: str) -> str:
-        """``store`` for bytes already in memory; returns the URL."""
-        ...
-
     async def check(self) -> None:
         """Cheap reachability check for health; raises ``StorageError``."""
         ...
@@ -108,6 +105,11 @@ class StorageProvider(Protocol):
     async def aclose(self) -> None:
         """Release connections; the provider is not used afterwards."""
         ...
+
+
+async def store_bytes(provider: StorageProvider, key: str, data: bytes, content_type: str) -> str:
+    """``provider.store`` for bytes already in memory; returns the URL."""
+    return (await provider.store(Upload.of_bytes(key, data, content_type))).url
 
 
 def output_key(task_id: str, filename: str, day: date | None = None) -> str:

@@ -66,9 +66,6 @@ class CfImagesProvider:
         content_type = upload.content_type.split(";")[0].strip().lower()
         return content_type in IMAGE_TYPES and upload.size <= MAX_IMAGE_BYTES
 
-    async def put(self, key: str, data: bytes, content_type: str) -> str:
-        return (await self.store(Upload.of_bytes(key, data, content_type))).url
-
     async def store(self, upload: Upload) -> Stored:
         validate_key(upload.key, self.name)
         if not self.accepts(upload):

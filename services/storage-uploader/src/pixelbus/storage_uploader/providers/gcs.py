@@ -95,9 +95,6 @@ class GcsProvider:
         self._storage: _Storage | None = None
         self._token: Token | None = None
 
-    async def put(self, key: str, data: bytes, content_type: str) -> str:
-        return (await self.store(Upload.of_bytes(key, data, content_type))).url
-
     async def store(self, upload: Upload) -> Stored:
         validate_key(upload.key, self.name)
         storage = await self._client()

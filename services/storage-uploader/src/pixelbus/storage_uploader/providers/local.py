@@ -108,9 +108,6 @@ class LocalProvider:
             code="invalid_key",
         )
 
-    async def put(self, key: str, data: bytes, content_type: str) -> str:
-        return (await self.store(Upload.of_bytes(key, data, content_type))).url
-
     async def store(self, upload: Upload) -> Stored:
         # content_type is not stored: the gateway derives it from the file extension.
         if upload.data is not None:  # one hop to a thread for the whole file

@@ -120,9 +120,6 @@ class R2Provider:
         )
         return url
 
-    async def put(self, key: str, data: bytes, content_type: str) -> str:
-        return (await self.store(Upload.of_bytes(key, data, content_type))).url
-
     async def store(self, upload: Upload) -> Stored:
         validate_key(upload.key, self.name)
         client = await self._get_client()
