@@ -19,7 +19,7 @@ import random
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from nats.js.errors import FetchTimeoutError, KeyNotFoundError
 from pydantic import BaseModel, Field
@@ -171,22 +171,24 @@ def lease_s(gw: Gateway, environment: str) -> float:
     return gw.settings.bus.ack_wait_for(pool_for_environment(environment).name)
 
 
-async def _current_lease(gw: Gateway, task_id: str, token: str) -> Lease | JSONResponse:
+async def _current_lease(gw: Gateway, task_id: str, token: str) -> Lease:
+    """The lease ``token`` grants, while it is the task's current one; ``HTTPException``
+    403 (not a valid token for this task) or 409 (the lease is lost) otherwise."""
     try:
         lease = verify_lease(token, gw.settings.lease_secret)
     except LeaseError as exc:
-        return error_response(403, str(exc))
+        raise HTTPException(403, str(exc)) from None
     if lease.task_id != task_id:
-        return error_response(403, "the lease token is for another task")
+        raise HTTPException(403, "the lease token is for another task")
     try:
         entry = await gw.tasks.leases.get(task_id)
     except KeyNotFoundError:
         entry = None
     if entry is None or entry.value is None:
-        return error_response(409, "lease lost: the task was completed, cancelled or re-leased")
+        raise HTTPException(409, "lease lost: the task was completed, cancelled or re-leased")
     current = msgspec.json.decode(entry.value, type=Lease)
     if current.lease_id != lease.lease_id:
-        return error_response(409, "lease lost: it expired and the task was handed out again")
+        raise HTTPException(409, "lease lost: it expired and the task was handed out again")
     return lease
 
 
@@ -197,8 +199,6 @@ async def report_progress(
     task_id: str, body: ProgressBody, gw: Annotated[Gateway, Depends(gateway)]
 ) -> JSONResponse:
     lease = await _current_lease(gw, task_id, body.lease_token)
-    if isinstance(lease, JSONResponse):
-        return lease
     await gw.nc.publish(lease.reply, b"+WPI")
     seq = int(utcnow().timestamp() * 1000)
     await gw.tasks.publisher.publish(
@@ -222,8 +222,6 @@ async def complete(
     """Outputs given by ``url`` are taken as stored; outputs given as ``data_base64`` go
     through the storage uploader like any worker's outputs."""
     lease = await _current_lease(gw, task_id, body.lease_token)
-    if isinstance(lease, JSONResponse):
-        return lease
     stored: list[StoredOutput] = []
     files: list[OutputFile] = []
     for index, out in enumerate(body.outputs):
@@ -277,8 +275,6 @@ async def fail(
     task_id: str, body: FailBody, gw: Annotated[Gateway, Depends(gateway)]
 ) -> JSONResponse:
     lease = await _current_lease(gw, task_id, body.lease_token)
-    if isinstance(lease, JSONResponse):
-        return lease
     settings = gw.settings.bus
     settle = after_failure(
         settings.retry_policy(), lease.attempt, retryable=body.retryable, draw=random.random()
