@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from pixelbus.testkit.nats_server import free_port
+from pixelbus.testkit.nats_server import free_port, stop_processes
 
 __all__ = ["GcsEmulator", "StoredObject", "gcs_emulator"]
 
@@ -69,13 +69,8 @@ class GcsEmulator:
 
     def stop(self) -> None:
         self._http.close()
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop_processes(self._process)
 
     def create_bucket(self, name: str | None = None) -> str:
         name = name or f"bucket-{uuid.uuid4().hex[:12]}"

@@ -19,7 +19,6 @@ others (its clients stay connected to it) and ``heal(name)`` joins it again.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from pixelbus.testkit.nats_server import find_nats_server, free_port
+from pixelbus.testkit.nats_server import find_nats_server, free_port, stop_processes
 from pixelbus.testkit.tcp_proxy import TcpProxy
 
 __all__ = ["ClusterNode", "NatsCluster", "nats_cluster", "partitionable_cluster"]
@@ -280,17 +279,8 @@ cluster {{
 
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL after 10 s). Safe to call twice."""
+        stop_processes(*(node.process for node in self.nodes if node.process is not None))
         for node in self.nodes:
-            if node.process is not None and node.process.poll() is None:
-                node.process.send_signal(signal.SIGTERM)
-        for node in self.nodes:
-            if node.process is None:
-                continue
-            try:
-                node.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                node.process.kill()
-                node.process.wait()
             node.process = None
         for name in list(self._held):
             self._release(name)

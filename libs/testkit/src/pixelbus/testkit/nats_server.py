@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["NatsServer", "find_nats_server", "free_port"]
+__all__ = ["NatsServer", "find_nats_server", "free_port", "stop_processes"]
 
 
 def find_nats_server() -> str:
@@ -36,6 +36,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_processes(*processes: subprocess.Popen[Any], timeout_s: float = 10) -> None:
+    """SIGTERM every process at once, then SIGKILL each one not gone after ``timeout_s``;
+    all are reaped. Processes that have exited already are only reaped."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class NatsServer:
@@ -112,13 +125,8 @@ class NatsServer:
         return self._process.pid if self.running and self._process else None
 
     def stop(self) -> None:
-        if self._process and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process:
+            stop_processes(self._process)
         self._process = None
 
     def kill(self) -> None:

@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from pixelbus.testkit.nats_server import stop_processes
+
 __all__ = [
     "FaultyProxy",
     "S3Credentials",
@@ -195,12 +197,7 @@ def start_s3_server(*, startup_timeout: float = 30.0) -> Iterator[S3Server]:
                 raise RuntimeError(f"{exc}; its stderr:\n{stderr.read()[-4000:]}") from None
             yield S3Server(endpoint_url=endpoint_url, credentials=_enforce_auth(endpoint_url))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_processes(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
 
