@@ -63,7 +63,6 @@ class RemoteAgent:
         self._own_client = client is None
         self._stopping = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
-        self.completed = 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -193,7 +192,6 @@ class RemoteAgent:
             )
             bound.warning("outputs refused by the gateway", status=status)
             return
-        self.completed += 1
         bound.info("task completed", outputs=len(outputs))
 
     async def _heartbeat(

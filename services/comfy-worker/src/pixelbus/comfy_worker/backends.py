@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,8 +41,6 @@ class Backend:
     error: str | None = "not checked yet"
     checked_at: datetime | None = None
     device: str | None = None
-    tasks_done: int = 0
-    last_prompt: str | None = field(default=None, repr=False)
 
     @property
     def healthy(self) -> bool:

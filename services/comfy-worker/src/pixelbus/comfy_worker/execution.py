@@ -84,7 +84,6 @@ async def run_prompt(
         result = await backend.client.submit(
             graph, client_id=backend.stream.client_id, prompt_id=prompt_id
         )
-        backend.last_prompt = prompt_id
         if result.node_errors:
             # A 200 with node errors runs only the valid outputs: not what was asked.
             await withdraw(backend, prompt_id)

@@ -218,7 +218,6 @@ class ComfyHandler:
             outputs, summary = await self._collect(reader, entry)
         finally:
             await reader.close()
-        backend.tasks_done += 1
         return TaskResult(
             outputs=outputs,
             result={

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Callable
 
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from pixelbus.comfy_worker.protocol import Message, parse_frame
@@ -48,7 +48,6 @@ class PromptStream:
         self._subscribers: dict[str, asyncio.Queue[Message]] = {}
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._ws: ClientConnection | None = None
         self.connections = 0
         self.queue_remaining: int | None = None
 
@@ -97,7 +96,6 @@ class PromptStream:
                     ping_interval=20,
                     ping_timeout=20,
                 ) as ws:
-                    self._ws = ws
                     self.connections += 1
                     self._connected.set()
                     delay = 0.05
@@ -113,7 +111,6 @@ class PromptStream:
                         "comfyui socket lost", url=self.url, error=str(exc) or type(exc).__name__
                     )
             finally:
-                self._ws = None
                 if self._connected.is_set():
                     self._connected.clear()
                     self._broadcast(DISCONNECTED)
