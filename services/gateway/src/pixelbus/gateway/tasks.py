@@ -24,7 +24,6 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from pixelbus.contracts.events import (
-    TaskCancelled,
     TaskCancelRequested,
     TaskCreated,
     decode_event,
@@ -45,12 +44,14 @@ from pixelbus.contracts.subjects import (
 from pixelbus.contracts.task import TaskState, TaskStatus
 from pixelbus.contracts.validation import FieldError, TaskSpec, ValidationFailed
 from pixelbus.gateway.inputs import store_inline_images
+from pixelbus.gateway.leases import Lease
 from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.lifecycle import TaskEvents
 from pixelbus.runtime.objects import delete_objects
 from pixelbus.runtime.publisher import EventPublisher, FirstOnTaken
 from pixelbus.runtime.state import read_state
 
-__all__ = ["CancelOutcome", "TaskConflict", "TaskService"]
+__all__ = ["TaskConflict", "TaskService"]
 
 
 class TaskConflict(Exception):
@@ -59,11 +60,6 @@ class TaskConflict(Exception):
     def __init__(self, message: str, state: TaskState | None = None) -> None:
         super().__init__(message)
         self.state = state
-
-
-class CancelOutcome(msgspec.Struct, frozen=True):
-    state: TaskState
-    cancelled_now: bool
 
 
 #: How long an HTTP request keeps retrying a publish the bus cannot take right now.
@@ -220,7 +216,9 @@ class TaskService:
                 ) from None
             return previous, False
 
-    async def cancel(self, task_id: str, reason: str | None) -> CancelOutcome:
+    async def cancel(self, task_id: str, reason: str | None) -> TaskState:
+        """The task's state once its cancellation is requested; ``KeyError``: no such
+        task, ``TaskConflict``: it is final already."""
         state = await self.get(task_id)
         if state is None:
             raise KeyError(task_id)
@@ -238,26 +236,18 @@ class TaskService:
             workflow=workflow,
         )
         revoked = await self._revoke_lease(task_id)
-        cancelled_now = state.status is TaskStatus.PENDING or revoked
-        if cancelled_now:
+        if state.status is TaskStatus.PENDING or revoked:
             # Queued (skipped when its turn comes) or leased externally (lease revoked):
             # nobody is running it here, so the gateway records the cancellation.
             await self.publisher.publish(
-                TaskCancelled(
-                    event_id=event_id(task_id, "cancelled"),
-                    task_id=task_id,
-                    occurred_at=utcnow(),
-                    reason=reason,
-                ),
+                TaskEvents(task_id, state.attempts, utcnow).cancelled(reason),
                 environment=environment,
                 workflow=workflow,
             )
         # A running in-cluster task is interrupted by its worker, which records it.
-        return CancelOutcome(state=await self.get(task_id) or state, cancelled_now=cancelled_now)
+        return await self.get(task_id) or state
 
     async def _revoke_lease(self, task_id: str) -> bool:
-        from pixelbus.gateway.leases import Lease
-
         try:
             entry = await self.leases.get(task_id)
         except KeyNotFoundError:

@@ -146,10 +146,10 @@ async def cancel_task(
     if await gw.visible_task(task_id, caller) is None:
         return error_response(404, f"task {task_id} not found")
     try:
-        outcome = await gw.tasks.cancel(task_id, reason)
+        state = await gw.tasks.cancel(task_id, reason)
     except KeyError:
         return error_response(404, f"task {task_id} not found")
     except TaskConflict as exc:
         assert exc.state is not None
         return error_response(409, str(exc), task=task_view(exc.state))
-    return Json(status_code=202, content=task_view(outcome.state))
+    return Json(status_code=202, content=task_view(state))
