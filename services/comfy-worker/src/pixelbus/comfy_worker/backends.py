@@ -72,9 +72,8 @@ class BackendPool:
         capacity: int,
         http_timeout_s: float = 30.0,
         health_interval_s: float = 5.0,
-        client_id: str | None = None,
     ) -> None:
-        self.client_id = client_id or f"pixelbus-{uuid.uuid4().hex}"
+        self.client_id = f"pixelbus-{uuid.uuid4().hex}"
         self._changed = asyncio.Condition()
         self._health_interval_s = health_interval_s
         #: a hung health check must not hold up the next ones

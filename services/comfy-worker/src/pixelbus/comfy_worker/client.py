@@ -25,14 +25,7 @@ from pixelbus.comfy_worker.protocol import (
     rejection,
 )
 
-__all__ = ["ComfyClient", "Submitted"]
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    prompt_id: str
-    number: int
-    node_errors: dict[str, Any]
+__all__ = ["ComfyClient"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +91,10 @@ class ComfyClient:
             )
         return answer
 
-    async def submit(self, graph: dict[str, Any], *, client_id: str, prompt_id: str) -> Submitted:
+    async def submit(
+        self, graph: dict[str, Any], *, client_id: str, prompt_id: str
+    ) -> dict[str, Any]:
+        """Queue ``graph``; the answer's ``node_errors`` (empty: every output is valid)."""
         body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
         answer = await self._request("POST", "/prompt", json=body)
         parsed = answer.json()
@@ -107,11 +103,7 @@ class ComfyClient:
         if not isinstance(parsed, dict) or not isinstance(parsed.get("prompt_id"), str):
             raise BackendUnavailable(f"ComfyUI at {self.base_url}: unexpected /prompt answer")
         node_errors = parsed.get("node_errors")
-        return Submitted(
-            prompt_id=parsed["prompt_id"],
-            number=int(parsed.get("number") or 0),
-            node_errors=node_errors if isinstance(node_errors, dict) else {},
-        )
+        return node_errors if isinstance(node_errors, dict) else {}
 
     async def history(self, prompt_id: str) -> HistoryEntry | None:
         answer = await self._request("GET", f"/history/{prompt_id}")

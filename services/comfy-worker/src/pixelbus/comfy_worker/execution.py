@@ -81,10 +81,10 @@ async def run_prompt(
         if not await backend.stream.wait_connected(limits.reconnect_s):
             raise BackendUnavailable(f"ComfyUI at {backend.url}: no WebSocket connection")
         submitted = True  # from here on it may be on the server, even if the call fails
-        result = await backend.client.submit(
+        node_errors = await backend.client.submit(
             graph, client_id=backend.stream.client_id, prompt_id=prompt_id
         )
-        if result.node_errors:
+        if node_errors:
             # A 200 with node errors runs only the valid outputs: not what was asked.
             await withdraw(backend, prompt_id)
             refusal = {
@@ -92,7 +92,7 @@ async def run_prompt(
                     "type": "prompt_outputs_failed_validation",
                     "message": "some outputs failed validation",
                 },
-                "node_errors": result.node_errors,
+                "node_errors": node_errors,
             }
             raise rejection(200, refusal, "")
         return await _follow(backend, prompt_id, queue, tracker, report, limits, on_output)

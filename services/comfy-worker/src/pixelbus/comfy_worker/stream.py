@@ -28,23 +28,18 @@ log = structlog.get_logger("pixelbus.comfy_worker.stream")
 
 DISCONNECTED = "_disconnected"
 RECONNECTED = "_reconnected"
+_BACKOFF_MAX_S = 1.0
 
 
 class PromptStream:
     def __init__(
-        self,
-        base_url: str,
-        client_id: str,
-        *,
-        on_change: Callable[[], None] = lambda: None,
-        backoff_max_s: float = 1.0,
+        self, base_url: str, client_id: str, *, on_change: Callable[[], None] = lambda: None
     ) -> None:
         scheme, _, rest = base_url.partition("://")
         ws_scheme = "wss" if scheme == "https" else "ws"
         self.url = f"{ws_scheme}://{rest.rstrip('/')}/ws?clientId={client_id}"
         self.client_id = client_id
         self._on_change = on_change
-        self._backoff_max_s = backoff_max_s
         self._subscribers: dict[str, asyncio.Queue[Message]] = {}
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -116,7 +111,7 @@ class PromptStream:
                     self._broadcast(DISCONNECTED)
                     self._on_change()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self._backoff_max_s)
+            delay = min(delay * 2, _BACKOFF_MAX_S)
 
     def _dispatch(self, frame: str | bytes) -> None:
         message = parse_frame(frame)
