@@ -47,7 +47,7 @@ def loop_seconds(source_png: bytes, target: bytes) -> float:
 
     from pixelbus.faceswap_worker.engines.base import SwapOptions
     from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
-    from pixelbus.faceswap_worker.video import ChunkSwap, swap_frames
+    from pixelbus.faceswap_worker.video import swap_frames
     from pixelbus.media.arrays import decode_image
     from pixelbus.media.video import (
         VideoLimits,
@@ -66,9 +66,7 @@ def loop_seconds(source_png: bytes, target: bytes) -> float:
     source = decode_image(source_png, max_bytes=1 << 30, max_pixels=1 << 27)
     info = probe_video(target, limits)
     frames = decode_frames(target, info.frame_pts[0], info.frame_pts[-1])
-    swapped = swap_frames(
-        frames, source, ChunkSwap(engine, SwapOptions()), threading.Event(), [0, 0]
-    )
+    swapped = swap_frames(frames, source, engine, SwapOptions(), threading.Event(), [0, 0])
     segment = encode_segment(swapped, info, "mp4")
     assemble([segment], target, info, "mp4")
     return time.perf_counter() - started

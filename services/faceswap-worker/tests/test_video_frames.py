@@ -11,7 +11,7 @@ import pytest
 from pixelbus.faceswap_worker.engines.base import SwapOptions
 from pixelbus.faceswap_worker.engines.errors import NoFaceFound
 from pixelbus.faceswap_worker.engines.landmark import LandmarkEngine
-from pixelbus.faceswap_worker.video import ChunkSwap, _Stopped, swap_frames
+from pixelbus.faceswap_worker.video import _Stopped, swap_frames
 from pixelbus.testkit import videos
 
 
@@ -27,9 +27,7 @@ def test_frames_without_a_face_pass_unchanged_and_are_counted(engine: LandmarkEn
     counts = [0, 0]
     frames = iter([(0, hopper), (1, coffee), (2, hopper)])
     out = list(
-        swap_frames(
-            frames, photos["astronaut"], ChunkSwap(engine, SwapOptions()), threading.Event(), counts
-        )
+        swap_frames(frames, photos["astronaut"], engine, SwapOptions(), threading.Event(), counts)
     )
     assert [pts for pts, _ in out] == [0, 1, 2]
     assert np.array_equal(out[1][1], coffee)
@@ -40,11 +38,12 @@ def test_frames_without_a_face_pass_unchanged_and_are_counted(engine: LandmarkEn
 def test_a_source_without_a_face_and_a_stop_end_the_chunk(engine: LandmarkEngine) -> None:
     photos = videos.photos()
     frames = iter([(0, photos["hopper"])])
-    swap = ChunkSwap(engine, SwapOptions())
+    options = SwapOptions()
     with pytest.raises(NoFaceFound) as caught:
-        list(swap_frames(frames, photos["coffee"], swap, threading.Event(), [0, 0]))
+        list(swap_frames(frames, photos["coffee"], engine, options, threading.Event(), [0, 0]))
     assert caught.value.which == "source"
     stop = threading.Event()
     stop.set()
     with pytest.raises(_Stopped):
-        list(swap_frames(iter([(0, photos["hopper"])]), photos["astronaut"], swap, stop, [0, 0]))
+        hopper = iter([(0, photos["hopper"])])
+        list(swap_frames(hopper, photos["astronaut"], engine, options, stop, [0, 0]))

@@ -184,28 +184,6 @@ async def _drop_working_objects(objects: Any, message: VideoChunk | ChunkDone) -
     await delete_objects(objects, names)
 
 
-async def _settle_cancel(
-    states: KeyValue,
-    publisher: EventPublisher,
-    objects: Any,
-    message: VideoChunk | ChunkDone,
-    events: TaskEvents,
-) -> Before:
-    """What the task's state says of going on with it; a task with a cancel request is
-    ended here (``TaskCancelled``, its working files removed)."""
-    state, _ = await read_state(states, message.task_id)
-    before = before_run(state)
-    if before is Before.CANCEL:
-        assert state is not None
-        await publisher.publish(
-            events.cancelled(state.cancel_reason),
-            environment=message.environment,
-            workflow=message.workflow,
-        )
-        await _drop_working_objects(objects, message)
-    return before
-
-
 class VideoSplitter:
     """Splits a video task into chunks (see the module's docstring)."""
 
@@ -284,18 +262,11 @@ class VideoSplitter:
         return self._jobs
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkSwap:
-    """What swapping a chunk needs, ready to run in a thread."""
-
-    engine: FaceSwapEngine
-    options: SwapOptions
-
-
 def swap_frames(
     frames: Iterator[tuple[int, RGBImage]],
     source: RGBImage,
-    swap: ChunkSwap,
+    engine: FaceSwapEngine,
+    options: SwapOptions,
     stop: threading.Event,
     counts: list[int],
 ) -> Iterator[tuple[int, RGBImage]]:
@@ -306,7 +277,6 @@ def swap_frames(
     An engine that swaps frame by frame (``FrameSwapEngine``: the built-in one and
     inswapper) prepares the source face once, and its target faces are followed and
     steadied (``FaceFollower``); any other engine swaps each frame as an image."""
-    engine, options = swap.engine, swap.options
     if isinstance(engine, FrameSwapEngine):
         prepared = engine.prepare_source(source, options)
         follower = FaceFollower(options.target_face_index)
@@ -354,10 +324,58 @@ class _Recent(Generic[T]):
         return value
 
 
-class ChunkWorker(DurableLoop):
-    """Swaps chunks (see the module's docstring)."""
+class _VideoLoop(DurableLoop):
+    """What the chunk and assembler loops share: the buckets (opened on the first
+    message), keeping a long message alive, and ending or failing the task of one."""
 
     stream = VIDEO_STREAM
+
+    def __init__(self, nc: Client, settings: FaceSwapSettings, *, concurrency: int) -> None:
+        super().__init__(nc, concurrency=concurrency, grace_s=30.0)
+        self._settings = settings
+        self._publisher = EventPublisher(self._js)
+        self._reader = ObjectReader(self._js, OUTPUTS_BUCKET)
+        self._state: KeyValue | None = None
+        self._jobs: KeyValue | None = None
+        self._objects: Any = None
+
+    async def _open(self) -> None:
+        if self._state is None:
+            self._state = await self._js.key_value(STATE_BUCKET)
+            self._jobs = await self._js.key_value(VIDEO_BUCKET)
+            self._objects = await self._js.object_store(OUTPUTS_BUCKET)
+
+    def _keep_alive(self, msg: Msg) -> keep_alive:
+        """Tells the server, three times per ack wait, that a long swap or join goes on."""
+        return keep_alive(msg, max(0.2, self._settings.bus.ack_wait_for("faceswap") / 3))
+
+    async def _ended(self, message: VideoChunk | ChunkDone, events: TaskEvents) -> bool:
+        """Whether the task is over; a task with a cancel request is ended here
+        (``TaskCancelled``, its working files removed)."""
+        assert self._state is not None
+        state, _ = await read_state(self._state, message.task_id)
+        before = before_run(state)
+        if before is Before.CANCEL:
+            assert state is not None
+            await self._publish(message, events.cancelled(state.cancel_reason))
+            await _drop_working_objects(self._objects, message)
+        return before is not Before.RUN
+
+    async def _fail(
+        self, message: VideoChunk | ChunkDone, events: TaskEvents, code: str, text: str
+    ) -> None:
+        await self._publish(message, events.failed(code, text, retryable=False, final=True))
+        await _drop_working_objects(self._objects, message)
+
+    async def _publish(self, message: VideoChunk | ChunkDone, event: Any) -> None:
+        await self._publisher.publish(
+            event, environment=message.environment, workflow=message.workflow
+        )
+
+
+class ChunkWorker(_VideoLoop):
+    """Swaps chunks (see the module's docstring)."""
+
     durable = VIDEO_CHUNKS_CONSUMER
     what = "video chunk"
 
@@ -368,27 +386,18 @@ class ChunkWorker(DurableLoop):
         engines: EngineCatalog,
         worker_id: str,
     ) -> None:
-        super().__init__(nc, concurrency=settings.video.chunk_concurrency, grace_s=30.0)
-        self._settings = settings
+        super().__init__(nc, settings, concurrency=settings.video.chunk_concurrency)
         self._engines = engines
         self._worker_id = worker_id
-        self._publisher = EventPublisher(self._js)
         self._retry: RetryPolicy = settings.bus.retry_policy()
-        self._reader = ObjectReader(self._js, OUTPUTS_BUCKET)
         self._inputs: _Recent[bytes] = _Recent()
         self._probes: _Recent[VideoInfo] = _Recent()
-        self._state: KeyValue | None = None
-        self._jobs: KeyValue | None = None
-        self._objects: Any = None
 
     async def process(self, msg: Msg) -> None:
         chunk = msgspec.json.decode(msg.data, type=VideoChunk)
         delivery = msg.metadata.num_delivered
         events = TaskEvents(chunk.task_id, chunk.attempt, utcnow)
-        if self._state is None:
-            self._state = await self._js.key_value(STATE_BUCKET)
-            self._jobs = await self._js.key_value(VIDEO_BUCKET)
-            self._objects = await self._js.object_store(OUTPUTS_BUCKET)
+        await self._open()
         if await self._ended(chunk, events):
             await msg.ack()
             return
@@ -402,9 +411,8 @@ class ChunkWorker(DurableLoop):
             )
             await msg.term()
             return
-        interval = max(0.2, self._settings.bus.ack_wait_for("faceswap") / 3)
         try:
-            with keep_alive(msg, interval):
+            with self._keep_alive(msg):
                 segment, with_faces = await self._swap(chunk, events)
         except _Stopped:
             await self._ended(chunk, events)
@@ -463,15 +471,16 @@ class ChunkWorker(DurableLoop):
         engines = self._engines
 
         def work() -> bytes:
-            swap = ChunkSwap(resolve_engine(engines, chunk.model), options)
+            engine = resolve_engine(engines, chunk.model)
             source = decode_image(
                 source_bytes,
                 max_bytes=settings.max_image_bytes,
                 max_pixels=settings.max_image_pixels,
             )
             first, last = chunk.chunk.first_pts, chunk.chunk.last_pts
-            frames = swap_frames(decode_frames(target, first, last), source, swap, stop, counts)
-            return encode_segment(frames, info, chunk.output_format)  # type: ignore[arg-type]
+            frames = decode_frames(target, first, last)
+            swapped = swap_frames(frames, source, engine, options, stop, counts)
+            return encode_segment(swapped, info, chunk.output_format)  # type: ignore[arg-type]
 
         follower = asyncio.create_task(self._follow(chunk, events, stop, counts))
         try:
@@ -525,42 +534,20 @@ class ChunkWorker(DurableLoop):
             progress = frames_progress(events, update.record.counts, update.revision)
             await self._publish(chunk, progress)
 
-    async def _ended(self, chunk: VideoChunk, events: TaskEvents) -> bool:
-        """Whether the task is over (or now cancelled, which this ends)."""
-        assert self._state is not None
-        before = await _settle_cancel(self._state, self._publisher, self._objects, chunk, events)
-        return before is not Before.RUN
 
-    async def _fail(self, chunk: VideoChunk, events: TaskEvents, code: str, message: str) -> None:
-        await self._publish(chunk, events.failed(code, message, retryable=False, final=True))
-        await _drop_working_objects(self._objects, chunk)
-
-    async def _publish(self, chunk: VideoChunk, event: Any) -> None:
-        await self._publisher.publish(event, environment=chunk.environment, workflow=chunk.workflow)
-
-
-class Assembler(DurableLoop):
+class Assembler(_VideoLoop):
     """Counts chunks and joins them (see the module's docstring)."""
 
-    stream = VIDEO_STREAM
     durable = VIDEO_ASSEMBLER_CONSUMER
     what = "swapped video chunk"
 
     def __init__(self, nc: Client, settings: FaceSwapSettings) -> None:
-        super().__init__(nc, concurrency=4, grace_s=30.0)
-        self._settings = settings
-        self._publisher = EventPublisher(self._js)
-        self._reader = ObjectReader(self._js, OUTPUTS_BUCKET)
-        self._jobs: KeyValue | None = None
-        self._state: KeyValue | None = None
-        self._objects: Any = None
+        super().__init__(nc, settings, concurrency=4)
 
     async def process(self, msg: Msg) -> None:
         done = msgspec.json.decode(msg.data, type=ChunkDone)
-        if self._jobs is None:
-            self._jobs = await self._js.key_value(VIDEO_BUCKET)
-            self._state = await self._js.key_value(STATE_BUCKET)
-            self._objects = await self._js.object_store(OUTPUTS_BUCKET)
+        await self._open()
+        assert self._jobs is not None
         events = TaskEvents(done.task_id, done.attempt, utcnow)
         update = await update_job(self._jobs, done.task_id, lambda counts: counts.with_chunk(done))
         if update is None:
@@ -571,29 +558,22 @@ class Assembler(DurableLoop):
         record, revision = update.record, update.revision
         await self._publish(done, frames_progress(events, record.counts, revision))
         if record.counts.complete:
-            interval = max(0.2, self._settings.bus.ack_wait_for("faceswap") / 3)
-            with keep_alive(msg, interval):
+            with self._keep_alive(msg):
                 await self._finish(done, record, events)
             await self._mark_assembled(done.task_id, record, revision)
         await msg.ack()
 
     async def _finish(self, done: ChunkDone, record: JobRecord, events: TaskEvents) -> None:
-        assert self._state is not None
-        settled = await _settle_cancel(self._state, self._publisher, self._objects, done, events)
-        if settled is not Before.RUN:
+        if await self._ended(done, events):
             return
         counts, job = record.counts, record.job
         if counts.frames_with_faces == 0:
-            await self._publish(
+            await self._fail(
                 done,
-                events.failed(
-                    "no_face_found",
-                    f"no face was found in any of the target video's {counts.frames_total} frames",
-                    retryable=False,
-                    final=True,
-                ),
+                events,
+                "no_face_found",
+                f"no face was found in any of the target video's {counts.frames_total} frames",
             )
-            await _drop_working_objects(self._objects, done)
             return
         names = [chunk_object(done.task_id, index) for index in range(counts.chunks)]
         segments = [await self._reader.read(name) for name in names]
@@ -634,9 +614,6 @@ class Assembler(DurableLoop):
                 msgspec.json.encode(JobRecord(counts=counts, job=record.job)),
                 last=revision,
             )
-
-    async def _publish(self, done: ChunkDone, event: Any) -> None:
-        await self._publisher.publish(event, environment=done.environment, workflow=done.workflow)
 
 
 @dataclass(frozen=True, slots=True)
