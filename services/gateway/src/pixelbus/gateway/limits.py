@@ -5,7 +5,6 @@ with ``Retry-After``, at once)."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +16,23 @@ BUSY_RETRY_AFTER_S = 1
 
 class _TooLarge(Exception):
     pass
+
+
+async def _send_error(send: Send, status: int, detail: str, *headers: tuple[bytes, bytes]) -> None:
+    """A JSON ``{"detail": ...}`` answer sent by the middleware itself, not by the app."""
+    data = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
 
 
 class BodySizeLimit:
@@ -57,21 +73,8 @@ class BodySizeLimit:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body: dict[str, Any] = {
-            "detail": f"request body too large: the limit is {self.max_bytes} bytes"
-        }
-        data = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
+        detail = f"request body too large: the limit is {self.max_bytes} bytes"
+        await _send_error(send, 413, detail)
 
 
 class ConcurrencyLimit:
@@ -108,16 +111,4 @@ class ConcurrencyLimit:
             f"the gateway is busy: {self.max_requests} requests in progress "
             "(PIXELBUS_MAX_CONCURRENT_REQUESTS); nothing was done, retry shortly"
         )
-        data = json.dumps({"detail": detail}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode()),
-                    (b"retry-after", str(BUSY_RETRY_AFTER_S).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
+        await _send_error(send, 503, detail, (b"retry-after", str(BUSY_RETRY_AFTER_S).encode()))
