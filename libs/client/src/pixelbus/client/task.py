@@ -127,7 +127,15 @@ def image_ref(value: str) -> str:
     return f"data:{media};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
-def _webhook(body: dict[str, Any], webhook_url: str | None) -> dict[str, Any]:
+def _task_body(
+    workflow: str, environment: str, wf_json: dict[str, Any], webhook_url: str | None
+) -> dict[str, Any]:
+    """A ``POST /api/tasks/create`` body (the unified task format)."""
+    body: dict[str, Any] = {
+        "workflow": workflow,
+        "environment": environment,
+        "params": {"input_data": {"wf_json": wf_json}},
+    }
     if webhook_url:
         body["webhook_url"] = webhook_url
     return body
@@ -137,24 +145,10 @@ def face_swap_body(
     source: str, target: str, *, webhook_url: str | None = None, **options: Any
 ) -> dict[str, Any]:
     wf = {"source_url": image_ref(source), "target_url": image_ref(target), **options}
-    return _webhook(
-        {
-            "workflow": "face_swap",
-            "environment": FACE_SWAP_ENVIRONMENT,
-            "params": {"input_data": {"wf_json": wf}},
-        },
-        webhook_url,
-    )
+    return _task_body("face_swap", FACE_SWAP_ENVIRONMENT, wf, webhook_url)
 
 
 def workflow_body(
     graph: dict[str, Any], *, workflow: str = "comfy", webhook_url: str | None = None
 ) -> dict[str, Any]:
-    return _webhook(
-        {
-            "workflow": workflow,
-            "environment": COMFY_ENVIRONMENT,
-            "params": {"input_data": {"wf_json": graph}},
-        },
-        webhook_url,
-    )
+    return _task_body(workflow, COMFY_ENVIRONMENT, graph, webhook_url)
