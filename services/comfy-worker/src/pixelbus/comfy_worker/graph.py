@@ -17,11 +17,11 @@ from pixelbus.media.errors import InvalidFileName
 from pixelbus.media.file_names import check_relative_path
 
 __all__ = [
-    "IMAGE_LOADERS",
     "ImageInput",
     "check_graph",
     "check_node_types",
     "image_inputs",
+    "is_remote_image",
     "with_inputs",
 ]
 
@@ -33,6 +33,11 @@ _REMOTE_PREFIXES = ("http://", "https://", "data:", INPUT_OBJECT_PREFIX)
 MAX_NODES = 5000
 
 
+def is_remote_image(value: Any) -> bool:
+    """A URL, data: URI or uploaded object: fetched and uploaded by the worker."""
+    return isinstance(value, str) and value[:16].lower().startswith(_REMOTE_PREFIXES)
+
+
 @dataclass(frozen=True, slots=True)
 class ImageInput:
     node_id: str
@@ -41,8 +46,7 @@ class ImageInput:
 
     @property
     def is_remote(self) -> bool:
-        """A URL, data: URI or uploaded object: fetched and uploaded by the worker."""
-        return self.value[:16].lower().startswith(_REMOTE_PREFIXES)
+        return is_remote_image(self.value)
 
 
 def check_graph(graph: Any) -> dict[str, str]:

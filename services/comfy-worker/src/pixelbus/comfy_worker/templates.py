@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelbus.comfy_worker.errors import WorkflowError
-from pixelbus.comfy_worker.graph import check_graph, check_node_types, with_inputs
-from pixelbus.contracts.subjects import INPUT_OBJECT_PREFIX
+from pixelbus.comfy_worker.graph import check_graph, check_node_types, is_remote_image, with_inputs
 
 __all__ = ["Param", "Template", "TemplateError", "builtin_templates", "load_templates"]
 
@@ -44,12 +43,6 @@ _MISSING = object()
 
 class TemplateError(ValueError):
     """A template file is invalid (names the file and the problem)."""
-
-
-def _is_image_url(value: Any) -> bool:
-    return isinstance(value, str) and value[:16].lower().startswith(
-        ("http://", "https://", "data:", INPUT_OBJECT_PREFIX)
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +86,7 @@ class Param:
         elif self.type == "bool":
             if not isinstance(value, bool):
                 raise ValueError("must be true or false")
-        elif self.type == "image-url" and not _is_image_url(value):
+        elif self.type == "image-url" and not is_remote_image(value):
             raise ValueError("must be an http(s) URL or a data: URI")
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"must be at least {self.minimum:g}")
