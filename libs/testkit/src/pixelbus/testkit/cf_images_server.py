@@ -28,23 +28,20 @@ as Cloudflare's edge sends it (not JSON).
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.parser import BytesParser
-from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from pixelbus.testkit.http_server import LoopbackHttpServer, QuietHandler, multipart_parts
+
 __all__ = ["CfImage", "CfImagesServer", "cf_images_server"]
 
-_HOST = "127.0.0.1"
 _MAX_BYTES = 10 * 1024 * 1024
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 
@@ -63,7 +60,7 @@ def _is_image(data: bytes) -> bool:
     return webp or data.startswith(_MAGIC) or data.lstrip()[:4] == b"<svg"
 
 
-class CfImagesServer:
+class CfImagesServer(LoopbackHttpServer):
     """The fake service; ``account_id`` and ``api_token`` are the credentials it accepts."""
 
     def __init__(self, *, variants: tuple[str, ...] = ("public", "thumbnail")) -> None:
@@ -75,15 +72,7 @@ class CfImagesServer:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every API request
         self._faults: list[int] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((_HOST, 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{_HOST}:{self._server.server_address[1]}"
+        super().__init__(_handler(self))
 
     @property
     def api_url(self) -> str:
@@ -92,15 +81,6 @@ class CfImagesServer:
     @property
     def delivery_url(self) -> str:
         return f"{self.url}/delivery"
-
-    def __enter__(self) -> CfImagesServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
 
     def fail_next(self, count: int, status: int = 503) -> None:
         with self._lock:
@@ -133,49 +113,20 @@ def _answer(result: Any = None, errors: list[tuple[int, str]] | None = None) -> 
 
 def _form(content_type: str, body: bytes) -> dict[str, tuple[str | None, str, bytes]]:
     """``multipart/form-data`` fields: name -> (filename, content type, bytes)."""
-    message = BytesParser(policy=HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + body
-    )
     fields = {}
-    for part in message.iter_parts():
+    for part, data in multipart_parts(content_type, body):
         name = part.get_param("name", header="content-disposition")
-        fields[str(name)] = (
-            part.get_filename(),
-            part.get_content_type(),
-            _payload(part),
-        )
+        fields[str(name)] = (part.get_filename(), part.get_content_type(), data)
     return fields
 
 
-def _payload(part: Any) -> bytes:
-    data = part.get_payload(decode=True)
-    return data if isinstance(data, bytes) else b""
-
-
-def _handler(server: CfImagesServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes | dict[str, Any], content_type: str) -> None:
-            data = json.dumps(body).encode() if isinstance(body, dict) else body
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _json(self, status: int, body: dict[str, Any]) -> None:
-            self._send(status, body, "application/json")
-
+def _handler(server: CfImagesServer) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self._route(b"")
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self._route(self.rfile.read(length) if length else b"")
+            self._route(self._body())
 
         def _route(self, body: bytes) -> None:
             path = unquote(urlsplit(self.path).path)
@@ -187,7 +138,7 @@ def _handler(server: CfImagesServer) -> type[BaseHTTPRequestHandler]:
             fault = server._take_fault()
             if fault == 429:
                 message = "Please wait and consider throttling your request speed"
-                self._json(429, _answer(errors=[(971, message)]))
+                self._send(429, _answer(errors=[(971, message)]))
                 return
             if fault is not None:
                 page = f"<html><body><h1>{fault} Service Unavailable</h1></body></html>"
@@ -197,37 +148,37 @@ def _handler(server: CfImagesServer) -> type[BaseHTTPRequestHandler]:
             account, _, rest = path.removeprefix(prefix).partition("/")
             token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
             if not path.startswith(prefix) or token != server.api_token:
-                self._json(401, _answer(errors=[(10000, "Authentication error")]))
+                self._send(401, _answer(errors=[(10000, "Authentication error")]))
                 return
             if account != server.account_id:
-                self._json(403, _answer(errors=[(10000, "Authentication error")]))
+                self._send(403, _answer(errors=[(10000, "Authentication error")]))
                 return
             if rest == "images/v1" and self.command == "POST":
                 self._upload(body)
             elif rest == "images/v1/stats" and self.command == "GET":
                 count = {"current": len(server.images), "allowed": 100000}
-                self._json(200, _answer({"count": count}))
+                self._send(200, _answer({"count": count}))
             elif rest.startswith("images/v1/") and self.command == "GET":
                 image = server.images.get(rest.removeprefix("images/v1/"))
                 if image is None:
-                    self._json(404, _answer(errors=[(5404, "Image not found")]))
+                    self._send(404, _answer(errors=[(5404, "Image not found")]))
                 else:
-                    self._json(200, _answer(server.result(image)))
+                    self._send(200, _answer(server.result(image)))
             else:
-                self._json(404, _answer(errors=[(7003, "No route for the URI")]))
+                self._send(404, _answer(errors=[(7003, "No route for the URI")]))
 
         def _upload(self, body: bytes) -> None:
             fields = _form(self.headers.get("Content-Type", ""), body)
             if "file" not in fields:
-                self._json(400, _answer(errors=[(5400, "Bad request: no file")]))
+                self._send(400, _answer(errors=[(5400, "Bad request: no file")]))
                 return
             filename, content_type, data = fields["file"]
             if len(data) > _MAX_BYTES:
-                self._json(413, _answer(errors=[(5413, "Image too large")]))
+                self._send(413, _answer(errors=[(5413, "Image too large")]))
                 return
             if not _is_image(data):
                 message = "Bad request: ERROR 9422: Decode error: image failed to be decoded"
-                self._json(400, _answer(errors=[(5400, message)]))
+                self._send(400, _answer(errors=[(5400, message)]))
                 return
             image_id = fields["id"][2].decode() if "id" in fields else str(uuid.uuid4())
             with server._lock:
@@ -243,9 +194,9 @@ def _handler(server: CfImagesServer) -> type[BaseHTTPRequestHandler]:
                         datetime.now(UTC).isoformat(),
                     )
             if exists:
-                self._json(409, _answer(errors=[(5409, "Resource already exists")]))
+                self._send(409, _answer(errors=[(5409, "Resource already exists")]))
                 return
-            self._json(200, _answer(server.result(server.images[image_id])))
+            self._send(200, _answer(server.result(server.images[image_id])))
 
         def _deliver(self, path: str) -> None:
             account_hash, _, rest = path.partition("/")

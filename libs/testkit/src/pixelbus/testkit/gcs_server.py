@@ -38,9 +38,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.parser import BytesParser
-from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -50,9 +47,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-__all__ = ["GcsObject", "GcsServer", "gcs_server"]
+from pixelbus.testkit.http_server import LoopbackHttpServer, QuietHandler, multipart_parts
 
-_HOST = "127.0.0.1"
+__all__ = ["GcsObject", "GcsServer", "gcs_server"]
 
 
 @dataclass
@@ -79,7 +76,7 @@ class _Resumable:
     received: bytearray = field(default_factory=bytearray)
 
 
-class GcsServer:
+class GcsServer(LoopbackHttpServer):
     """The fake GCS service; use as a context manager (or the ``gcs_server`` fixture)."""
 
     def __init__(self, *, require_auth: bool = True) -> None:
@@ -94,28 +91,11 @@ class GcsServer:
         self._faults: list[tuple[int, str | None]] = []  # (status, only for this method)
         self._generation = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((_HOST, 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{_HOST}:{self._server.server_address[1]}"
+        super().__init__(_handler(self))
 
     @property
     def token_uri(self) -> str:
         return f"{self.url}/token"
-
-    def __enter__(self) -> GcsServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
 
     # -- arranging ---------------------------------------------------------------------
 
@@ -281,47 +261,8 @@ def _error(status: int, message: str, reason: str = "error") -> dict[str, Any]:
     }
 
 
-def _split_related(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
-    """The parts of a ``multipart/related`` body: ``(content type, bytes)`` each."""
-    message = BytesParser(policy=HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + body
-    )
-    return [(part.get_content_type(), _payload(part)) for part in message.iter_parts()]
-
-
-def _payload(part: Any) -> bytes:
-    data = part.get_payload(decode=True)
-    return data if isinstance(data, bytes) else b""
-
-
-def _handler(server: GcsServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
-
-        def _send(
-            self,
-            status: int,
-            body: bytes | dict[str, Any] = b"",
-            content_type: str = "application/json",
-            headers: dict[str, str] | None = None,
-        ) -> None:
-            data = json.dumps(body).encode() if isinstance(body, dict) else body
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-
+def _handler(server: GcsServer) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def _xml_error(self, status: int, code: str) -> None:
             body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code></Error>"
             self._send(status, body.encode(), "application/xml")
@@ -409,9 +350,11 @@ def _handler(server: GcsServer) -> type[BaseHTTPRequestHandler]:
             if kind == "media":
                 self._send(200, server._store(bucket, params["name"], body, content_type, None))
             elif kind == "multipart":
-                (_, meta_bytes), (data_type, data) = _split_related(content_type, body)
+                # multipart/related: the JSON metadata, then the bytes
+                (_, meta_bytes), (part, data) = multipart_parts(content_type, body)
                 meta = json.loads(meta_bytes)
                 name = meta.get("name") or params.get("name", "")
+                data_type = part.get_content_type()
                 answer = server._store(bucket, name, data, data_type, meta.get("cacheControl"))
                 self._send(200, answer)
             elif kind == "resumable":

@@ -32,13 +32,13 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from pixelbus.testkit.http_server import LoopbackHttpServer, QuietHandler
 from pixelbus.testkit.nats_server import stop_processes
 
 __all__ = [
@@ -215,7 +215,7 @@ def s3_bucket(s3_server: S3Server) -> str:
     return s3_server.create_bucket()
 
 
-class FaultyProxy:
+class FaultyProxy(LoopbackHttpServer):
     """An HTTP proxy that answers the first ``fail_first`` requests itself, then forwards.
 
     ``hang=True`` makes those requests get no answer (a server that stopped responding):
@@ -261,29 +261,15 @@ class FaultyProxy:
         self._held: dict[socket.socket, str] = {}  # hung requests not counted out yet
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._server = ThreadingHTTPServer((_HOST, 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        super().__init__(self._handler_class())
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://{_HOST}:{self._server.server_address[1]}"
-
-    def __enter__(self) -> FaultyProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        return self.url
 
     def close(self) -> None:
-        self._closing.set()
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join()
-        self._server.server_close()
+        self._closing.set()  # first: hung and delayed requests let go
+        super().close()
 
     def fail_next(self, count: int = sys.maxsize) -> None:
         """Fail the next ``count`` requests (every one until ``heal`` by default)."""
@@ -350,24 +336,14 @@ class FaultyProxy:
             with self._lock:
                 self._release(connection, abandoned=False)
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[QuietHandler]:
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # so that ``Expect: 100-continue`` is answered
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep test output quiet
-
+        class Handler(QuietHandler):
             def send_response(self, code: int, message: str | None = None) -> None:
                 # No ``Server`` header of our own: the upstream's is forwarded.
                 self.send_response_only(code, message)
                 self.send_header("Date", self.date_time_string())
-
-            def _body(self) -> bytes:
-                # botocore sends Content-Length for in-memory bodies; chunked is not needed
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
 
             def _handle(self) -> None:
                 path = urlsplit(self.path).path
@@ -380,7 +356,7 @@ class FaultyProxy:
                         proxy._hold(self.connection, path)  # counts the request out
                         self.close_connection = True
                     elif fault:
-                        self._send(
+                        self._answer(
                             proxy.status, {"Content-Type": "application/xml"}, _error(proxy.status)
                         )
                     else:
@@ -406,9 +382,9 @@ class FaultyProxy:
                     conn.close()
                 with proxy._lock:
                     proxy.forwarded[f"{self.command} {urlsplit(self.path).path}"] += 1
-                self._send(response.status, upstream_headers, data)
+                self._answer(response.status, upstream_headers, data)
 
-            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+            def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
                 self.send_response(status)
                 length = str(len(body))
                 for key, value in headers.items():
