@@ -64,7 +64,7 @@ async def _updates(gw: Gateway, task_id: str, after: int | None) -> AsyncIterato
                 if not pending or last is None:
                     yield None
                     continue
-                moved = await _position(gw, last)
+                moved = await gw.queues.position_or_none(last.state)
                 if moved != position:
                     position = moved
                     yield last.seq, task_view(last.state, queue_position=position)
@@ -74,16 +74,12 @@ async def _updates(gw: Gateway, task_id: str, after: int | None) -> AsyncIterato
                 yield _END
                 return
             last = item
-            position = await _position(gw, item)
+            position = await gw.queues.position_or_none(item.state)
             yield item.seq, task_view(item.state, queue_position=position)
     finally:
         pumper.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pumper
-
-
-async def _position(gw: Gateway, update: Update) -> int | None:
-    return await gw.queues.position_or_none(update.state)
 
 
 @router.get(
