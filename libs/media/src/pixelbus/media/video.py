@@ -39,10 +39,6 @@ from pixelbus.media.arrays import RGBImage
 from pixelbus.media.errors import InvalidVideo, VideoTooLarge
 
 __all__ = [
-    "MAX_BYTES_ENV",
-    "MAX_DURATION_ENV",
-    "MAX_FRAMES_ENV",
-    "MAX_PIXELS_ENV",
     "Container",
     "VideoFormat",
     "VideoInfo",
@@ -50,7 +46,6 @@ __all__ = [
     "assemble",
     "decode_frames",
     "encode_segment",
-    "frame_count_and_rate",
     "is_video",
     "probe_video",
 ]
@@ -336,31 +331,13 @@ def _first_frame_rotation(source: InputContainer, stream: VideoStream) -> int:
     raise InvalidVideo("the video has no decodable frame")
 
 
-def frame_count_and_rate(data: bytes) -> tuple[int, Fraction]:
-    """How many frames ``data`` has (by demuxing) and its average frame rate."""
-    with _open(data) as source:
-        stream = _video_stream(source)
-        count = 0
-        try:
-            for packet in source.demux(stream):
-                count += packet.pts is not None
-        except _FFMPEG_ERRORS as exc:
-            raise InvalidVideo("the video is truncated or damaged") from exc
-        return count, Fraction(stream.average_rate or 0)
-
-
 # --- decoding a range -----------------------------------------------------------------
 
 
 def _upright(image: RGBImage, rotation: int) -> RGBImage:
-    """Turn a stored frame by ``rotation`` degrees counter-clockwise (np.rot90's way)."""
+    """Turn a stored frame by ``rotation`` degrees counter-clockwise (np.rot90's way);
+    ``-rotation`` turns it back."""
     turns = (rotation // 90) % 4
-    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
-
-
-def _stored(image: RGBImage, rotation: int) -> RGBImage:
-    """Undo ``_upright``."""
-    turns = (-(rotation // 90)) % 4
     return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
@@ -461,7 +438,7 @@ def encode_segment(
         stream = _add_video_stream(output, info, output_format, width, height)
         count = 0
         for pts, image in frames:
-            stored = _stored(image, info.rotation)
+            stored = _upright(image, -info.rotation)
             if stored.shape[:2] != (info.height, info.width) and stored.shape[:2] != (
                 height,
                 width,
@@ -670,19 +647,20 @@ def _encode_audio(
     start: int | None = None
     written = 0
     try:
-        for frame in source.decode(audio):
-            if start is None and frame.pts is not None and frame.time_base is not None:
+        # a last None flushes the resampler
+        for frame in itertools.chain(source.decode(audio), [None]):
+            if (
+                start is None
+                and frame is not None
+                and frame.pts is not None
+                and frame.time_base is not None
+            ):
                 start = round(frame.pts * Fraction(frame.time_base) * rate)
             for piece in resampler.resample(frame):
                 piece.pts = (start or 0) + written
                 piece.time_base = Fraction(1, rate)
                 written += piece.samples
                 yield from encoded.encode(piece)
-        for piece in resampler.resample(None):
-            piece.pts = (start or 0) + written
-            piece.time_base = Fraction(1, rate)
-            written += piece.samples
-            yield from encoded.encode(piece)
         yield from encoded.encode(None)
     except _FFMPEG_ERRORS as exc:
         raise InvalidVideo("the video's audio track cannot be decoded") from exc
