@@ -121,11 +121,8 @@ async def _follow(
             # that arrives as the message does, and a cancelled task must stop.
             async with asyncio.timeout(wait_s):
                 message = await queue.get()
-        except TimeoutError:
-            entry = await _reconcile(backend, prompt_id)
-            if entry is not None:
-                return _outcome(entry)
-            continue
+        except TimeoutError:  # a silent socket: look the prompt up as after a reconnect
+            message = Message(RECONNECTED, {})
         kind = message.type
         if kind == "execution_error":
             raise execution_failure(message.data)
@@ -177,16 +174,14 @@ async def _history(backend: Backend, prompt_id: str, wait_s: float) -> HistoryEn
         if entry is not None:
             return entry
         if time.monotonic() > deadline:
-            return await _reconcile_or_lost(backend, prompt_id)
+            entry = await _reconcile(backend, prompt_id)
+            if entry is None:
+                raise BackendUnavailable(
+                    f"ComfyUI at {backend.url} reported the prompt done, no history"
+                )
+            return entry
         await asyncio.sleep(delay)  # the history race: written just after the message
         delay = min(delay * 2, 0.5)
-
-
-async def _reconcile_or_lost(backend: Backend, prompt_id: str) -> HistoryEntry:
-    entry = await _reconcile(backend, prompt_id)
-    if entry is None:
-        raise BackendUnavailable(f"ComfyUI at {backend.url} reported the prompt done, no history")
-    return entry
 
 
 def _outcome(entry: HistoryEntry) -> HistoryEntry:
