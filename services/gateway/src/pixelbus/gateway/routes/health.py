@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -94,10 +95,7 @@ async def health(gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
     seen = seen if workers_ok else []
     body["workers"] = [w for w in seen if w.get("pool") != _STORAGE_POOL]
     body["storage"] = _storage([w for w in seen if w.get("pool") == _STORAGE_POOL])
-    pools: dict[str, int] = {}
-    for worker in body["workers"]:
-        pools[worker.get("pool", "?")] = pools.get(worker.get("pool", "?"), 0) + 1
-    body["pools"] = pools
+    body["pools"] = dict(Counter(worker.get("pool", "?") for worker in body["workers"]))
     body["projector"] = await _projector(gw)
     healthy = js_ok and kv_ok
     degraded = body["storage"]["reachable"] is False or body["projector"]["ok"] is False
