@@ -327,8 +327,7 @@ class FakeComfyUI:
         self._sockets.clear()
         self._pending, self._running, self._history = [], None, {}
         await runner.cleanup()
-        async with self._changed:
-            self._changed.notify_all()
+        await self._notify()
 
     # --- call log ---
 
@@ -343,8 +342,7 @@ class FakeComfyUI:
                 body = raw.decode(errors="replace")
         path = request.path.removeprefix("/api")
         self.calls.append(Call(request.method, path, body))
-        async with self._changed:
-            self._changed.notify_all()
+        await self._notify()
         return await handler(request)
 
     def calls_to(self, method: str, path: str) -> list[Call]:
@@ -442,15 +440,17 @@ class FakeComfyUI:
         with contextlib.suppress(Exception):
             await sock.ws.send_str(json.dumps({"type": kind, "data": data}))
 
-    async def _send(self, kind: str, data: Json, sid: str | None) -> None:
-        """To ``sid`` only, or to every socket when ``sid`` is None (as ComfyUI does)."""
+    def _sockets_for(self, sid: str | None) -> list[_Socket]:
+        """The socket of ``sid`` only, or every socket when ``sid`` is None (as ComfyUI
+        sends)."""
         if sid is None:
-            for sock in list(self._sockets.values()):
-                await self._send_one(sock, kind, data)
-        else:
-            target = self._sockets.get(sid)
-            if target is not None:
-                await self._send_one(target, kind, data)
+            return list(self._sockets.values())
+        sock = self._sockets.get(sid)
+        return [sock] if sock is not None else []
+
+    async def _send(self, kind: str, data: Json, sid: str | None) -> None:
+        for sock in self._sockets_for(sid):
+            await self._send_one(sock, kind, data)
 
     async def _send_exec(self, kind: str, data: Json, prompt: _Prompt) -> None:
         """Execution events go to the prompt's client only; nobody gets them without one."""
@@ -461,12 +461,7 @@ class FakeComfyUI:
         await self._send("status", {"status": self._status()}, None)
 
     async def _send_preview(self, prompt: _Prompt, node_id: str, image: bytes) -> None:
-        targets = (
-            list(self._sockets.values())
-            if prompt.client_id is None
-            else [s for s in [self._sockets.get(prompt.client_id)] if s is not None]
-        )
-        for sock in targets:
+        for sock in self._sockets_for(prompt.client_id):
             if sock.preview_metadata:
                 meta = json.dumps(
                     {
@@ -827,58 +822,49 @@ class FakeComfyUI:
         executed: list[str] = []
         for nid in order:
             hit = self._cache.get(signatures[nid])
-            if hit is not None:
-                values[nid], ui = hit
-                if ui is not None:
-                    ui_outputs[nid] = ui
-                    await self._send_exec(
-                        "executed",
-                        {"node": nid, "display_node": nid, "output": ui, "prompt_id": pid},
-                        prompt,
-                    )
-                continue
-            node = prompt.graph[nid]
-            class_type = node["class_type"]
-            if self._interrupt:
-                await self._finish_interrupted(prompt, nid, class_type, executed, messages)
-                return
-            if self.crash_on.get(class_type):
-                raise _Crashed
-            self._current_node = nid
-            await self._notify()
-            await self._send_exec(
-                "executing", {"node": nid, "display_node": nid, "prompt_id": pid}, prompt
-            )
-            await self._progress_state(prompt, nid, "running", 0, 1)
-            try:
-                result, ui = await self._run_node(prompt, nid, class_type, node, values)
-            except _Interrupted:
-                await self._finish_interrupted(prompt, nid, class_type, executed, messages)
-                return
-            except NodeFailure as exc:
-                await exec_event(
-                    "execution_error",
-                    {
-                        "node_id": nid,
-                        "node_type": class_type,
-                        "executed": executed,
-                        "exception_message": str(exc),
-                        "exception_type": "Exception",
-                        "traceback": [
-                            f'  File "nodes.py", line 1, in {class_type}\n',
-                            f"Exception: {exc}\n",
-                        ],
-                        "current_inputs": {},
-                        "current_outputs": {},
-                    },
+            if hit is None:  # not cached: run it
+                node = prompt.graph[nid]
+                class_type = node["class_type"]
+                if self._interrupt:
+                    await self._finish_interrupted(prompt, nid, class_type, executed, messages)
+                    return
+                if self.crash_on.get(class_type):
+                    raise _Crashed
+                self._current_node = nid
+                await self._notify()
+                await self._send_exec(
+                    "executing", {"node": nid, "display_node": nid, "prompt_id": pid}, prompt
                 )
-                self._save_history(prompt, ui_outputs, "error", messages)
-                return
-            self.executed_nodes.append((pid, nid))
-            executed.append(nid)
-            values[nid] = result
-            self._cache[signatures[nid]] = (result, ui)
-            await self._progress_state(prompt, nid, "finished", 1, 1)
+                await self._progress_state(prompt, nid, "running", 0, 1)
+                try:
+                    hit = await self._run_node(prompt, nid, class_type, node, values)
+                except _Interrupted:
+                    await self._finish_interrupted(prompt, nid, class_type, executed, messages)
+                    return
+                except NodeFailure as exc:
+                    await exec_event(
+                        "execution_error",
+                        {
+                            "node_id": nid,
+                            "node_type": class_type,
+                            "executed": executed,
+                            "exception_message": str(exc),
+                            "exception_type": "Exception",
+                            "traceback": [
+                                f'  File "nodes.py", line 1, in {class_type}\n',
+                                f"Exception: {exc}\n",
+                            ],
+                            "current_inputs": {},
+                            "current_outputs": {},
+                        },
+                    )
+                    self._save_history(prompt, ui_outputs, "error", messages)
+                    return
+                self.executed_nodes.append((pid, nid))
+                executed.append(nid)
+                self._cache[signatures[nid]] = hit
+                await self._progress_state(prompt, nid, "finished", 1, 1)
+            values[nid], ui = hit
             if ui is not None:
                 ui_outputs[nid] = ui
                 await self._send_exec(
@@ -1010,11 +996,19 @@ class FakeComfyUI:
             prefix = inputs.get("filename_prefix", "ComfyUI")
             if kind == "temp":
                 prefix = "ComfyUI_temp_" + uuid.uuid4().hex[:5]
-            items = [self._save(image, kind, prefix, ".png") for image in inputs["images"]]
+            items = [self._save(image, kind, prefix) for image in inputs["images"]]
             return [], {"images": items}
         if class_type == "SaveAnimatedWEBP":
             images = inputs["images"]
-            item = self._save_animated(images, inputs["filename_prefix"], float(inputs["fps"]))
+            path, item = self._new_file("output", inputs["filename_prefix"], ".webp")
+            images[0].save(
+                path,
+                format="WEBP",
+                save_all=True,
+                append_images=images[1:],
+                duration=int(1000 / float(inputs["fps"])),
+                lossless=True,
+            )
             return [], {"images": [item], "animated": [True]}
         if class_type == "EmptyLatentImage":
             shape = (
@@ -1025,43 +1019,26 @@ class FakeComfyUI:
             )
             return [{"samples_shape": shape}], None
         if class_type == "SaveLatent":
-            shape = inputs["samples"]["samples_shape"]
-            item = self._save_bytes(
-                _fake_safetensors(shape), "output", inputs["filename_prefix"], ".latent"
-            )
+            path, item = self._new_file("output", inputs["filename_prefix"], ".latent")
+            path.write_bytes(_fake_safetensors(inputs["samples"]["samples_shape"]))
             return [], {"latents": [item]}
         raise NodeFailure(f"no implementation for {class_type}")
 
-    def _next_path(self, kind: str, prefix: str, ext: str) -> tuple[Path, str, str]:
+    def _new_file(self, kind: str, prefix: str, ext: str) -> tuple[Path, Json]:
+        """The next free numbered path for ``prefix`` (``ComfyUI_00001_.png``), and the
+        file's entry in a node's UI output."""
         subfolder, _, stem = prefix.rpartition("/")
         folder = self.root / kind / subfolder
         folder.mkdir(parents=True, exist_ok=True)
         pattern = re.compile(rf"^{re.escape(stem)}_(\d+)_")
         counters = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
         name = f"{stem}_{max(counters, default=0) + 1:05}_{ext}"
-        return folder / name, name, subfolder
+        return folder / name, {"filename": name, "subfolder": subfolder, "type": kind}
 
-    def _save(self, image: Image.Image, kind: str, prefix: str, ext: str) -> Json:
-        path, name, subfolder = self._next_path(kind, prefix, ext)
+    def _save(self, image: Image.Image, kind: str, prefix: str) -> Json:
+        path, item = self._new_file(kind, prefix, ".png")
         image.save(path, format="PNG", compress_level=1 if kind == "temp" else 4)
-        return {"filename": name, "subfolder": subfolder, "type": kind}
-
-    def _save_animated(self, images: list[Image.Image], prefix: str, fps: float) -> Json:
-        path, name, subfolder = self._next_path("output", prefix, ".webp")
-        images[0].save(
-            path,
-            format="WEBP",
-            save_all=True,
-            append_images=images[1:],
-            duration=int(1000 / fps),
-            lossless=True,
-        )
-        return {"filename": name, "subfolder": subfolder, "type": "output"}
-
-    def _save_bytes(self, data: bytes, kind: str, prefix: str, ext: str) -> Json:
-        path, name, subfolder = self._next_path(kind, prefix, ext)
-        path.write_bytes(data)
-        return {"filename": name, "subfolder": subfolder, "type": kind}
+        return item
 
 
 # --- pure helpers ------------------------------------------------------------------------
