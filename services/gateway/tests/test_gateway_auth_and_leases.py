@@ -76,7 +76,7 @@ SECRET = "s3cret-shared-by-every-replica"
 
 
 def lease() -> Lease:
-    return Lease.new(
+    return Lease(
         task_id="task_1",
         reply="$JS.ACK.PIXELBUS_TASKS.pool-comfy.1.7.7.0.0",
         attempt=1,

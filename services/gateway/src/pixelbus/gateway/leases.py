@@ -25,34 +25,14 @@ class LeaseError(Exception):
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
-    lease_id: str
+    #: New for each lease: the token of an earlier lease of the same task is refused.
+    lease_id: str = msgspec.field(default_factory=lambda: secrets.token_hex(12))
     task_id: str
     reply: str
     attempt: int
     consumer: str
     environment: str
     workflow: str
-
-    @classmethod
-    def new(
-        cls,
-        *,
-        task_id: str,
-        reply: str,
-        attempt: int,
-        consumer: str,
-        environment: str,
-        workflow: str,
-    ) -> Lease:
-        return cls(
-            lease_id=secrets.token_hex(12),
-            task_id=task_id,
-            reply=reply,
-            attempt=attempt,
-            consumer=consumer,
-            environment=environment,
-            workflow=workflow,
-        )
 
 
 def _b64(data: bytes) -> str:

@@ -136,7 +136,7 @@ async def fetch_task(
                 continue
             break
     attempt = msg.metadata.num_delivered
-    lease = Lease.new(
+    lease = Lease(
         task_id=event.task_id,
         reply=msg.reply,
         attempt=attempt,
