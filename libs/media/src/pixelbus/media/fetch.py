@@ -15,6 +15,7 @@ so a TLS connection opened for one host name may be reused for another on the sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -189,17 +190,22 @@ async def _send(
     """Send to the checked addresses in order until one accepts the connection (a host
     may list an IPv6 address this machine cannot reach)."""
     for address in addresses[:-1]:
-        try:
+        with contextlib.suppress(httpx.ConnectError):
             return await _send_to(http, target, address)
-        except httpx.ConnectError:
-            continue
     return await _send_to(http, target, addresses[-1])
 
 
 async def _send_to(
     http: httpx.AsyncClient, target: UrlTarget, address: IPAddress
 ) -> httpx.Response:
-    request = _pinned_request(http, target, address)
+    """A request to ``address`` that the server and TLS still see as for the host name."""
+    extensions = {}
+    if target.url.scheme == "https" and target.address is None:
+        extensions["sni_hostname"] = target.host
+    headers = {**_HEADERS, "Host": target.url.netloc.decode("ascii")}
+    request = http.build_request(
+        "GET", target.url.copy_with(host=str(address)), headers=headers, extensions=extensions
+    )
     return await http.send(request, stream=True, follow_redirects=False)
 
 
@@ -224,19 +230,6 @@ def _failure(target: UrlTarget, error: httpx.HTTPError) -> MediaError:
             )
         cause = cause.__cause__ or cause.__context__
     return FetchFailed(f"could not fetch from {target.label}: {error!r}")
-
-
-def _pinned_request(
-    http: httpx.AsyncClient, target: UrlTarget, address: IPAddress
-) -> httpx.Request:
-    """A request to ``address`` that the server and TLS still see as for the host name."""
-    extensions = {}
-    if target.url.scheme == "https" and target.address is None:
-        extensions["sni_hostname"] = target.host
-    headers = {**_HEADERS, "Host": target.url.netloc.decode("ascii")}
-    return http.build_request(
-        "GET", target.url.copy_with(host=str(address)), headers=headers, extensions=extensions
-    )
 
 
 def _check_status(response: httpx.Response, target: UrlTarget) -> None:

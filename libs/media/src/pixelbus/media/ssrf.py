@@ -29,16 +29,12 @@ import httpx
 from pixelbus.media.errors import BlockedUrl, InvalidUrl, describe_url
 
 __all__ = [
-    "METADATA_ADDRESSES",
-    "METADATA_HOST_NAMES",
     "IPAddress",
     "IPNetwork",
     "SsrfPolicy",
     "UrlTarget",
-    "embedded_ipv4",
     "is_forbidden_address",
     "is_forbidden_host_name",
-    "parse_ip_literal",
 ]
 
 IPAddress: TypeAlias = IPv4Address | IPv6Address
