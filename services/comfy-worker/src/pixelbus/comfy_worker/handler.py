@@ -24,7 +24,7 @@ import hashlib
 import io
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +95,31 @@ class ComfyHandler:
         )
 
     async def __call__(self, ctx: TaskContext) -> TaskResult:
-        return await self._handle(ctx)
+        prepared = self.prepare(ctx.workflow, ctx.input_data)
+        include_previews = bool(
+            ctx.input_data.get("include_previews", self._settings.include_previews)
+        )
+        relay = ProgressRelay(ctx.progress, self._settings.progress_delay_s)
+        try:
+            if prepared.images:
+                await relay.report(0.0, message=f"fetching {len(prepared.images)} input image(s)")
+            fetched = await asyncio.gather(
+                *(self._fetch(item, ctx.task_id) for item in prepared.images)
+            )
+            prompt_id = str(uuid.uuid4())
+            async with self._pool.acquire(timeout=self._settings.reconnect_s) as backend:
+                try:
+                    result = await self._run(
+                        backend, prepared, fetched, prompt_id, include_previews, relay
+                    )
+                except BackendUnavailable as exc:
+                    self._pool.mark_down(backend, exc.message)
+                    raise
+        except BaseException:
+            relay.cancel()
+            raise
+        await relay.close()
+        return result
 
     # --- 1. the graph (pure) ---
 
@@ -103,10 +127,10 @@ class ComfyHandler:
         """The graph to run for a task; ``WorkflowError`` before anything is sent."""
         wf_json = input_data.get("wf_json")
         template = self._templates.get(workflow)
+        allowed: Collection[str] | None
         if template is not None:
             graph = template.fill(wf_json if wf_json is not None else {}, self._rng)
-            types = check_graph(graph)
-            check_node_types(types, template.node_types)
+            allowed = template.node_types
             timeout = template.timeout_s or self._settings.task_timeout_s
         else:
             if not self._settings.raw_graphs:
@@ -117,9 +141,10 @@ class ComfyHandler:
                     code="unknown_workflow",
                 )
             graph = _unwrap(wf_json)
-            types = check_graph(graph)
-            check_node_types(types, self._settings.allowed_node_types)
+            allowed = self._settings.allowed_node_types
             timeout = self._settings.task_timeout_s
+        types = check_graph(graph)
+        check_node_types(types, allowed)
         asked = input_data.get("timeout_s")
         if asked is not None:
             if isinstance(asked, bool) or not isinstance(asked, int | float) or asked <= 0:
@@ -127,42 +152,6 @@ class ComfyHandler:
             timeout = min(float(asked), timeout)
         images = image_inputs(graph, self._settings.allowed_input_files)
         return PreparedGraph(graph, types, images, timeout, template.name if template else None)
-
-    async def _handle(self, ctx: TaskContext) -> TaskResult:
-        prepared = self.prepare(ctx.workflow, ctx.input_data)
-        include_previews = bool(
-            ctx.input_data.get("include_previews", self._settings.include_previews)
-        )
-        relay = ProgressRelay(ctx.progress, self._settings.progress_delay_s)
-        try:
-            result = await self._handle_prepared(ctx, prepared, include_previews, relay)
-        except BaseException:
-            relay.cancel()
-            raise
-        await relay.close()
-        return result
-
-    async def _handle_prepared(
-        self,
-        ctx: TaskContext,
-        prepared: PreparedGraph,
-        include_previews: bool,
-        relay: ProgressRelay,
-    ) -> TaskResult:
-        if prepared.images:
-            await relay.report(0.0, message=f"fetching {len(prepared.images)} input image(s)")
-        fetched = await asyncio.gather(
-            *(self._fetch(item, ctx.task_id) for item in prepared.images)
-        )
-        prompt_id = str(uuid.uuid4())
-        async with self._pool.acquire(timeout=self._settings.reconnect_s) as backend:
-            try:
-                return await self._run(
-                    backend, prepared, fetched, prompt_id, include_previews, relay
-                )
-            except BackendUnavailable as exc:
-                self._pool.mark_down(backend, exc.message)
-                raise
 
     async def _run(
         self,
@@ -245,7 +234,7 @@ class ComfyHandler:
             if self._objects is None:
                 raise WorkflowError(f"{label}: uploaded objects cannot be read in agent mode")
             try:
-                data = await self._objects.read(item.value.removeprefix(INPUT_OBJECT_PREFIX))
+                data = await self._objects.read(name)
             except NotFoundError as exc:
                 raise WorkflowError(
                     f"{label}: the uploaded image has expired", code="input_missing"
