@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from pixelbus.cli.app import build_parser, main
-from pixelbus.faceswap_worker.testing.model_server import ModelServer, model_server
 from pixelbus.faceswap_worker.testing.standins import (
     DetectorPhoto,
     build_detector,
@@ -21,6 +20,7 @@ from pixelbus.faceswap_worker.testing.standins import (
     build_swapper,
     file_pin,
 )
+from pixelbus.testkit.model_server import ModelServer, model_server
 
 SERVER_FIXTURES = frozenset({"server"})  # the model server: the test kit marks the tests `servers`
 

@@ -14,7 +14,7 @@ from conftest import StandIns
 from pixelbus.faceswap_worker.models.download import PullError, pull
 from pixelbus.faceswap_worker.models.registry import KNOWN_MODELS, load_registry
 from pixelbus.faceswap_worker.models.store import ModelState, ModelStore
-from pixelbus.faceswap_worker.testing.model_server import ModelServer, model_server
+from pixelbus.testkit.model_server import ModelServer, model_server
 
 SERVER_FIXTURES = frozenset({"server"})  # the model server: the test kit marks the tests `servers`
 

@@ -1,13 +1,16 @@
-"""A local HTTP server for model files: Range requests (206), and faults on demand."""
+"""A local HTTP server for model files (the face-swap worker's downloads): Range requests
+(206), and faults on demand."""
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from pixelbus.testkit.http_server import LoopbackHttpServer, QuietHandler
+
+__all__ = ["ModelServer", "model_server"]
 
 
 @dataclass
@@ -24,10 +27,7 @@ class ModelServer:
 def model_server(files: dict[str, bytes]) -> Iterator[ModelServer]:
     state = ModelServer(dict(files))
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             name = self.path.lstrip("/")
             state.ranges.append(self.headers.get("Range"))
@@ -59,13 +59,6 @@ def model_server(files: dict[str, bytes]) -> Iterator[ModelServer]:
             self.wfile.write(payload)
             state.sent.append(len(payload))
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/models"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with LoopbackHttpServer(Handler) as server:
+        state.url = f"{server.url}/models"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
