@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats.errors
 import structlog
@@ -66,15 +67,11 @@ from pixelbus.contracts.video import (
 from pixelbus.runtime.settings import BusSettings
 
 __all__ = [
-    "PoolLimits",
-    "advisory_stream_config",
     "ensure",
     "ensure_webhook_dispatcher",
     "ensure_webhook_queue",
     "ensure_webhooks",
     "remove_legacy_consumers",
-    "task_stream_config",
-    "webhook_stream_config",
 ]
 
 log = structlog.get_logger("pixelbus.provision")
@@ -85,46 +82,32 @@ LEASE_TTL_S = 24 * 3600.0
 RATE_WINDOW_TTL_S = 10.0  # per-second request counters only matter for a second
 
 
-@dataclass(frozen=True, slots=True)
-class PoolLimits:
-    """Back-pressure per pool: at most this many tasks handed out and not yet acked."""
-
-    max_ack_pending: int = 64
+#: Back-pressure per pool: at most this many tasks handed out and not yet acked.
+POOL_MAX_ACK_PENDING = 64
 
 
-def task_stream_config(settings: BusSettings) -> StreamConfig:
-    return StreamConfig(
-        name=TASK_STREAM,
-        description="pixelbus task events",
-        subjects=[f"{SUBJECT_ROOT}.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_age=settings.stream_max_age_s,
-        duplicate_window=settings.duplicate_window_s,
-        num_replicas=settings.replicas,
-        max_msgs=-1,
-        max_bytes=-1,
-        max_msg_size=1024 * 1024,
-        # direct gets: a task's events and queue ranks are read without a consumer
-        allow_direct=True,
-    )
-
-
-def advisory_stream_config(settings: BusSettings) -> StreamConfig:
-    return StreamConfig(
-        name=ADVISORY_STREAM,
-        description="max-deliveries advisories of the pixelbus task stream",
-        subjects=[MAX_DELIVERIES_ADVISORIES],
-        retention=RetentionPolicy.LIMITS,
+async def _ensure_stream(
+    js: JetStreamContext,
+    settings: BusSettings,
+    name: str,
+    description: str,
+    subject: str,
+    retention: RetentionPolicy,
+    **own: Any,
+) -> None:
+    """Create or update a stream: what every pixelbus stream states (file storage, the
+    oldest dropped first, the bus's age limit and replicas), then ``own`` settings."""
+    config = StreamConfig(
+        name=name,
+        description=description,
+        subjects=[subject],
+        retention=retention,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         max_age=settings.stream_max_age_s,
         num_replicas=settings.replicas,
+        **own,
     )
-
-
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except BadRequestError as exc:
@@ -134,11 +117,19 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         log.info("stream updated", stream=config.name)
 
 
-async def _update_backing_stream(js: JetStreamContext, stream: str, **changes: object) -> None:
-    info = await js.stream_info(stream)
-    wanted = info.config.evolve(**changes)
-    if wanted != info.config:
-        await js.update_stream(wanted)
+async def _ensure_backing_stream(
+    js: JetStreamContext, stream: str, create: Callable[[], Awaitable[object]], **wanted: object
+) -> None:
+    """A KV bucket's or Object Store's stream: ``create`` it when missing, else update
+    what differs from ``wanted``."""
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        await create()
+        return
+    config = info.config.evolve(**wanted)
+    if config != info.config:
+        await js.update_stream(config)
         log.info("stream updated", stream=stream)
 
 
@@ -153,23 +144,18 @@ async def _ensure_kv(
 ) -> None:
     """``direct``: readers may ask for many entries at once without a consumer (the
     workers' presence, listed by ``/api/health``)."""
-    try:
-        await js.stream_info(f"KV_{bucket}")
-    except NotFoundError:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=bucket,
-                history=history,
-                ttl=ttl,
-                storage=StorageType.FILE,
-                replicas=settings.replicas,
-                direct=direct,
-            )
-        )
-        return
-    await _update_backing_stream(
+    config = KeyValueConfig(
+        bucket=bucket,
+        history=history,
+        ttl=ttl,
+        storage=StorageType.FILE,
+        replicas=settings.replicas,
+        direct=direct,
+    )
+    await _ensure_backing_stream(
         js,
         f"KV_{bucket}",
+        lambda: js.create_key_value(config),
         max_age=ttl or 0,
         num_replicas=settings.replicas,
         max_msgs_per_subject=history,
@@ -178,63 +164,60 @@ async def _ensure_kv(
 
 
 async def _ensure_object_store(js: JetStreamContext, settings: BusSettings) -> None:
-    try:
-        await js.stream_info(f"OBJ_{OUTPUTS_BUCKET}")
-    except NotFoundError:
-        await js.create_object_store(
-            OUTPUTS_BUCKET,
-            config=ObjectStoreConfig(
-                ttl=settings.outputs_ttl_s, storage=StorageType.FILE, replicas=settings.replicas
-            ),
-        )
-        return
-    await _update_backing_stream(
-        js, f"OBJ_{OUTPUTS_BUCKET}", max_age=settings.outputs_ttl_s, num_replicas=settings.replicas
+    config = ObjectStoreConfig(
+        ttl=settings.outputs_ttl_s, storage=StorageType.FILE, replicas=settings.replicas
+    )
+    await _ensure_backing_stream(
+        js,
+        f"OBJ_{OUTPUTS_BUCKET}",
+        lambda: js.create_object_store(OUTPUTS_BUCKET, config=config),
+        max_age=settings.outputs_ttl_s,
+        num_replicas=settings.replicas,
     )
 
 
-def _consumer(
+async def _add_consumer(
+    js: JetStreamContext,
+    stream: str,
     durable: str,
     filter_subject: str,
     *,
     ack_wait: float,
     max_deliver: int,
     max_ack_pending: int,
-) -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=durable,
-        filter_subject=filter_subject,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait,
-        max_deliver=max_deliver,
-        max_ack_pending=max_ack_pending,
-        num_replicas=0,
+) -> None:
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            durable_name=durable,
+            filter_subject=filter_subject,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            max_ack_pending=max_ack_pending,
+            num_replicas=0,
+        ),
     )
 
 
 #: "no suitable peers for placement" and its kin: a cluster still forming, or a node
 #: restarting. Worth waiting for at start; everything in ``ensure`` is idempotent.
 _PLACEMENT_ERRORS = frozenset({10005, 10008, 10023})
+_PLACEMENT_PATIENCE_S = 60.0
 
 
-async def ensure(
-    js: JetStreamContext,
-    settings: BusSettings,
-    limits: PoolLimits | None = None,
-    *,
-    patience_s: float = 60.0,
-) -> None:
+async def ensure(js: JetStreamContext, settings: BusSettings) -> None:
     """Create or update every JetStream asset pixelbus uses. Safe to run concurrently.
 
     While the cluster cannot place replicas yet (it is forming, or a peer is restarting)
-    or answers too late, the whole step is retried for up to ``patience_s``.
+    or answers too late, the whole step is retried for up to a minute.
     """
-    deadline = time.monotonic() + patience_s
+    deadline = time.monotonic() + _PLACEMENT_PATIENCE_S
     pause = 0.2
     while True:
         try:
-            await _ensure_all(js, settings, limits or PoolLimits())
+            await _ensure_all(js, settings)
             return
         except (BadRequestError, ServiceUnavailableError, nats.errors.TimeoutError) as exc:
             # a meta leader busy placing (or electing) can also answer too late
@@ -248,51 +231,67 @@ async def ensure(
             pause = min(pause * 2, 5.0)
 
 
-async def _ensure_all(js: JetStreamContext, settings: BusSettings, limits: PoolLimits) -> None:
-    await _ensure_stream(js, task_stream_config(settings))
+async def _ensure_all(js: JetStreamContext, settings: BusSettings) -> None:
+    await _ensure_stream(
+        js,
+        settings,
+        TASK_STREAM,
+        "pixelbus task events",
+        f"{SUBJECT_ROOT}.>",
+        RetentionPolicy.LIMITS,
+        duplicate_window=settings.duplicate_window_s,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_msg_size=1024 * 1024,
+        # direct gets: a task's events and queue ranks are read without a consumer
+        allow_direct=True,
+    )
     for pool in POOLS:
-        await js.add_consumer(
+        await _add_consumer(
+            js,
             TASK_STREAM,
-            _consumer(
-                pool.durable,
-                pool.filter_subject,
-                ack_wait=settings.ack_wait_for(pool.name),
-                max_deliver=settings.max_deliver,
-                max_ack_pending=limits.max_ack_pending,
-            ),
-        )
-    await js.add_consumer(
-        TASK_STREAM,
-        _consumer(
-            PROJECTOR_CONSUMER,
-            f"{SUBJECT_ROOT}.>",
-            # short like every lease: after a projector dies, its unacked batch is folded
-            # by the next one within seconds (folding is idempotent by sequence)
-            ack_wait=settings.ack_wait_s,
-            max_deliver=-1,
-            max_ack_pending=20_000,
-        ),
-    )
-    await js.add_consumer(
-        TASK_STREAM,
-        _consumer(
-            UPLOADER_CONSUMER,
-            event_filter("outputs"),
-            ack_wait=settings.ack_wait_s,
+            pool.durable,
+            pool.filter_subject,
+            ack_wait=settings.ack_wait_for(pool.name),
             max_deliver=settings.max_deliver,
-            max_ack_pending=256,
-        ),
+            max_ack_pending=POOL_MAX_ACK_PENDING,
+        )
+    await _add_consumer(
+        js,
+        TASK_STREAM,
+        PROJECTOR_CONSUMER,
+        f"{SUBJECT_ROOT}.>",
+        # short like every lease: after a projector dies, its unacked batch is folded
+        # by the next one within seconds (folding is idempotent by sequence)
+        ack_wait=settings.ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=20_000,
     )
-    await _ensure_stream(js, advisory_stream_config(settings))
-    await js.add_consumer(
+    await _add_consumer(
+        js,
+        TASK_STREAM,
+        UPLOADER_CONSUMER,
+        event_filter("outputs"),
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=256,
+    )
+    await _ensure_stream(
+        js,
+        settings,
         ADVISORY_STREAM,
-        _consumer(
-            EXHAUSTED_CONSUMER,
-            MAX_DELIVERIES_ADVISORIES,
-            ack_wait=30,
-            max_deliver=-1,
-            max_ack_pending=1000,
-        ),
+        "max-deliveries advisories of the pixelbus task stream",
+        MAX_DELIVERIES_ADVISORIES,
+        RetentionPolicy.LIMITS,
+    )
+    await _add_consumer(
+        js,
+        ADVISORY_STREAM,
+        EXHAUSTED_CONSUMER,
+        MAX_DELIVERIES_ADVISORIES,
+        ack_wait=30,
+        max_deliver=-1,
+        max_ack_pending=1000,
     )
     await _ensure_kv(js, STATE_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
     await _ensure_kv(js, INDEX_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
@@ -308,67 +307,55 @@ async def _ensure_all(js: JetStreamContext, settings: BusSettings, limits: PoolL
     log.info("jetstream provisioned", stream=TASK_STREAM, replicas=settings.replicas)
 
 
-def _work_queue_config(
-    name: str, description: str, subject_root: str, settings: BusSettings
-) -> StreamConfig:
+async def _ensure_work_queue(
+    js: JetStreamContext, settings: BusSettings, name: str, description: str, subject_root: str
+) -> None:
     """A work queue under ``subject_root``: each message kept until a consumer acks it."""
-    return StreamConfig(
-        name=name,
-        description=f"{description} (a work queue)",
-        subjects=[f"{subject_root}.>"],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_age=settings.stream_max_age_s,
+    await _ensure_stream(
+        js,
+        settings,
+        name,
+        f"{description} (a work queue)",
+        f"{subject_root}.>",
+        RetentionPolicy.WORK_QUEUE,
         duplicate_window=settings.duplicate_window_s,
-        num_replicas=settings.replicas,
     )
-
-
-def video_stream_config(settings: BusSettings) -> StreamConfig:
-    description = "pixelbus video chunks to swap and chunks swapped"
-    return _work_queue_config(VIDEO_STREAM, description, VIDEO_SUBJECT_ROOT, settings)
 
 
 async def ensure_video(js: JetStreamContext, settings: BusSettings) -> None:
     """The video fan-out (``pixelbus.contracts.video``): its work queue, the chunk
     workers' and the assembler's consumers, and the jobs' records. Only the face-swap
     workers use them (and only they may create them)."""
-    await _ensure_stream(js, video_stream_config(settings))
-    await js.add_consumer(
+    description = "pixelbus video chunks to swap and chunks swapped"
+    await _ensure_work_queue(js, settings, VIDEO_STREAM, description, VIDEO_SUBJECT_ROOT)
+    await _add_consumer(
+        js,
         VIDEO_STREAM,
-        _consumer(
-            VIDEO_CHUNKS_CONSUMER,
-            VIDEO_CHUNKS_FILTER,
-            ack_wait=settings.ack_wait_for("faceswap"),
-            # one more than the task's attempts: a chunk whose workers all died says so
-            # on its last delivery instead of vanishing (see the chunk worker)
-            max_deliver=settings.max_deliver + 1,
-            max_ack_pending=256,
-        ),
+        VIDEO_CHUNKS_CONSUMER,
+        VIDEO_CHUNKS_FILTER,
+        ack_wait=settings.ack_wait_for("faceswap"),
+        # one more than the task's attempts: a chunk whose workers all died says so
+        # on its last delivery instead of vanishing (see the chunk worker)
+        max_deliver=settings.max_deliver + 1,
+        max_ack_pending=256,
     )
-    await js.add_consumer(
+    await _add_consumer(
+        js,
         VIDEO_STREAM,
-        _consumer(
-            VIDEO_ASSEMBLER_CONSUMER,
-            VIDEO_DONE_FILTER,
-            ack_wait=settings.ack_wait_for("faceswap"),
-            max_deliver=-1,
-            max_ack_pending=256,
-        ),
+        VIDEO_ASSEMBLER_CONSUMER,
+        VIDEO_DONE_FILTER,
+        ack_wait=settings.ack_wait_for("faceswap"),
+        max_deliver=-1,
+        max_ack_pending=256,
     )
     await _ensure_kv(js, VIDEO_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
-
-
-def webhook_stream_config(settings: BusSettings) -> StreamConfig:
-    description = "pixelbus webhook deliveries still to make"
-    return _work_queue_config(WEBHOOK_STREAM, description, WEBHOOK_SUBJECT_ROOT, settings)
 
 
 async def ensure_webhook_queue(js: JetStreamContext, settings: BusSettings) -> None:
     """The webhook delivery queue alone: the projector's step (it queues the jobs; a
     missing queue would hold up its batches, the state with them)."""
-    await _ensure_stream(js, webhook_stream_config(settings))
+    description = "pixelbus webhook deliveries still to make"
+    await _ensure_work_queue(js, settings, WEBHOOK_STREAM, description, WEBHOOK_SUBJECT_ROOT)
 
 
 async def ensure_webhooks(js: JetStreamContext, settings: BusSettings) -> None:
@@ -384,15 +371,14 @@ async def ensure_webhook_dispatcher(
     js: JetStreamContext, *, max_attempts: int, ack_wait_s: float
 ) -> None:
     """The dispatcher's durable consumer of the delivery queue (webhooks service)."""
-    await js.add_consumer(
+    await _add_consumer(
+        js,
         WEBHOOK_STREAM,
-        _consumer(
-            WEBHOOK_DISPATCHER_CONSUMER,
-            f"{WEBHOOK_SUBJECT_ROOT}.>",
-            ack_wait=ack_wait_s,
-            max_deliver=max_attempts + 2,  # a crash on the last attempt still ends in the log
-            max_ack_pending=1000,
-        ),
+        WEBHOOK_DISPATCHER_CONSUMER,
+        f"{WEBHOOK_SUBJECT_ROOT}.>",
+        ack_wait=ack_wait_s,
+        max_deliver=max_attempts + 2,  # a crash on the last attempt still ends in the log
+        max_ack_pending=1000,
     )
 
 
