@@ -9,7 +9,6 @@ import sys
 import uvicorn
 
 from pixelbus.gateway.app import create_app, gateway_ready, open_gateway
-from pixelbus.gateway.deps import Gateway
 from pixelbus.gateway.settings import GatewaySettings
 from pixelbus.gateway.wire import CorkedHttpToolsProtocol
 from pixelbus.runtime.service import run_service, service_shell
@@ -19,27 +18,25 @@ NAME = "pixelbus-gateway"
 
 async def serve(settings: GatewaySettings) -> None:
     gateway = await open_gateway(settings)  # refusals surface here, before uvicorn starts
-    server = uvicorn.Server(_config(settings, gateway))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, gateway),
+            host=settings.host,
+            port=settings.port,
+            http=CorkedHttpToolsProtocol,  # httptools, one send per answer
+            log_level="warning",
+            # nothing reads the client's address or scheme (rate limits are per API key,
+            # URLs come from PIXELBUS_PUBLIC_BASE_URL): no X-Forwarded-* layer per request
+            proxy_headers=False,
+            timeout_graceful_shutdown=10,
+        )
+    )
 
     def stop() -> None:
         server.should_exit = True
 
     async with service_shell(NAME, stop=stop, ready=gateway_ready(gateway), stop_on_drain=False):
         await server.serve()
-
-
-def _config(settings: GatewaySettings, gateway: Gateway) -> uvicorn.Config:
-    return uvicorn.Config(
-        create_app(settings, gateway),
-        host=settings.host,
-        port=settings.port,
-        http=CorkedHttpToolsProtocol,  # httptools, one send per answer
-        log_level="warning",
-        # nothing reads the client's address or scheme (rate limits are per API key,
-        # URLs come from PIXELBUS_PUBLIC_BASE_URL): no X-Forwarded-* layer per request
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
 
 
 def main() -> int:
