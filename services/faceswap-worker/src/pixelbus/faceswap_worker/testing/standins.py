@@ -30,13 +30,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
     "DetectorPhoto",
-    "blob_signature",
     "build_detector",
-    "build_enhancer",
     "build_recogniser",
     "build_swapper",
     "file_pin",
-    "five_points",
     "install_standins",
     "photos_found_by",
 ]
@@ -174,9 +171,9 @@ def build_detector(
     return _save(graph, path)
 
 
-def build_recogniser(path: Path, *, seed: int = 7) -> Path:
+def build_recogniser(path: Path) -> Path:
     """A ``w600k_r50`` stand-in: ``input.1`` [N,3,112,112] → ``683`` [N,512]."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(7)
     projection = rng.standard_normal((192, 512)).astype(np.float32)
     nodes = [
         helper.make_node(
@@ -201,11 +198,10 @@ def build_swapper(
     fp16: bool = False,
     fp16_io: bool = False,
     black: bool = False,
-    seed: int = 11,
 ) -> Path:
     """An ``inswapper_128`` stand-in: ``target`` [1,3,128,128] and ``source`` [1,512] →
     ``output`` [1,3,128,128]; ``emap`` [512,512] is the last initializer."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(11)
     inner = np.float16 if fp16 else np.float32
     inner_type = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
     io_type = TensorProto.FLOAT16 if fp16_io else TensorProto.FLOAT
