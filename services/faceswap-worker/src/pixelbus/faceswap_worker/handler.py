@@ -9,8 +9,8 @@ image host or the remote engine is ``Retryable``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import httpx
 from nats.js.errors import NotFoundError
@@ -35,9 +35,6 @@ if TYPE_CHECKING:
     from pixelbus.faceswap_worker.video import VideoSplitter
 
 __all__ = ["FaceSwapHandler", "resolve_engine"]
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 class EngineUnknown(EngineError):
@@ -97,9 +94,9 @@ class FaceSwapHandler:
             swap_options, output = parse_options(wf)
         except ValueError as exc:
             raise Permanent("invalid_input", str(exc)) from exc
-        engine = await self._engine(str(model))
+        engine = await asyncio.to_thread(resolve_engine, self._engines, str(model))
         if swap_options.enhancer is not None:
-            await self._run(self._enhancer_check, swap_options.enhancer)
+            await asyncio.to_thread(self._enhancer_check, swap_options.enhancer)
         await ctx.progress(0.05, node="fetch", message="fetching images")
         (source_bytes, source_type), (target_bytes, target_type) = await asyncio.gather(
             self._fetch(wf.get("source_url"), "source_url", self._limits),
@@ -128,7 +125,7 @@ class FaceSwapHandler:
             self._image(target_bytes, target_type, "target_url"),
         )
         await ctx.progress(0.4, node="swap", message=f"swapping faces ({engine.name})")
-        swapped = await self._run(engine.swap, source, target, swap_options)
+        swapped = await asyncio.to_thread(engine.swap, source, target, swap_options)
         if output.resolution is not None:
             swapped = fit_within(swapped, *output.resolution)
         await ctx.progress(0.9, node="encode", message="encoding result")
@@ -144,19 +141,11 @@ class FaceSwapHandler:
             },
         )
 
-    async def _engine(self, model: str) -> FaceSwapEngine:
-        return await self._run(resolve_engine, self._engines, model)
-
     def _enhancer_check(self, name: str) -> None:
         try:
             self._engines.enhancer(name)
         except UnknownModel:
             raise EngineUnknown(name) from None
-
-    @staticmethod
-    async def _run(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``function(*args)`` in a worker thread."""
-        return await asyncio.to_thread(function, *args, **kwargs)
 
     async def _image(self, data: bytes, content_type: str | None, field: str) -> RGBImage:
         try:
