@@ -89,12 +89,8 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A fresh nats-server per test: JetStream, temp store, random loopback port."""
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    try:
+    with NatsServer(tmp_path / "nats") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
