@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 
 from pixelbus.contracts.events import AnyEvent, TaskCreated, decode_event
 from pixelbus.contracts.subjects import INDEX_BUCKET, STATE_BUCKET, SUBJECT_ROOT, TASK_STREAM
@@ -89,17 +90,9 @@ async def read_all_events(nc: Client) -> dict[str, list[AnyEvent]]:
 async def rebuild(nc: Client, bucket: str, *, replace: bool = False) -> int:
     """Fill ``bucket`` from the stream; returns the number of tasks written."""
     js = nc.jetstream()
-    try:
-        kv = await js.key_value(bucket)
-        status = await kv.status()
-        if status.values and not replace:
-            raise RuntimeError(f"bucket {bucket} is not empty; pass --replace to refill it")
-        if replace:
-            await js.purge_stream(f"KV_{bucket}")
-    except NotFoundError:
-        kv = await js.create_key_value(
-            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
-        )
+    kv = await _open_bucket(js, bucket, purge=replace)
+    if not replace and (await kv.status()).values:
+        raise RuntimeError(f"bucket {bucket} is not empty; pass --replace to refill it")
     by_task = await read_all_events(nc)
     semaphore = asyncio.Semaphore(256)
 
@@ -125,14 +118,7 @@ async def _rebuild_index(
     js: JetStreamContext, bucket: str, by_task: dict[str, list[AnyEvent]], *, replace: bool
 ) -> None:
     """Every task of the stream, in creation order, into the task index ``bucket``."""
-    try:
-        kv = await js.key_value(bucket)
-        if replace:
-            await js.purge_stream(f"KV_{bucket}")
-    except NotFoundError:
-        kv = await js.create_key_value(
-            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
-        )
+    kv = await _open_bucket(js, bucket, purge=replace)
     entries = [
         (event.owner, event.task_id, event.occurred_at.isoformat())
         for events in by_task.values()
@@ -142,6 +128,19 @@ async def _rebuild_index(
     index = TaskIndex(kv)
     for start in range(0, len(entries), 1024):
         await index.add(entries[start : start + 1024])
+
+
+async def _open_bucket(js: JetStreamContext, bucket: str, *, purge: bool) -> KeyValue:
+    """The KV bucket ``bucket``, created when missing, emptied first when ``purge``."""
+    try:
+        kv = await js.key_value(bucket)
+        if purge:
+            await js.purge_stream(f"KV_{bucket}")
+    except NotFoundError:
+        kv = await js.create_key_value(
+            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+        )
+    return kv
 
 
 async def _main(argv: list[str]) -> int:
