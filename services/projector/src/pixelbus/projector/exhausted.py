@@ -68,7 +68,6 @@ class ExhaustedWatcher(DurableLoop):
     def __init__(self, nc: Client, *, concurrency: int = 8) -> None:
         super().__init__(nc, concurrency=concurrency)
         self._publisher = EventPublisher(self._js)
-        self.failed = 0
 
     async def process(self, msg: Msg) -> None:
         try:
@@ -100,7 +99,6 @@ class ExhaustedWatcher(DurableLoop):
             failure, environment=parsed.environment, workflow=parsed.workflow
         )
         await msg.ack()
-        self.failed += 1
         log.warning(
             "task failed: attempts exhausted",
             task_id=task_event.task_id,

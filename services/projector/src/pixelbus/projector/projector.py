@@ -156,12 +156,6 @@ def _note_subject(open_tasks: set[str], subject: str) -> None:
         open_tasks.add(parsed.task_id)
 
 
-def _observe_end_to_end(state: TaskState) -> None:
-    if state.finished_at is not None and state.created_at is not None:
-        seconds = (state.finished_at - state.created_at).total_seconds()
-        process_metrics().observe_duration(state.workflow or "?", "end_to_end", seconds)
-
-
 class Projector:
     """The fold loop over the durable consumer ``projector`` (all task events).
 
@@ -287,7 +281,9 @@ class Projector:
 
     async def _task_ended(self, state: TaskState) -> None:
         """What follows a task's end, once per task: its metric and its quota slot back."""
-        _observe_end_to_end(state)
+        if state.finished_at is not None and state.created_at is not None:
+            seconds = (state.finished_at - state.created_at).total_seconds()
+            process_metrics().observe_duration(state.workflow or "?", "end_to_end", seconds)
         if not state.quota_reserved or self._quotas is None:
             return
         try:
