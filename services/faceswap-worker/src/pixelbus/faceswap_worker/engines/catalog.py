@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 from pixelbus.faceswap_worker.engines.arcface import ArcFaceEmbedder
 from pixelbus.faceswap_worker.engines.base import FaceSwapEngine
@@ -74,8 +75,9 @@ class EngineCatalog:
             enhancer = self._enhancers.get(name)
             if enhancer is not None:
                 return enhancer
-            store = self._require_store(name)
-            if name not in store.registry or store.registry[name].role != "enhancer":
+            store = self._store
+            spec = store.registry.get(name) if store is not None else None
+            if store is None or spec is None or spec.role != "enhancer":
                 raise UnknownModel(name)
             [path] = self._require(name, store, [name])
             enhancer = FaceEnhancer(name, self._sessions.get(path))
@@ -104,13 +106,8 @@ class EngineCatalog:
             enhancers=self.enhancer,
         )
 
-    def _require_store(self, name: str) -> ModelStore:
-        if self._store is None:
-            raise UnknownModel(name)
-        return self._store
-
     @staticmethod
-    def _require(model: str, store: ModelStore, files: list[str]) -> list:  # type: ignore[type-arg]
+    def _require(model: str, store: ModelStore, files: list[str]) -> list[Path]:
         statuses = [store.status(f, verify=False) for f in files]
         missing = [s.spec.name for s in statuses if s.state is ModelState.MISSING]
         if missing:

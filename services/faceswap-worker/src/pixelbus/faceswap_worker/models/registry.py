@@ -8,11 +8,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 __all__ = ["ENGINE_FILES", "KNOWN_MODELS", "ModelSpec", "Role", "TensorSpec", "load_registry"]
 
 Role: TypeAlias = Literal["detector", "recogniser", "swapper", "enhancer"]
+_ROLES: tuple[Role, ...] = get_args(Role)
 
 _INSIGHTFACE_LICENCE = (
     "InsightFace pretrained models: non-commercial research use only "
@@ -155,17 +156,7 @@ def _apply(base: ModelSpec | None, name: str, entry: object, manifest: Path) -> 
         raise ValueError(f"models manifest {manifest}: {name}.filename must be a plain file name")
     if base is None:
         role = entry.get("role")
-        if (
-            filename is None
-            or sha256 is None
-            or role
-            not in (
-                "detector",
-                "recogniser",
-                "swapper",
-                "enhancer",
-            )
-        ):
+        if filename is None or sha256 is None or role not in _ROLES:
             raise ValueError(
                 f"models manifest {manifest}: the new model {name} needs filename, role and sha256"
             )

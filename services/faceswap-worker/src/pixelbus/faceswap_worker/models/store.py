@@ -61,9 +61,6 @@ class ModelStore:
             known = ", ".join(sorted(self.registry))
             raise KeyError(f"unknown model {name!r} (known: {known})") from None
 
-    def path(self, name: str) -> Path:
-        return self.directory / self.spec(name).filename
-
     def status(self, name: str, *, verify: bool = True) -> ModelStatus:
         """Whether ``name`` is installed and intact. ``verify=False`` checks only the
         size (cheap, for task time); otherwise the sha256 too (stamped once)."""
