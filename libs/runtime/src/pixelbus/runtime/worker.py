@@ -84,7 +84,6 @@ __all__ = [
     "DEFERRED",
     "Handler",
     "OutputFile",
-    "PullGate",
     "TaskContext",
     "TaskResult",
     "WorkerRuntime",
@@ -219,9 +218,7 @@ class _ProgressCoalescer:
     async def _flush_later(self) -> None:
         await asyncio.sleep(max(0.0, self._last_sent + self._interval - time.monotonic()))
         self._flush_task = None
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await self._emit(pending)
+        await self._emit_pending()
 
     async def close(self) -> None:
         if self._flush_task is not None:
@@ -229,6 +226,9 @@ class _ProgressCoalescer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flush_task
             self._flush_task = None
+        await self._emit_pending()
+
+    async def _emit_pending(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
             await self._emit(pending)
@@ -281,10 +281,6 @@ class WorkerRuntime:
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -429,8 +425,7 @@ class WorkerRuntime:
         if not isinstance(event, TaskCreated):
             await msg.term()
             return
-        meta = msg.metadata
-        attempt = meta.num_delivered
+        attempt = msg.metadata.num_delivered
         if not tracing_on():
             await self._process_task(msg, event, attempt)
             return
@@ -568,10 +563,10 @@ class WorkerRuntime:
         outputs = await pack_outputs(
             self._objects, event.task_id, result.outputs, self.settings.inline_output_bytes
         )
-        ready = self._publish(
+        # awaited in place (a gather would make it a task: one more loop turn)
+        await self._publish(
             event, events.outputs(outputs, result.result, input_object_names(event.input_data))
         )
-        await ready  # awaited in place (a gather would make it a task: one more loop turn)
         await started
         await msg.ack()
         return "outputs_ready"
