@@ -64,9 +64,7 @@ def is_final_event(event: Event) -> bool:
 
 
 def _live_status(event: Event) -> TaskStatus | None:
-    if isinstance(event, TaskCreated):
-        return TaskStatus.PENDING
-    if isinstance(event, TaskFailed):  # a retryable failure: back in the queue
+    if isinstance(event, TaskCreated | TaskFailed):  # new, or a retryable failure: queued
         return TaskStatus.PENDING
     if isinstance(event, TaskStarted | TaskProgress | OutputsReady):
         return TaskStatus.PROCESSING
@@ -107,7 +105,6 @@ def _apply_live(state: TaskState, event: AnyEvent) -> TaskState:
     status = _live_status(event)
     if status is not None and (state.live_key is None or key > state.live_key):
         changes["live_key"] = key
-        changes["live_status"] = status
         if state.final_key is None:
             changes["status"] = status
     if isinstance(event, TaskCreated) and (state.created_key is None or key < state.created_key):

@@ -138,7 +138,6 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     cancel_reason: str | None = None
     created_key: EventKey | None = None
     live_key: EventKey | None = None
-    live_status: TaskStatus = TaskStatus.PENDING
     worker_key: EventKey | None = None
     progress_key: EventKey | None = None
     failure_key: EventKey | None = None
