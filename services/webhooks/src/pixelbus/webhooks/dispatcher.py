@@ -59,7 +59,6 @@ class WebhookDispatcher:
         self._sender = sender
         self._stopping = asyncio.Event()
         self._log: DeliveryLogStore | None = None
-        self.delivered = 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -120,7 +119,6 @@ class WebhookDispatcher:
         fields = {"task_id": job.task_id, "webhook_event": job.event, "attempt": attempt}
         if outcome == "delivered":
             await msg.ack_sync()
-            self.delivered += 1
             log.info("webhook delivered", outcome=outcome, status=result.status_code, **fields)
         elif outcome == "retrying":
             await msg.nak(delay=delay)

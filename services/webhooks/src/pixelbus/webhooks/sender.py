@@ -52,13 +52,10 @@ class WebhookSender:
 
         try:
             target = self.policy.check_url(url)
+            addresses = await self._addresses(target)
         except MediaError as exc:  # refused by the guard: no retry will change that
             return result(False, False, None, str(exc))
-        try:
-            addresses = await self._addresses(target)
-        except MediaError as exc:
-            return result(False, False, None, str(exc))
-        except OSError as exc:
+        except OSError as exc:  # only the resolver raises it
             return result(False, True, None, f"could not resolve {target.host!r}: {exc}")
         last_error = "no address"
         for address in addresses:
