@@ -60,15 +60,11 @@ class CompletionSubscriber:
         self._nc = nc
         self._js = nc.jetstream()
         self._handler = handler
-        self._durables = {
-            f"completions-{sanitize_token(name)}": completion_subject(
-                "completed", environment, workflow
-            )
-        }
+        durable = f"completions-{sanitize_token(name)}"
+        self._durables = {durable: completion_subject("completed", environment, workflow)}
         if include_failed:
-            self._durables[f"completions-{sanitize_token(name)}-failed"] = completion_subject(
-                "failed", environment, workflow
-            )
+            failed = completion_subject("failed", environment, workflow)
+            self._durables[f"{durable}-failed"] = failed
         self._from_start = from_start
         self._concurrency = concurrency
         self._ack_wait_s = ack_wait_s
