@@ -69,25 +69,14 @@ class ClusterNode:
 
 
 class NatsCluster:
-    def __init__(
-        self,
-        base_dir: Path,
-        *,
-        size: int = 3,
-        name: str = "pixelbus-test",
-        binary: str | None = None,
-        partitionable: bool = False,
-    ) -> None:
-        if size < 1:
-            raise ValueError("a cluster needs at least one node")
-        self.name = name
-        self.binary = binary or find_nats_server()
+    def __init__(self, base_dir: Path, *, partitionable: bool = False) -> None:
+        self.binary = find_nats_server()
         # Each node's ports stay bound here until the node starts: a port picked by
         # free_port() and let go at once was seen taken by a proxy's bind(0) (or a route's
         # outgoing connection) before its nats-server could listen on it.
         self._held: dict[str, list[socket.socket]] = {}
         self.nodes: list[ClusterNode] = []
-        for index in range(size):
+        for index in range(3):  # three nodes: a quorum survives the loss of one
             node = f"n{index + 1}"
             held = self._held[node] = [_bound_socket() for _ in range(3)]
             port, cluster_port, monitor_port = (sock.getsockname()[1] for sock in held)
@@ -159,7 +148,7 @@ jetstream {{
   max_file_store: 2GB
 }}
 cluster {{
-  name: {self.name}
+  name: pixelbus-test
   listen: "127.0.0.1:{node.cluster_port}"
   routes: [{routes}]
   {advertise}

@@ -56,8 +56,6 @@ class NatsServer:
         self,
         store_dir: Path,
         *,
-        port: int | None = None,
-        binary: str | None = None,
         max_file_store: int | None = None,
         sync_interval: str | None = None,
     ):
@@ -67,9 +65,9 @@ class NatsServer:
         self.store_dir = store_dir
         self.max_file_store = max_file_store
         self.sync_interval = sync_interval
-        self.port = port or free_port()
+        self.port = free_port()
         self.monitor_port = free_port()
-        self.binary = binary or find_nats_server()
+        self.binary = find_nats_server()
         self.log_file = store_dir / "nats-server.log"
         self._process: subprocess.Popen[bytes] | None = None
 
