@@ -37,7 +37,7 @@ __all__ = ["AgentSettings", "ComfySettings", "parse_urls"]
 DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
 
 
-def parse_urls(raw: str, name: str) -> tuple[str, ...]:
+def parse_urls(name: str, raw: str) -> tuple[str, ...]:
     urls: list[str] = []
     for part in raw.split(","):
         url = part.strip().rstrip("/")
@@ -58,7 +58,7 @@ def parse_urls(raw: str, name: str) -> tuple[str, ...]:
 
 
 def _first_url(name: str, raw: str) -> str:
-    return parse_urls(raw, name)[0]
+    return parse_urls(name, raw)[0]
 
 
 def _node_types(name: str, raw: str) -> frozenset[str] | None:
@@ -90,9 +90,7 @@ class AgentSettings(Settings):
 @dataclass(frozen=True)
 class ComfySettings(Settings):
     bus: BusSettings = section(BusSettings)
-    urls: tuple[str, ...] = setting(
-        "COMFYUI_URL", (DEFAULT_COMFYUI_URL,), lambda name, raw: parse_urls(raw, name)
-    )
+    urls: tuple[str, ...] = setting("COMFYUI_URL", (DEFAULT_COMFYUI_URL,), parse_urls)
     """the ComfyUI servers of the comfy-worker, comma-separated"""
     backend_capacity: int = setting("PIXELBUS_COMFY_BACKEND_CAPACITY", 2, integer(1, 64))
     """prompts a worker keeps on one ComfyUI server at once, running and queued there (its
