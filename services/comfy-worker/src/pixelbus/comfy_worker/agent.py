@@ -80,9 +80,10 @@ class RemoteAgent:
                 if task is None:
                     self._slots.release()
                     continue
-                job = asyncio.create_task(self._process(task))
+                job = asyncio.create_task(self._lease(task))
                 self._running.add(job)
                 job.add_done_callback(self._running.discard)
+                job.add_done_callback(lambda _: self._slots.release())
         finally:
             if self._running:
                 await asyncio.wait(self._running, timeout=30)
@@ -119,12 +120,6 @@ class RemoteAgent:
             log.warning("task fetch refused", status=exc.status, body=str(exc.detail)[:200])
         await asyncio.sleep(1.0)
         return None
-
-    async def _process(self, task: LeasedTask) -> None:
-        try:
-            await self._lease(task)
-        finally:
-            self._slots.release()
 
     async def _lease(self, lease: LeasedTask) -> None:
         task_id = lease.task_id
