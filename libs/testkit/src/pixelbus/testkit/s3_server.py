@@ -66,20 +66,18 @@ class S3Server:
 
     endpoint_url: str
     credentials: S3Credentials
-    region: str = _REGION
 
-    def client(self, service: str = "s3", credentials: S3Credentials | None = None) -> Any:
+    def client(self, service: str = "s3") -> Any:
         """A synchronous boto3 client for this server (for arranging and checking tests)."""
         import boto3
         from botocore.config import Config
 
-        creds = credentials or self.credentials
         return boto3.client(
             service,
             endpoint_url=self.endpoint_url,
-            region_name=self.region,
-            aws_access_key_id=creds.access_key_id,
-            aws_secret_access_key=creds.secret_access_key,
+            region_name=_REGION,
+            aws_access_key_id=self.credentials.access_key_id,
+            aws_secret_access_key=self.credentials.secret_access_key,
             config=Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}),
         )
 
