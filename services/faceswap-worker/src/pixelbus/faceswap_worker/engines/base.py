@@ -28,6 +28,7 @@ __all__ = [
     "require_rgb",
     "select_source",
     "select_targets",
+    "swap_as_frame",
 ]
 
 RGBImage: TypeAlias = NDArray[np.uint8]
@@ -145,6 +146,18 @@ def select_targets(boxes: Sequence[FaceBox], index: int | None) -> list[int]:
     """The indexes of the target faces to replace (``boxes`` in reading order)."""
     _require_faces("target", boxes, index)
     return list(range(len(boxes))) if index is None else [index]
+
+
+def swap_as_frame(
+    engine: FrameSwapEngine, source: RGBImage, target: RGBImage, options: SwapOptions
+) -> RGBImage:
+    """``FaceSwapEngine.swap`` of an engine that swaps frame by frame: the target image
+    is one frame, and its faces chosen by ``options`` are replaced."""
+    prepared = engine.prepare_source(source, options)
+    require_rgb(target, "target")
+    faces = engine.locate(target, options)
+    chosen = select_targets([f.box for f in faces], options.target_face_index)
+    return engine.swap_located(prepared, target, [faces[i] for i in chosen], options)
 
 
 def _require_faces(which: Which, boxes: Sequence[FaceBox], index: int | None) -> None:

@@ -20,7 +20,7 @@ from pixelbus.faceswap_worker.engines.base import (
     order_faces,
     require_rgb,
     select_source,
-    select_targets,
+    swap_as_frame,
 )
 from pixelbus.faceswap_worker.engines.enhancer import FaceEnhancer
 from pixelbus.faceswap_worker.engines.pasteback import paste_back, soft_mask
@@ -61,13 +61,7 @@ class InswapperEngine:
         return [found[i] for i in order_faces([d.face_box for d in found], order)]
 
     def swap(self, source: RGBImage, target: RGBImage, options: SwapOptions) -> RGBImage:
-        require_rgb(source, "source")
-        require_rgb(target, "target")
-        enhancer = self._enhancers(options.enhancer) if options.enhancer else None
-        latent = self.prepare_source(source, options)
-        faces = self.locate(target, options)
-        chosen = select_targets([f.box for f in faces], options.target_face_index)
-        return self._swap_faces(latent, target, [faces[i] for i in chosen], options, enhancer)
+        return swap_as_frame(self, source, target, options)
 
     def prepare_source(self, source: RGBImage, options: SwapOptions) -> FloatArray:
         """The swapper's latent of the source's chosen face."""
@@ -86,22 +80,13 @@ class InswapperEngine:
     def swap_located(
         self, prepared: object, frame: RGBImage, faces: Sequence[LocatedFace], options: SwapOptions
     ) -> RGBImage:
+        latent = cast(FloatArray, prepared)
         enhancer = self._enhancers(options.enhancer) if options.enhancer else None
-        return self._swap_faces(cast(FloatArray, prepared), frame, faces, options, enhancer)
-
-    def _swap_faces(
-        self,
-        latent: FloatArray,
-        target: RGBImage,
-        faces: Sequence[LocatedFace],
-        options: SwapOptions,
-        enhancer: FaceEnhancer | None,
-    ) -> RGBImage:
-        result = target
+        result = frame
         for face in faces:  # every chosen face, in this one pass
             matrix = similarity_transform(face.points, self._template)
-            swapped = self.swapper.swap(warp_face(target, matrix, self.swapper.size), latent)
+            swapped = self.swapper.swap(warp_face(frame, matrix, self.swapper.size), latent)
             result = paste_back(result, swapped, matrix, self._mask)
             if enhancer is not None:
                 result = enhancer.enhance(result, face.points, options.enhancer_blend)
-        return result.copy() if result is target else result
+        return result.copy() if result is frame else result

@@ -28,7 +28,7 @@ from pixelbus.faceswap_worker.engines.base import (
     in_reading_order,
     require_rgb,
     select_source,
-    select_targets,
+    swap_as_frame,
 )
 from pixelbus.faceswap_worker.engines.compositing import Points, composite_face
 from pixelbus.faceswap_worker.engines.errors import EngineUnavailable
@@ -76,11 +76,7 @@ class LandmarkEngine:
         self._lock = threading.Lock()
 
     def swap(self, source: RGBImage, target: RGBImage, options: SwapOptions) -> RGBImage:
-        prepared = self.prepare_source(source, options)
-        require_rgb(target, "target")
-        faces = self.locate(target, options)
-        chosen = select_targets([f.box for f in faces], options.target_face_index)
-        return self.swap_located(prepared, target, [faces[i] for i in chosen], options)
+        return swap_as_frame(self, source, target, options)
 
     def prepare_source(self, source: RGBImage, options: SwapOptions) -> tuple[RGBImage, Points]:
         """The source image and the landmarks of its chosen face."""
