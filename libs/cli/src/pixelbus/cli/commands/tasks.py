@@ -128,10 +128,6 @@ def _bar(task: Any, width: int = 30) -> str:
     return f"{text}  {step}".rstrip()
 
 
-def _outcome(task: Any) -> int:
-    return 0 if task.status == "COMPLETED" else 1
-
-
 def _follow(client: Any, task_id: str, as_json: bool) -> int:
     tty = sys.stdout.isatty() and not as_json
     last = None
@@ -154,7 +150,7 @@ def _follow(client: Any, task_id: str, as_json: bool) -> int:
         print()
     if not as_json:
         print(_describe(last))
-    return _outcome(last)
+    return 0 if last.status == "COMPLETED" else 1
 
 
 def _pending(task: Any) -> str:
