@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> ModelSettings:
-    from pixelbus.faceswap_worker.models.commands import with_overrides
     from pixelbus.faceswap_worker.settings import ModelSettings
     from pixelbus.runtime.errors import SettingsError
 
@@ -55,11 +55,12 @@ def _settings(args: argparse.Namespace) -> ModelSettings:
         settings = ModelSettings.from_env(os.environ)
     except SettingsError as exc:
         raise SystemExit(f"pixelbus models: {exc}") from None
-    return with_overrides(
+    # the command line's options, where given, over the environment's
+    return replace(
         settings,
-        directory=args.dir,
-        manifest=args.manifest,
-        base_url=getattr(args, "base_url", None),
+        directory=args.dir or settings.directory,
+        manifest=args.manifest or settings.manifest,
+        base_url=getattr(args, "base_url", None) or settings.base_url,
     )
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import TextIO
 
 import httpx
@@ -17,7 +15,7 @@ from pixelbus.faceswap_worker.models.store import ModelStore
 from pixelbus.faceswap_worker.settings import ModelSettings
 from pixelbus.runtime.errors import SettingsError
 
-__all__ = ["list_models", "pull_models", "store_from", "with_overrides"]
+__all__ = ["list_models", "pull_models", "store_from"]
 
 
 def store_from(settings: ModelSettings) -> ModelStore:
@@ -126,19 +124,3 @@ def pull_models(
         if client is None:
             own.close()
     return 0
-
-
-def with_overrides(
-    settings: ModelSettings,
-    *,
-    directory: Path | None = None,
-    manifest: Path | None = None,
-    base_url: str | None = None,
-) -> ModelSettings:
-    """``settings`` with the command line's options applied (None: keep)."""
-    return replace(
-        settings,
-        directory=directory or settings.directory,
-        manifest=manifest or settings.manifest,
-        base_url=base_url or settings.base_url,
-    )
