@@ -57,9 +57,6 @@ class RemoteEngine:
         self._healthy_until = float("-inf")
         self._max_pixels = max_result_pixels
 
-    def close(self) -> None:
-        self._client.close()
-
     def swap(self, source: RGBImage, target: RGBImage, options: SwapOptions) -> RGBImage:
         require_rgb(source, "source")
         require_rgb(target, "target")
