@@ -28,7 +28,6 @@ as Cloudflare's edge sends it (not JSON).
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from pixelbus.testkit.http_server import LoopbackHttpServer, QuietHandler, multipart_parts
+from pixelbus.testkit.http_server import FakeApi, QuietHandler, multipart_parts
 
 __all__ = ["CfImage", "CfImagesServer", "cf_images_server"]
 
@@ -60,19 +59,16 @@ def _is_image(data: bytes) -> bool:
     return webp or data.startswith(_MAGIC) or data.lstrip()[:4] == b"<svg"
 
 
-class CfImagesServer(LoopbackHttpServer):
+class CfImagesServer(FakeApi):
     """The fake service; ``account_id`` and ``api_token`` are the credentials it accepts."""
 
     def __init__(self, *, variants: tuple[str, ...] = ("public", "thumbnail")) -> None:
+        super().__init__(_handler(self))
         self.account_id = uuid.uuid4().hex
         self.api_token = f"cf-{uuid.uuid4().hex}"
         self.account_hash = uuid.uuid4().hex[:22]
         self.variants = variants
         self.images: dict[str, CfImage] = {}
-        self.requests: list[tuple[str, str]] = []  # (method, path) of every API request
-        self._faults: list[int] = []
-        self._lock = threading.Lock()
-        super().__init__(_handler(self))
 
     @property
     def api_url(self) -> str:
@@ -81,14 +77,6 @@ class CfImagesServer(LoopbackHttpServer):
     @property
     def delivery_url(self) -> str:
         return f"{self.url}/delivery"
-
-    def fail_next(self, count: int, status: int = 503) -> None:
-        with self._lock:
-            self._faults.extend([status] * count)
-
-    def _take_fault(self) -> int | None:
-        with self._lock:
-            return self._faults.pop(0) if self._faults else None
 
     def result(self, image: CfImage) -> dict[str, Any]:
         base = f"{self.delivery_url}/{self.account_hash}/{image.id}"
@@ -133,9 +121,7 @@ def _handler(server: CfImagesServer) -> type[QuietHandler]:
             if path.startswith("/delivery/"):
                 self._deliver(path.removeprefix("/delivery/"))
                 return
-            with server._lock:
-                server.requests.append((self.command, path))
-            fault = server._take_fault()
+            fault = server._api_request(self.command, path)
             if fault == 429:
                 message = "Please wait and consider throttling your request speed"
                 self._send(429, _answer(errors=[(971, message)]))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,7 +46,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from pixelbus.testkit.http_server import LoopbackHttpServer, QuietHandler, multipart_parts
+from pixelbus.testkit.http_server import FakeApi, QuietHandler, multipart_parts
 
 __all__ = ["GcsObject", "GcsServer", "gcs_server"]
 
@@ -76,22 +75,19 @@ class _Resumable:
     received: bytearray = field(default_factory=bytearray)
 
 
-class GcsServer(LoopbackHttpServer):
+class GcsServer(FakeApi):
     """The fake GCS service; use as a context manager (or the ``gcs_server`` fixture)."""
 
     def __init__(self, *, require_auth: bool = True) -> None:
+        super().__init__(_handler(self))
         self.require_auth = require_auth
         self.objects: dict[tuple[str, str], GcsObject] = {}
         self.buckets: dict[str, bool] = {}  # name -> public
-        self.requests: list[tuple[str, str]] = []  # (method, path) of every API request
         self.grants = 0  # token requests, granted or not
         self._accounts: dict[str, _Account] = {}
         self._tokens: dict[str, _Account] = {}
         self._sessions: dict[str, _Resumable] = {}
-        self._faults: list[tuple[int, str | None]] = []  # (status, only for this method)
         self._generation = 0
-        self._lock = threading.Lock()
-        super().__init__(_handler(self))
 
     @property
     def token_uri(self) -> str:
@@ -137,19 +133,6 @@ class GcsServer(LoopbackHttpServer):
             )
         )
         return path
-
-    def fail_next(self, count: int, status: int = 503, *, method: str | None = None) -> None:
-        """Fail the next ``count`` API requests (of ``method`` only, if given) with ``status``."""
-        with self._lock:
-            self._faults.extend([(status, method)] * count)
-
-    def _take_fault(self, method: str) -> int | None:
-        with self._lock:
-            for index, (status, only) in enumerate(self._faults):
-                if only in (None, method):
-                    del self._faults[index]
-                    return status
-            return None
 
     def _grant(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         with self._lock:
@@ -303,9 +286,7 @@ def _handler(server: GcsServer) -> type[QuietHandler]:
             self._send(200, obj.data, obj.content_type, headers)
 
         def _api(self, path: str, query: str, body: bytes) -> None:
-            with server._lock:
-                server.requests.append((self.command, path))
-            fault = server._take_fault(self.command)
+            fault = server._api_request(self.command, path)
             if fault is not None:
                 self._send(fault, _error(fault, "Injected failure", "backendError"))
                 return

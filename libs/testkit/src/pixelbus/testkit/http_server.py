@@ -12,7 +12,7 @@ from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
-__all__ = ["LoopbackHttpServer", "QuietHandler", "multipart_parts"]
+__all__ = ["FakeApi", "LoopbackHttpServer", "QuietHandler", "multipart_parts"]
 
 _HOST = "127.0.0.1"
 
@@ -44,6 +44,32 @@ class LoopbackHttpServer:
             self._server.shutdown()
             self._thread.join()
         self._server.server_close()
+
+
+class FakeApi(LoopbackHttpServer):
+    """A fake service's API: it records every request, and fails those that ``fail_next``
+    asks for (as a throttled or failing service does)."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(handler)
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every API request
+        self._faults: list[tuple[int, str | None]] = []  # (status, only for this method)
+        self._lock = threading.Lock()
+
+    def fail_next(self, count: int, status: int = 503, *, method: str | None = None) -> None:
+        """Fail the next ``count`` API requests (of ``method`` only, if given) with ``status``."""
+        with self._lock:
+            self._faults.extend([(status, method)] * count)
+
+    def _api_request(self, method: str, path: str) -> int | None:
+        """Record an API request; the status to fail it with, if ``fail_next`` asked for one."""
+        with self._lock:
+            self.requests.append((method, path))
+            for index, (status, only) in enumerate(self._faults):
+                if only in (None, method):
+                    del self._faults[index]
+                    return status
+            return None
 
 
 class QuietHandler(BaseHTTPRequestHandler):
