@@ -8,11 +8,12 @@ limit=...)``) before it publishes a new task, and the projector gives it back
 
 from __future__ import annotations
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from pixelbus.contracts.subjects import sanitize_token
 from pixelbus.runtime.errors import CounterContention
+from pixelbus.runtime.kv import read_entry, write_at
 
 __all__ = ["ANONYMOUS", "add_to_counter", "quota_key", "release_slot"]
 
@@ -30,19 +31,12 @@ async def add_to_counter(
     writers won every attempt (a process with many concurrent callers serialises its own
     updates of a key first: ``pixelbus.gateway.quotas``)."""
     for _ in range(_CAS_ATTEMPTS):
-        try:
-            entry = await kv.get(key)
-            current, revision = int(entry.value or b"0"), entry.revision or 0
-        except KeyNotFoundError:
-            current, revision = 0, 0
-        new = max(0, current + delta)
+        value, revision = await read_entry(kv, key)
+        new = max(0, int(value or b"0") + delta)
         if limit is not None and delta > 0 and new > limit:
             return None
         try:
-            if revision == 0:
-                await kv.create(key, str(new).encode())
-            else:
-                await kv.update(key, str(new).encode(), last=revision)
+            await write_at(kv, key, str(new).encode(), revision)
             return new
         except KeyWrongLastSequenceError:
             continue  # another replica counted first

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import msgspec
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from pixelbus.contracts.task import TaskState
+from pixelbus.runtime.kv import read_entry
 
 __all__ = ["decode_state", "encode_state", "read_state"]
 
@@ -24,10 +24,5 @@ def decode_state(data: bytes) -> TaskState:
 
 async def read_state(kv: KeyValue, task_id: str) -> tuple[TaskState | None, int]:
     """The task's state and its KV revision (``(None, 0)`` when unknown)."""
-    try:
-        entry = await kv.get(task_id)
-    except KeyNotFoundError:
-        return None, 0
-    if entry.value is None:
-        return None, entry.revision or 0
-    return decode_state(entry.value), entry.revision or 0
+    value, revision = await read_entry(kv, task_id)
+    return (None if value is None else decode_state(value)), revision

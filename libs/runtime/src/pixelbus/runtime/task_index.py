@@ -13,7 +13,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from pixelbus.contracts.task_index import (
@@ -26,6 +26,7 @@ from pixelbus.contracts.task_index import (
     open_key,
     owner_scope,
 )
+from pixelbus.runtime.kv import read_entry, write_at
 
 __all__ = ["IndexEntry", "TaskIndex"]
 
@@ -53,13 +54,9 @@ class TaskIndex:
 
     async def chunk(self, scope: str, number: int | None = None) -> IndexChunk | None:
         """The open chunk of ``scope`` (``number`` None) or a sealed one; None if absent."""
-        try:
-            entry = await self._kv.get(
-                open_key(scope) if number is None else chunk_key(scope, number)
-            )
-        except KeyNotFoundError:
-            return None
-        return decode_chunk(entry.value) if entry.value else None
+        key = open_key(scope) if number is None else chunk_key(scope, number)
+        value, _ = await read_entry(self._kv, key)
+        return decode_chunk(value) if value else None
 
     async def _append(self, scope: str, items: list[tuple[str, str]]) -> None:
         remembered = self._open.get(scope)
@@ -75,12 +72,9 @@ class TaskIndex:
             for chunk in sealed:  # a put: the same content again is harmless
                 await self._kv.put(chunk_key(scope, chunk.number), encode_chunk(chunk))
             try:
-                if revision == 0:
-                    revision = await self._kv.create(open_key(scope), encode_chunk(now_open))
-                else:
-                    revision = await self._kv.update(
-                        open_key(scope), encode_chunk(now_open), last=revision
-                    )
+                revision = await write_at(
+                    self._kv, open_key(scope), encode_chunk(now_open), revision
+                )
             except KeyWrongLastSequenceError:
                 continue  # another replica appended first: read again
             if sealed:
@@ -91,13 +85,8 @@ class TaskIndex:
         raise RuntimeError(f"task index: gave up appending to {scope} after CAS conflicts")
 
     async def _read_open(self, scope: str) -> tuple[IndexChunk, int]:
-        try:
-            entry = await self._kv.get(open_key(scope))
-        except KeyNotFoundError:
-            return IndexChunk(0), 0
-        if not entry.value:
-            return IndexChunk(0), entry.revision or 0
-        return decode_chunk(entry.value), entry.revision or 0
+        value, revision = await read_entry(self._kv, open_key(scope))
+        return (decode_chunk(value) if value else IndexChunk(0)), revision
 
     def _remember(self, scope: str, chunk: IndexChunk, revision: int) -> None:
         self._open[scope] = (chunk, revision)

@@ -5,10 +5,11 @@ task, appended with compare-and-swap by the webhooks service, read by the gatewa
 from __future__ import annotations
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from pixelbus.contracts.webhooks import DeliveryAttempt, DeliveryLog
+from pixelbus.runtime.kv import read_entry, write_at
 
 __all__ = ["DeliveryLogStore"]
 
@@ -27,13 +28,9 @@ class DeliveryLogStore:
         return log
 
     async def _read(self, task_id: str) -> tuple[DeliveryLog, int]:
-        try:
-            entry = await self._kv.get(task_id)
-        except KeyNotFoundError:
-            return DeliveryLog(task_id=task_id), 0
-        if entry.value is None:
-            return DeliveryLog(task_id=task_id), entry.revision or 0
-        return _decoder.decode(entry.value), entry.revision or 0
+        value, revision = await read_entry(self._kv, task_id)
+        log = DeliveryLog(task_id=task_id) if value is None else _decoder.decode(value)
+        return log, revision
 
     async def append(self, task_id: str, attempt: DeliveryAttempt) -> DeliveryLog:
         """Add one attempt (a replayed one, same delivery and attempt number, once)."""
@@ -47,10 +44,7 @@ class DeliveryLogStore:
             attempts = (*log.attempts, attempt)[-MAX_ATTEMPTS_KEPT:]
             new = DeliveryLog(task_id=task_id, attempts=attempts)
             try:
-                if revision == 0:
-                    await self._kv.create(task_id, _encoder.encode(new))
-                else:
-                    await self._kv.update(task_id, _encoder.encode(new), last=revision)
+                await write_at(self._kv, task_id, _encoder.encode(new), revision)
             except KeyWrongLastSequenceError:
                 continue
             return new
