@@ -33,20 +33,16 @@ def register(subparsers: Any) -> None:
     )
     create.add_argument("--rate", type=float, help="requests per second (default: gateway's)")
     create.add_argument("--max-active", type=int, help="active tasks at once (default: gateway's)")
-    create.set_defaults(run=lambda args: _run(args, _create))
+    create.set_defaults(run=lambda args: asyncio.run(_with_nats(args, _create)))
     listing = actions.add_parser("list", help="every key (revoked ones too)")
-    listing.set_defaults(run=lambda args: _run(args, _list))
+    listing.set_defaults(run=lambda args: asyncio.run(_with_nats(args, _list)))
     revoke = actions.add_parser("revoke", help="refuse a key from now on")
     revoke.add_argument("key_id", help="the key id (the 12 hex characters after pbk_)")
-    revoke.set_defaults(run=lambda args: _run(args, _revoke))
+    revoke.set_defaults(run=lambda args: asyncio.run(_with_nats(args, _revoke)))
 
 
 async def _quiet(_: Exception) -> None:
     """nats.py reports every failed connect; the command says it once, plainly."""
-
-
-def _run(args: argparse.Namespace, action: Any) -> int:
-    return asyncio.run(_with_nats(args, action))
 
 
 async def _with_nats(args: argparse.Namespace, action: Any) -> int:
