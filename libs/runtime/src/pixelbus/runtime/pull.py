@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -112,10 +112,6 @@ class PullConsumer:
     def queued(self) -> int:
         """Messages delivered to this process and not taken yet."""
         return len(self._queue)
-
-    @property
-    def held(self) -> int:
-        return self._held
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -196,14 +192,6 @@ class PullConsumer:
         if self._queue:
             self._wake()
         self._top_up()
-
-    async def messages(self) -> AsyncIterator[Msg]:
-        """``next`` until stopped; each message is released when the loop asks for the next."""
-        while (msg := await self.next()) is not None:
-            try:
-                yield msg
-            finally:
-                self.release()
 
     # -- credit ------------------------------------------------------------------------
 
