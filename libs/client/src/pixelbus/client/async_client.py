@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from pixelbus.client.errors import PixelbusError, WaitTimeout
-from pixelbus.client.http import check, headers, state_of, unreachable
+from pixelbus.client.http import check, state_of, unreachable
 from pixelbus.client.sse import SseParser
 from pixelbus.client.task import LeasedTask, Output, Task, face_swap_body, workflow_body
 from pixelbus.contracts.subjects import COMFY_ENVIRONMENT
@@ -34,7 +34,7 @@ class AsyncClient:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
-            headers=headers(api_key),
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
             timeout=timeout,
             transport=transport,
             trust_env=trust_env,  # proxies and CA bundle from the environment (httpx's)

@@ -1,4 +1,4 @@
-"""Headers, and answers to errors (pure)."""
+"""Reading the gateway's answers: JSON, errors, event-stream states (pure)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ from pixelbus.client.errors import ApiError, Unreachable
 from pixelbus.client.sse import SseEvent
 from pixelbus.client.task import Task
 
-__all__ = ["check", "headers", "state_of", "unreachable"]
-
-
-def headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+__all__ = ["check", "state_of", "unreachable"]
 
 
 def check(response: httpx.Response) -> Any:
