@@ -487,8 +487,7 @@ class FakeComfyUI:
         except ValueError as exc:
             return web.Response(status=500, text=f"500 Internal Server Error\n\n{exc}")
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), dict):
-            error = _error("invalid_prompt", "Invalid prompt", "no prompt")
-            return web.json_response({"error": error, "node_errors": {}}, status=400)
+            return _refuse("invalid_prompt", "Invalid prompt", "no prompt")
         graph: Json = body["prompt"]
         refused = self._validate(graph)
         if isinstance(refused, web.Response):
@@ -518,18 +517,13 @@ class FakeComfyUI:
     def _validate(self, graph: Json) -> web.Response | tuple[list[str], Json]:
         for node_id, node in graph.items():
             class_type = node.get("class_type") if isinstance(node, dict) else None
-            if class_type is None:
-                return _refuse(
-                    "invalid_prompt",
-                    "Cannot execute because a node is missing the class_type property.",
-                    f"Node ID '#{node_id}'",
-                )
             if class_type not in _NODES:
-                return _refuse(
-                    "invalid_prompt",
-                    f"Cannot execute because node {class_type} does not exist.",
-                    f"Node ID '#{node_id}'",
+                message = (
+                    "Cannot execute because a node is missing the class_type property."
+                    if class_type is None
+                    else f"Cannot execute because node {class_type} does not exist."
                 )
+                return _refuse("invalid_prompt", message, f"Node ID '#{node_id}'")
         outputs = [nid for nid, node in graph.items() if _NODES[node["class_type"]].output_node]
         if not outputs:
             error = _error("prompt_no_outputs", "Prompt has no outputs", "")
