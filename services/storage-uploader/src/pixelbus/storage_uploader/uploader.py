@@ -84,7 +84,6 @@ class Uploader:
         retry: RetrySettings | None = None,
         health_interval_s: float = 30.0,
         presence_interval_s: float = 5.0,
-        uploader_id: str | None = None,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -101,7 +100,7 @@ class Uploader:
         self._health = ProviderHealth()
         self._health_interval_s = health_interval_s
         self._presence_interval_s = presence_interval_s
-        self._id = sanitize_token(uploader_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+        self._id = sanitize_token(f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
         self._in_flight = 0
         self._metrics = process_metrics()
 
@@ -318,7 +317,6 @@ class Uploader:
     async def _cleanup(self, event: OutputsReady) -> None:
         """Remove the Object Store entries the task used (none for inline outputs)."""
         assert self._objects is not None
-        objects = self._objects
         names = [o.object_name for o in event.outputs if o.data is None]
         names.extend(event.input_objects)
-        await delete_objects(objects, names)
+        await delete_objects(self._objects, names)
