@@ -799,12 +799,18 @@ class FakeComfyUI:
     async def _execute(self, prompt: _Prompt) -> None:
         pid = prompt.prompt_id
         messages: list[list[Any]] = []
+        executed: list[str] = []  # the nodes run so far
 
         async def exec_event(kind: str, data: Json) -> None:
             data = {**data, "prompt_id": pid, "timestamp": int(time.time() * 1000)}
             if kind.startswith("execution_"):
                 messages.append([kind, data])
             await self._send_exec(kind, data, prompt)
+
+        async def interrupted(nid: str, class_type: str) -> None:
+            data = {"node_id": nid, "node_type": class_type, "executed": executed}
+            await exec_event("execution_interrupted", data)
+            self._save_history(prompt, {}, "error", messages)
 
         await exec_event("execution_start", {})
         order = _execution_order(prompt.graph, prompt.outputs)
@@ -813,14 +819,13 @@ class FakeComfyUI:
         await exec_event("execution_cached", {"nodes": cached})
         values: dict[str, list[Any]] = {}
         ui_outputs: Json = {}
-        executed: list[str] = []
         for nid in order:
             hit = self._cache.get(signatures[nid])
             if hit is None:  # not cached: run it
                 node = prompt.graph[nid]
                 class_type = node["class_type"]
                 if self._interrupt:
-                    await self._finish_interrupted(prompt, nid, class_type, executed, messages)
+                    await interrupted(nid, class_type)
                     return
                 if self.crash_on.get(class_type):
                     raise _Crashed
@@ -833,7 +838,7 @@ class FakeComfyUI:
                 try:
                     hit = await self._run_node(prompt, nid, class_type, node, values)
                 except _Interrupted:
-                    await self._finish_interrupted(prompt, nid, class_type, executed, messages)
+                    await interrupted(nid, class_type)
                     return
                 except NodeFailure as exc:
                     await exec_event(
@@ -870,25 +875,6 @@ class FakeComfyUI:
         if self.history_lag_s:
             await asyncio.sleep(self.history_lag_s)
         self._save_history(prompt, ui_outputs, "success", messages)
-
-    async def _finish_interrupted(
-        self,
-        prompt: _Prompt,
-        nid: str,
-        class_type: str,
-        executed: list[str],
-        messages: list[list[Any]],
-    ) -> None:
-        data = {
-            "prompt_id": prompt.prompt_id,
-            "node_id": nid,
-            "node_type": class_type,
-            "executed": executed,
-            "timestamp": int(time.time() * 1000),
-        }
-        messages.append(["execution_interrupted", data])
-        await self._send_exec("execution_interrupted", data, prompt)
-        self._save_history(prompt, {}, "error", messages)
 
     def _save_history(
         self, prompt: _Prompt, outputs: Json, status: str, messages: list[list[Any]]
