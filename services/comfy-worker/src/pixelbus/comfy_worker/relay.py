@@ -34,11 +34,6 @@ class ProgressRelay:
             None if self._open else asyncio.create_task(self._open_after(delay_s))
         )
 
-    @property
-    def open(self) -> bool:
-        """Whether reports go out (the delay has passed)."""
-        return self._open
-
     async def report(
         self, fraction: float | None, *, node: str | None = None, message: str | None = None
     ) -> None:

@@ -33,7 +33,6 @@ class ProjectorService:
         self._stopping = asyncio.Event()
         self.watcher = ExhaustedWatcher(nc)
         self.projector: Projector | None = None
-        self.planner: WebhookPlanner | None = None
 
     async def prepare(self) -> None:
         js = self._nc.jetstream()
@@ -43,11 +42,11 @@ class ProjectorService:
         window = info.config.duplicate_window or self._settings.bus.duplicate_window_s
         # the webhook targets it remembers: one per KiB of the state cache's budget
         targets = max(1024, self._settings.cache_bytes // 1024)
-        self.planner = WebhookPlanner(js, duplicate_window_s=window, cache_size=targets)
+        planner = WebhookPlanner(js, duplicate_window_s=window, cache_size=targets)
         self.projector = Projector(
             self._nc,
             batch=self._settings.batch,
-            planner=self.planner,
+            planner=planner,
             cache_bytes=self._settings.cache_bytes,
             linger_s=self._settings.linger_ms / 1000,
         )
