@@ -25,7 +25,7 @@ import io
 import random
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
@@ -314,17 +314,7 @@ class ComfyHandler:
                 f"the workflow ran but its output nodes wrote no files{hint}", code="no_outputs"
             )
         summary = {  # not "outputs": the task view puts the stored outputs there
-            "files": [
-                {
-                    "node_id": ref.node_id,
-                    "kind": ref.kind,
-                    "filename": ref.filename,
-                    "subfolder": ref.subfolder,
-                    "type": ref.type,
-                    "content_type": ref.content_type,
-                }
-                for ref in wanted
-            ],
+            "files": [{**asdict(ref), "content_type": ref.content_type} for ref in wanted],
             "values": entry.values,
             "skipped_previews": len(skipped),
         }
