@@ -139,7 +139,7 @@ async def _ensure_kv(
     settings: BusSettings,
     *,
     ttl: float | None,
-    history: int,
+    history: int = 1,
     direct: bool = False,
 ) -> None:
     """``direct``: readers may ask for many entries at once without a consumer (the
@@ -293,16 +293,14 @@ async def _ensure_all(js: JetStreamContext, settings: BusSettings) -> None:
         max_deliver=-1,
         max_ack_pending=1000,
     )
-    await _ensure_kv(js, STATE_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
-    await _ensure_kv(js, INDEX_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
-    await _ensure_kv(js, IDEMPOTENCY_BUCKET, settings, ttl=settings.idempotency_ttl_s, history=1)
-    await _ensure_kv(js, LEASES_BUCKET, settings, ttl=LEASE_TTL_S, history=1)
-    await _ensure_kv(
-        js, WORKERS_BUCKET, settings, ttl=WORKER_PRESENCE_TTL_S, history=1, direct=True
-    )
+    await _ensure_kv(js, STATE_BUCKET, settings, ttl=settings.stream_max_age_s)
+    await _ensure_kv(js, INDEX_BUCKET, settings, ttl=settings.stream_max_age_s)
+    await _ensure_kv(js, IDEMPOTENCY_BUCKET, settings, ttl=settings.idempotency_ttl_s)
+    await _ensure_kv(js, LEASES_BUCKET, settings, ttl=LEASE_TTL_S)
+    await _ensure_kv(js, WORKERS_BUCKET, settings, ttl=WORKER_PRESENCE_TTL_S, direct=True)
     await _ensure_kv(js, KEYS_BUCKET, settings, ttl=None, history=5)
-    await _ensure_kv(js, RATES_BUCKET, settings, ttl=RATE_WINDOW_TTL_S, history=1)
-    await _ensure_kv(js, QUOTAS_BUCKET, settings, ttl=None, history=1)
+    await _ensure_kv(js, RATES_BUCKET, settings, ttl=RATE_WINDOW_TTL_S)
+    await _ensure_kv(js, QUOTAS_BUCKET, settings, ttl=None)
     await _ensure_object_store(js, settings)
     log.info("jetstream provisioned", stream=TASK_STREAM, replicas=settings.replicas)
 
@@ -348,7 +346,7 @@ async def ensure_video(js: JetStreamContext, settings: BusSettings) -> None:
         max_deliver=-1,
         max_ack_pending=256,
     )
-    await _ensure_kv(js, VIDEO_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
+    await _ensure_kv(js, VIDEO_BUCKET, settings, ttl=settings.stream_max_age_s)
 
 
 async def ensure_webhook_queue(js: JetStreamContext, settings: BusSettings) -> None:
@@ -364,7 +362,7 @@ async def ensure_webhooks(js: JetStreamContext, settings: BusSettings) -> None:
     dispatcher's consumer is the webhooks service's own step
     (``ensure_webhook_dispatcher``): its limits are webhook settings."""
     await ensure_webhook_queue(js, settings)
-    await _ensure_kv(js, WEBHOOK_LOG_BUCKET, settings, ttl=settings.stream_max_age_s, history=1)
+    await _ensure_kv(js, WEBHOOK_LOG_BUCKET, settings, ttl=settings.stream_max_age_s)
 
 
 async def ensure_webhook_dispatcher(
