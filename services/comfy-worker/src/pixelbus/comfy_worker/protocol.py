@@ -150,7 +150,6 @@ class FileRef:
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     status: str  # success, error
-    completed: bool
     files: tuple[FileRef, ...]
     #: Everything of ``outputs`` that is not a file (text, flags such as ``animated``).
     values: dict[str, dict[str, list[Any]]]
@@ -184,7 +183,6 @@ def parse_history(body: Any, prompt_id: str) -> HistoryEntry | None:
             messages.append((str(message[0]), message[1]))
     return HistoryEntry(
         status=str(status.get("status_str") or "success"),
-        completed=bool(status.get("completed", True)),
         files=tuple(files),
         values=values,
         messages=tuple(messages),
