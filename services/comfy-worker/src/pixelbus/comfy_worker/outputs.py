@@ -5,7 +5,7 @@ the rest of the graph runs and the history is written; ``read`` then hands over 
 that the ``/history`` entry lists, starting whatever was not prefetched. ``/history``
 stays the record: a prefetched file it does not list is dropped, and a prefetch that failed
 matters only if the history lists that file (its error is raised then). At most
-``concurrency`` reads run at once.
+``CONCURRENCY`` reads run at once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pixelbus.comfy_worker.protocol import FileRef, node_output
 __all__ = ["OutputReader"]
 
 _Key = tuple[str, str, str]  # filename, subfolder, type: what /view is asked
+CONCURRENCY = 4
 
 
 def _key(ref: FileRef) -> _Key:
@@ -26,18 +27,11 @@ def _key(ref: FileRef) -> _Key:
 
 
 class OutputReader:
-    def __init__(
-        self,
-        client: ComfyClient,
-        *,
-        max_bytes: int,
-        include_previews: bool,
-        concurrency: int = 4,
-    ) -> None:
+    def __init__(self, client: ComfyClient, *, max_bytes: int, include_previews: bool) -> None:
         self._client = client
         self._max_bytes = max_bytes
         self._include_previews = include_previews
-        self._limit = asyncio.Semaphore(concurrency)
+        self._limit = asyncio.Semaphore(CONCURRENCY)
         self._reads: dict[_Key, asyncio.Task[bytes]] = {}
 
     def wanted(self, ref: FileRef) -> bool:
