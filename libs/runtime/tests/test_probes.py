@@ -19,7 +19,6 @@ from pixelbus.runtime.probes import (
     ProbeServer,
     ProbeSettings,
     _is_loopback,
-    all_of,
     request_drain,
 )
 from pixelbus.runtime.provision import ensure
@@ -228,16 +227,11 @@ async def test_consumer_ready_follows_the_consumer_and_the_connection(
         disconnected_cb=on_disconnect,
     )
     try:
-        backend_up = Readiness()
-        check = all_of(consumer_ready(client, TASK_STREAM, "pool-faceswap"), backend_up)
+        check = consumer_ready(client, TASK_STREAM, "pool-faceswap")
         with pytest.raises(NotReady, match="pool-faceswap"):
             await check()
         await ensure(client.jetstream(), BusSettings())
         assert await check() is True
-        backend_up.mode = "not_ready"  # e.g. no ComfyUI backend healthy
-        with pytest.raises(NotReady):
-            await check()
-        backend_up.mode = "ready"
         nats_server.stop()
         await asyncio.wait_for(disconnected.wait(), 10)
         with pytest.raises(NotReady, match="not connected"):

@@ -39,7 +39,6 @@ __all__ = [
     "ProbeServer",
     "ProbeSettings",
     "ReadinessCheck",
-    "all_of",
     "request_drain",
 ]
 
@@ -77,18 +76,6 @@ class ProbeSettings(Settings):
 
 async def _always_ready() -> bool:
     return True
-
-
-def all_of(*checks: ReadinessCheck) -> ReadinessCheck:
-    """Ready when every check is (in order; the first that fails gives the reason)."""
-
-    async def check() -> bool:
-        for each in checks:
-            if not await each():
-                return False
-        return True
-
-    return check
 
 
 class ProbeServer:
