@@ -109,11 +109,6 @@ class ProbeServer:
     def draining(self) -> bool:
         return self._draining.is_set()
 
-    @property
-    def worst_loop_lag_s(self) -> float:
-        """The longest event-loop stall measured since start."""
-        return self._worst_lag_s
-
     async def start(self) -> None:
         self._server = await asyncio.start_server(
             self._handle, self.settings.host, self.settings.port
