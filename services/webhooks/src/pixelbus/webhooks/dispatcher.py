@@ -8,8 +8,6 @@ the attempts for exactly this."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
 import time
 from typing import Any
@@ -19,11 +17,15 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from pixelbus.contracts.subjects import WEBHOOK_DISPATCHER_CONSUMER, WEBHOOK_STREAM
+from pixelbus.contracts.subjects import (
+    WEBHOOK_DISPATCHER_CONSUMER,
+    WEBHOOK_LOG_BUCKET,
+    WEBHOOK_STREAM,
+)
 from pixelbus.contracts.webhooks import DeliveryAttempt, WebhookJob, signature_headers
 from pixelbus.runtime.clock import utcnow
 from pixelbus.runtime.lifecycle import RetryPolicy, after_failure
-from pixelbus.runtime.pull import consume, keep_alive
+from pixelbus.runtime.pull import DurableLoop, keep_alive
 from pixelbus.runtime.webhook_log import DeliveryLogStore
 from pixelbus.webhooks.sender import SendResult, WebhookSender
 from pixelbus.webhooks.settings import WebhookSettings
@@ -47,43 +49,26 @@ def decide(
     return ("failed", 0.0) if settle.final else ("retrying", settle.delay_s)
 
 
-class WebhookDispatcher:
+class WebhookDispatcher(DurableLoop):
+    stream = WEBHOOK_STREAM
+    durable = WEBHOOK_DISPATCHER_CONSUMER
+    what = "webhook delivery"
+
     def __init__(
         self, nc: Client, settings: WebhookSettings, sender: WebhookSender, *, lease_s: float
     ) -> None:
         """``lease_s``: the consumer's ack wait; a POST under way heartbeats within it."""
-        self._nc = nc
-        self._js = nc.jetstream()
+        super().__init__(nc, concurrency=settings.concurrency, grace_s=settings.timeout_s)
         self._settings = settings
         self._lease_s = lease_s
         self._sender = sender
-        self._stopping = asyncio.Event()
         self._log: DeliveryLogStore | None = None
 
-    def stop(self) -> None:
-        self._stopping.set()
+    async def run(self) -> None:
+        self._log = DeliveryLogStore(await self._js.key_value(WEBHOOK_LOG_BUCKET))
+        await super().run()
 
-    async def run(self, log_store: DeliveryLogStore) -> None:
-        self._log = log_store
-        await consume(
-            self._nc,
-            WEBHOOK_STREAM,
-            WEBHOOK_DISPATCHER_CONSUMER,
-            self._handle,
-            concurrency=self._settings.concurrency,
-            stop=self._stopping,
-            grace_s=self._settings.timeout_s,
-        )
-
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            await self._deliver(msg)
-        except Exception:
-            log.exception("webhook delivery not handled; will be redelivered")
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
-
-    async def _deliver(self, msg: Msg) -> None:
+    async def process(self, msg: Msg) -> None:
         assert self._log is not None
         try:
             job = _decoder.decode(msg.data)

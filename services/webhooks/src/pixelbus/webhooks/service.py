@@ -10,12 +10,10 @@ import contextlib
 import structlog
 from nats.aio.client import Client
 
-from pixelbus.contracts.subjects import WEBHOOK_LOG_BUCKET
 from pixelbus.media.fetch import Resolver, system_resolver
 from pixelbus.media.ssrf import SsrfPolicy
 from pixelbus.runtime.provision import ensure_webhook_dispatcher, ensure_webhooks
 from pixelbus.runtime.settings import BusSettings
-from pixelbus.runtime.webhook_log import DeliveryLogStore
 from pixelbus.webhooks.dispatcher import WebhookDispatcher
 from pixelbus.webhooks.sender import WebhookSender
 from pixelbus.webhooks.settings import WebhookSettings
@@ -45,7 +43,7 @@ class WebhookService:
         self.dispatcher = WebhookDispatcher(nc, settings, self.sender, lease_s=bus.ack_wait_s)
         self._stopping = asyncio.Event()
 
-    async def prepare(self) -> DeliveryLogStore:
+    async def prepare(self) -> None:
         js = self._nc.jetstream()
         await ensure_webhooks(js, self._bus)
         await ensure_webhook_dispatcher(
@@ -60,16 +58,15 @@ class WebhookService:
                 "PIXELBUS_WEBHOOK_SECRET is not set: webhooks are signed with a random "
                 "secret of this process, which receivers cannot know (development only)"
             )
-        return DeliveryLogStore(await js.key_value(WEBHOOK_LOG_BUCKET))
 
     async def run(self) -> None:
         """Deliver until ``stop``; a delivery under way when it comes gets its timeout."""
         try:
-            store = await self.prepare()
+            await self.prepare()
             if self._stopping.is_set():
                 return
             log.info("webhooks started", settings=self.settings.redacted())
-            await self.dispatcher.run(store)
+            await self.dispatcher.run()
         finally:
             with contextlib.suppress(Exception):
                 await self.sender.aclose()
