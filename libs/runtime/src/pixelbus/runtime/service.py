@@ -63,7 +63,6 @@ async def service_shell(
     *,
     stop: Callable[[], object],
     ready: ReadinessCheck,
-    environ: Mapping[str, str] | None = None,
     stop_on_drain: bool = True,
 ) -> AsyncIterator[ProbeServer | None]:
     """Tracing, signals that call ``stop``, and the probe server while the body runs.
@@ -71,15 +70,14 @@ async def service_shell(
     A drain (Kubernetes' ``preStop``) turns readiness off and, with ``stop_on_drain``,
     calls ``stop`` (a consumer takes no new work); the gateway keeps serving while it
     drains, until Kubernetes has taken it out of the endpoints and sends SIGTERM."""
-    environ = os.environ if environ is None else environ
-    setup_tracing(name, environ)
+    setup_tracing(name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     probes: ProbeServer | None = None
-    if environ.get("PIXELBUS_PROBE_PORT"):
+    if os.environ.get("PIXELBUS_PROBE_PORT"):
         probes = ProbeServer(
-            ProbeSettings.from_env(environ),
+            ProbeSettings.from_env(os.environ),
             ready=ready,
             registry=process_metrics().registry,
             on_drain=(stop,) if stop_on_drain else (),

@@ -10,7 +10,6 @@ installs the SDK's when an OTLP exporter is configured, or takes one installed b
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -59,7 +58,7 @@ def context_from_headers(headers: dict[str, str] | None) -> otel_context.Context
 _configured = False
 
 
-def setup_tracing(service_name: str, environ: Mapping[str, str] | None = None) -> None:
+def setup_tracing(service_name: str) -> None:
     """Install the SDK tracer provider once per process when spans have somewhere to go.
 
     Spans are exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
@@ -71,13 +70,12 @@ def setup_tracing(service_name: str, environ: Mapping[str, str] | None = None) -
     if _configured:
         return
     _configured = True
-    environ = os.environ if environ is None else environ
     if not isinstance(trace.get_tracer_provider(), ProxyTracerProvider):
         _enabled = True  # installed by OTEL_PYTHON_TRACER_PROVIDER or the host program
         return
     if not (
-        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     ):
         return
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
