@@ -38,7 +38,6 @@ __all__ = [
     "TaskEvents",
     "after_failure",
     "before_run",
-    "gave_up",
 ]
 
 
@@ -97,11 +96,6 @@ def after_failure(
         return Settle(final=True)
     delay = asked_delay_s if asked_delay_s is not None else policy.delay_s(attempt, draw)
     return Settle(final=False, delay_s=delay)
-
-
-def gave_up(message: str, attempt: int, *, retryable: bool, final: bool) -> str:
-    """A retryable failure that ends the task says so."""
-    return f"{message} (gave up after {attempt} attempts)" if retryable and final else message
 
 
 @dataclass(frozen=True)
@@ -182,13 +176,15 @@ class TaskEvents:
         the worker's (the task's ``attempt``)."""
         tries = self.attempt if upload_attempt is None else upload_attempt
         kind = "failed" if upload_attempt is None else "upload-failed"
+        if retryable and final:  # a retryable failure that ends the task says so
+            message = f"{message} (gave up after {tries} attempts)"
         return TaskFailed(
             event_id=event_id(self.task_id, kind, tries, final=final),
             task_id=self.task_id,
             occurred_at=self.now(),
             attempt=self.attempt,
             code=code,
-            message=gave_up(message, tries, retryable=retryable, final=final),
+            message=message,
             retryable=retryable,
             final=final,
         )
