@@ -25,6 +25,7 @@ from pixelbus.comfy_worker.settings import ComfySettings
 from pixelbus.comfy_worker.templates import builtin_templates
 from pixelbus.contracts.events import TaskCreated
 from pixelbus.runtime.errors import PixelbusError
+from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.worker import TaskContext, TaskResult
 from pixelbus.testkit.fake_comfyui import FakeComfyUI
 
@@ -351,6 +352,7 @@ async def test_server_down_is_retryable_and_marks_the_backend_down(
         await asyncio.wait_for(run(invert_graph()), 10)
     assert failed.value.code == "comfy_unavailable"
     assert run.pool.free_slots() == 0 and not run.pool.any_healthy
+    assert _backend_up(run.pool) == 0.0  # what the backend-down alerts read
     waiting = asyncio.create_task(run.pool.wait_free())
     await asyncio.sleep(0)
     assert not waiting.done()
@@ -359,6 +361,14 @@ async def test_server_down_is_retryable_and_marks_the_backend_down(
     assert await asyncio.wait_for(waiting, 10) == 2
     presence = run.pool.presence()
     assert presence["backends_healthy"] == 1 and presence["backends"][0]["healthy"] is True
+    assert _backend_up(run.pool) == 1.0
+
+
+def _backend_up(pool: BackendPool) -> float | None:
+    """The worker's ``pixelbus_comfyui_backend_up`` gauge for the pool's one backend."""
+    return process_metrics().registry.get_sample_value(
+        "pixelbus_comfyui_backend_up", {"backend": pool.backends[0].url}
+    )
 
 
 async def test_cancel_while_queued_deletes_it_from_the_queue(

@@ -5,7 +5,8 @@ connected; a run that finds it unreachable marks it down at once. Each task goes
 healthy backend with the most free capacity (``capacity`` prompts per backend at once),
 avoiding those the task already failed on when another one is free. ``free_slots()``
 says how many more tasks the worker can take; the runtime's pull gate waits on it, so
-tasks stay queued in JetStream while no backend is healthy.
+tasks stay queued in JetStream while no backend is healthy. Each change of a backend's
+health is also the gauge ``pixelbus_comfyui_backend_up`` (the backend-down alerts).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pixelbus.comfy_worker.client import ComfyClient
 from pixelbus.comfy_worker.errors import BackendUnavailable, ComfyError
 from pixelbus.comfy_worker.stream import PromptStream
 from pixelbus.runtime.clock import utcnow
+from pixelbus.runtime.metrics import process_metrics
 
 __all__ = ["Backend", "BackendPool"]
 
@@ -127,6 +129,7 @@ class BackendPool:
             devices = stats.get("devices") or [{}]
             backend.device = str(devices[0].get("name")) if devices else None
         backend.checked_at = utcnow()
+        _report(backend)
 
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check(b) for b in self.backends))
@@ -145,10 +148,13 @@ class BackendPool:
             log.warning("comfyui backend marked down", url=backend.url, error=error)
         backend.reachable, backend.error = False, error
         backend.checked_at = utcnow()
+        _report(backend)
         self._poke()
 
     def _poke(self) -> None:
         """Something changed (a socket came or went): re-check soon, wake the waiters."""
+        for backend in self.backends:
+            _report(backend)
         self._check_now.set()
         with contextlib.suppress(RuntimeError):
             task = asyncio.get_running_loop().create_task(self._notify())
@@ -217,3 +223,7 @@ class BackendPool:
             "backends": [b.presence() for b in self.backends],
             "backends_healthy": sum(1 for b in self.backends if b.healthy),
         }
+
+
+def _report(backend: Backend) -> None:
+    process_metrics().set_backend_up(backend.url, backend.healthy)
