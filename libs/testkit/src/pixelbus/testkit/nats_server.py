@@ -51,6 +51,13 @@ def stop_processes(*processes: subprocess.Popen[Any], timeout_s: float = 10) -> 
             process.wait()
 
 
+_PORT_TRIES = 3
+
+
+class _PortTaken(RuntimeError):
+    """The server could not bind its port: another process took it first."""
+
+
 class NatsServer:
     def __init__(
         self,
@@ -70,6 +77,7 @@ class NatsServer:
         self.binary = find_nats_server()
         self.log_file = store_dir / "nats-server.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -80,6 +88,19 @@ class NatsServer:
         return f"http://127.0.0.1:{self.monitor_port}"
 
     def start(self, *, timeout_s: float = 10) -> None:
+        """Start the server and wait until it answers. A first start whose ports were taken
+        between ``free_port`` and the server's bind (another process on this machine got
+        them) tries fresh ports; a restart keeps its ports, which its clients reconnect to."""
+        for tries_left in reversed(range(_PORT_TRIES)):
+            try:
+                self._start(timeout_s)
+                return
+            except _PortTaken:
+                if self._started or not tries_left:
+                    raise
+                self.port, self.monitor_port = free_port(), free_port()
+
+    def _start(self, timeout_s: float) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary,
@@ -97,15 +118,23 @@ class NatsServer:
             config.write_text("jetstream {\n" + "\n".join(lines) + "\n}\n")
             args += ["-c", str(config)]
         # Own session: a Ctrl-C meant for `./dev up` must not stop NATS before the services.
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
-        self._wait_ready(timeout_s)
+        self._wait_ready(timeout_s, log_start)
+        self._started = True
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _wait_ready(self, timeout_s: float, log_start: int) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(f"nats-server exited: see {self.log_file}")
+                refused = False
+                if self.log_file.exists():
+                    with self.log_file.open("rb") as log:
+                        log.seek(log_start)
+                        refused = b"address already in use" in log.read()
+                error = _PortTaken if refused else RuntimeError
+                raise error(f"nats-server exited: see {self.log_file}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     if sock.recv(4).startswith(b"INFO"):
