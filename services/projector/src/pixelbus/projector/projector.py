@@ -41,6 +41,7 @@ from pixelbus.contracts.subjects import (
 )
 from pixelbus.contracts.task import TaskState
 from pixelbus.projector.planner import Candidate, WebhookPlanner
+from pixelbus.runtime.kv import write_at
 from pixelbus.runtime.metrics import process_metrics
 from pixelbus.runtime.pull import PullConsumer, stop_when_set
 from pixelbus.runtime.quotas import release_slot
@@ -127,10 +128,7 @@ async def fold_into_kv(
             return Folded(state, state, ended=False)
         data = encode_state(new_state)
         try:
-            if revision == 0:
-                revision = await kv.create(task_id, data)
-            else:
-                revision = await kv.update(task_id, data, last=revision)
+            revision = await write_at(kv, task_id, data, revision)
         except KeyWrongLastSequenceError:
             continue  # another replica wrote first: re-read and re-fold
         if cache is not None:
