@@ -111,7 +111,13 @@ async def test_video_face_swap_through_the_form_plays_the_result_video(
         videos.pan_video(videos.photos()["hopper"], seconds=1.0, fps=25, size=(256, 256))
     )
     async with running_stack(
-        nats_server.url, tmp_path, worker=False, PIXELBUS_VIDEO_CHUNK_S="0.4"
+        nats_server.url,
+        tmp_path,
+        worker=False,
+        PIXELBUS_VIDEO_CHUNK_S="0.4",
+        # frames reported while each chunk is swapped, not only per chunk: three chunks of
+        # a small video can all end within one state update on a busy machine
+        PIXELBUS_VIDEO_PROGRESS_INTERVAL_S="0.05",
     ) as stack:
         # A worker process of its own: the splitter, chunk workers and assembler of a video
         # run there (the in-process worker of the other tests does not fan videos out).
